@@ -1,0 +1,406 @@
+//! # herald-channel — the plugin SDK for Herald channels
+//!
+//! A *channel* turns one delivery (a message for one receiver) into something the outside
+//! world sees: a WebSocket frame, an e-mail, an SMS, a push notification. Herald's core
+//! owns everything else — storage, retries, delivery status, rate limits — so a channel is
+//! small: it implements [`Channel::send`] and classifies what went wrong.
+//!
+//! ## Writing a channel
+//!
+//! 1. Implement [`Channel`] for your type. `send` makes exactly **one** attempt: never
+//!    retry, sleep or write to the store; return a classified [`ChannelError`] instead and the
+//!    dispatcher decides what happens next.
+//! 2. Register a [`ChannelDescriptor`] with `inventory::submit!`; its `build` function parses
+//!    the instance's configuration table (use [`parse_config`] with a
+//!    `#[serde(deny_unknown_fields)]` struct so typos fail the start with the key named).
+//! 3. Link the crate into the `herald` binary (`extern crate my_channel as _;`): an unreferenced
+//!    crate is not linked and silently does not register.
+//!
+//! ```
+//! use herald_channel::*;
+//! use std::sync::Arc;
+//!
+//! struct Null;
+//!
+//! #[async_trait::async_trait]
+//! impl Channel for Null {
+//!     async fn send(&self, _out: &Outgoing) -> Result<Accepted, ChannelError> {
+//!         Ok(Accepted::Sent { provider_id: None })
+//!     }
+//! }
+//!
+//! fn build(_ctx: BuildContext<'_>) -> Result<Arc<dyn Channel>, ConfigError> {
+//!     Ok(Arc::new(Null))
+//! }
+//!
+//! inventory::submit! {
+//!     ChannelDescriptor { kind: "null.doc", summary: "discards everything", address: AddressKind::None, presence: false, build }
+//! }
+//!
+//! assert!(find("null.doc").is_some());
+//! ```
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use async_trait::async_trait;
+pub use inventory;
+
+pub mod testkit;
+
+/// The recipient address a channel needs, looked up by the core before `send`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressKind {
+    /// The receiver's user id is enough (WebSocket: delivered to the user's sessions).
+    None,
+    /// `email` of the recipient record.
+    Email,
+    /// `phone` (E.164) of the recipient record.
+    Phone,
+    /// `wechatOpenId` of the recipient record.
+    WechatOpenId,
+    /// Registered devices of the given platform (`fcm`, `apns`, `webpush`).
+    Device(&'static str),
+}
+
+/// A channel kind, collected at compile time with [`inventory`].
+pub struct ChannelDescriptor {
+    /// `family.provider`, e.g. `email.smtp`; `websocket` for the built-in WebSocket channel.
+    /// The family (the first word) selects the template files (`<family>.<part>.j2`).
+    pub kind: &'static str,
+    /// One line for `GET /api/v1/channels` and error messages.
+    pub summary: &'static str,
+    /// Which recipient address the channel needs.
+    pub address: AddressKind,
+    /// A *presence* channel only reaches receivers that are connected right now. When
+    /// it answers [`Accepted::Held`] the delivery stays `pending` and the core hands it over
+    /// again when the receiver connects (WebSocket replay). Provider channels are `false`.
+    pub presence: bool,
+    /// Builds one configured instance.
+    pub build: fn(BuildContext<'_>) -> Result<Arc<dyn Channel>, ConfigError>,
+}
+
+impl ChannelDescriptor {
+    /// The kind's first word (`email` for `email.smtp`).
+    pub fn family(&self) -> &'static str {
+        family_of(self.kind)
+    }
+}
+
+impl fmt::Debug for ChannelDescriptor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChannelDescriptor")
+            .field("kind", &self.kind)
+            .field("address", &self.address)
+            .field("presence", &self.presence)
+            .finish_non_exhaustive()
+    }
+}
+
+inventory::collect!(ChannelDescriptor);
+
+/// The family of a kind: its first dot-separated word.
+pub fn family_of(kind: &str) -> &str {
+    kind.split('.').next().unwrap_or(kind)
+}
+
+/// Every registered channel kind, sorted by kind.
+pub fn descriptors() -> Vec<&'static ChannelDescriptor> {
+    let mut all: Vec<_> = inventory::iter::<ChannelDescriptor>.into_iter().collect();
+    all.sort_by_key(|d| d.kind);
+    all
+}
+
+/// The descriptor registered for `kind`.
+pub fn find(kind: &str) -> Option<&'static ChannelDescriptor> {
+    inventory::iter::<ChannelDescriptor>
+        .into_iter()
+        .find(|d| d.kind == kind)
+}
+
+/// What a builder receives: the instance name, its configuration table (without `kind`) and
+/// the services the core offers (e.g. the session registry for WebSocket).
+pub struct BuildContext<'a> {
+    pub name: &'a str,
+    pub config: &'a serde_json::Value,
+    pub services: &'a Services,
+}
+
+/// A small type map of shared handles the core lends to channel builders.
+#[derive(Default, Clone)]
+pub struct Services {
+    map: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
+}
+
+impl Services {
+    pub fn insert<T: Any + Send + Sync + Clone>(&mut self, value: T) {
+        self.map.insert(TypeId::of::<T>(), Arc::new(value));
+    }
+
+    pub fn get<T: Any + Send + Sync + Clone>(&self) -> Option<T> {
+        self.map
+            .get(&TypeId::of::<T>())
+            .and_then(|v| v.downcast_ref::<T>())
+            .cloned()
+    }
+}
+
+/// Parse an instance's configuration into `T`. Use `#[serde(deny_unknown_fields)]` on `T`
+/// so an unknown key is rejected; the error names the key.
+pub fn parse_config<T: serde::de::DeserializeOwned>(ctx: &BuildContext<'_>) -> Result<T, ConfigError> {
+    T::deserialize(ctx.config).map_err(|e| ConfigError::new(ctx.name, e.to_string()))
+}
+
+/// A configuration problem found while building an instance; the server refuses to start.
+#[derive(Debug, thiserror::Error)]
+#[error("channels.{instance}: {message}")]
+pub struct ConfigError {
+    pub instance: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(instance: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            instance: instance.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The message as channels see it. Shared by every delivery of one message.
+#[derive(Debug, Clone)]
+pub struct MessageView {
+    /// Public message id.
+    pub id: String,
+    pub title: String,
+    pub content: String,
+    pub msg_type: i64,
+    pub sender: String,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// One delivery handed to a channel.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Stable id of the delivery; use it as the vendor's idempotency / out id.
+    pub delivery_id: i64,
+    pub message: Arc<MessageView>,
+    /// The receiving user id.
+    pub receiver: String,
+    /// The address resolved from the recipient record for [`ChannelDescriptor::address`].
+    pub address: Option<String>,
+}
+
+/// A successful hand-over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accepted {
+    /// Written to a socket or accepted by the provider (status `sent`).
+    Sent { provider_id: Option<String> },
+    /// Presence channels only: the receiver is not reachable now; the delivery stays
+    /// `pending` and is handed over again when the receiver comes back.
+    Held,
+}
+
+/// How a failure should be treated. One classification per provider (`classify()`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Try again later (network error, 5xx, 4xx SMTP reply…).
+    Transient,
+    /// The provider throttles us: defer, honouring `retry_after` when given.
+    RateLimited,
+    /// The address is wrong or dead; never retried (may deactivate a device token).
+    BadRecipient,
+    /// The provider refused this delivery for good; never retried.
+    Permanent,
+    /// Our configuration is wrong (credentials, template id); never retried.
+    Config,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Transient => "transient",
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::BadRecipient => "bad_recipient",
+            ErrorKind::Permanent => "permanent",
+            ErrorKind::Config => "config",
+        }
+    }
+}
+
+/// A classified channel error. The message must never contain secrets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelError {
+    kind: ErrorKind,
+    message: String,
+    retry_after: Option<Duration>,
+    code: Option<String>,
+}
+
+impl ChannelError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            retry_after: None,
+            code: None,
+        }
+    }
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Transient, message)
+    }
+    pub fn rate_limited(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::RateLimited, message)
+    }
+    pub fn bad_recipient(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::BadRecipient, message)
+    }
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Permanent, message)
+    }
+    pub fn config(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Config, message)
+    }
+    /// Ask the dispatcher not to try again before `after`.
+    pub fn with_retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+    /// Keep the vendor's error code (shown in the delivery's error).
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.code = Some(code.into());
+        self
+    }
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+    pub fn code(&self) -> Option<&str> {
+        self.code.as_deref()
+    }
+    /// Worth another attempt later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.kind, ErrorKind::Transient | ErrorKind::RateLimited)
+    }
+    /// Never worth another attempt.
+    pub fn is_permanent(&self) -> bool {
+        !self.is_retryable()
+    }
+}
+
+impl fmt::Display for ChannelError {
+    /// `kind: [code] message`, the form stored in a delivery's `error`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.kind.as_str())?;
+        if let Some(code) = &self.code {
+            write!(f, "[{code}] ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ChannelError {}
+
+/// The health a channel reports for `GET /api/v1/channels`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    Ok,
+    Degraded(String),
+    Down(String),
+}
+
+impl Health {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Health::Ok => "ok",
+            Health::Degraded(_) => "degraded",
+            Health::Down(_) => "down",
+        }
+    }
+}
+
+/// A channel instance. One required method; the rest have defaults.
+#[async_trait]
+pub trait Channel: Send + Sync + 'static {
+    /// Make one attempt to hand `out` over. Never retries, sleeps or touches the store.
+    async fn send(&self, out: &Outgoing) -> Result<Accepted, ChannelError>;
+
+    /// Hand over several deliveries (of one or more messages). The default calls
+    /// [`Channel::send`] for each; channels that can share work override it. The result has
+    /// one entry per input, in order.
+    async fn send_batch(&self, outs: &[Outgoing]) -> Vec<Result<Accepted, ChannelError>> {
+        let mut results = Vec::with_capacity(outs.len());
+        for out in outs {
+            results.push(self.send(out).await);
+        }
+        results
+    }
+
+    /// Current health, for the management API.
+    fn health(&self) -> Health {
+        Health::Ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_display_and_predicates() {
+        let e = ChannelError::rate_limited("slow down")
+            .with_code("45011")
+            .with_retry_after(Duration::from_secs(60));
+        assert_eq!(e.to_string(), "rate_limited: [45011] slow down");
+        assert!(e.is_retryable());
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(60)));
+        assert!(ChannelError::bad_recipient("x").is_permanent());
+        assert!(ChannelError::config("x").is_permanent());
+        assert!(!ChannelError::transient("x").is_permanent());
+    }
+
+    #[test]
+    fn services_type_map() {
+        let mut s = Services::default();
+        s.insert(Arc::new(7u32));
+        assert_eq!(*s.get::<Arc<u32>>().unwrap(), 7);
+        assert!(s.get::<Arc<u64>>().is_none());
+    }
+
+    #[test]
+    fn family() {
+        assert_eq!(family_of("email.smtp"), "email");
+        assert_eq!(family_of("websocket"), "websocket");
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Cfg {
+        host: String,
+    }
+
+    #[test]
+    fn parse_config_names_the_key() {
+        let v = serde_json::json!({"host": "x", "hots": 1});
+        let services = Services::default();
+        let ctx = BuildContext { name: "mail", config: &v, services: &services };
+        let err = parse_config::<Cfg>(&ctx).unwrap_err();
+        assert!(err.to_string().contains("channels.mail"), "{err}");
+        assert!(err.to_string().contains("hots"), "{err}");
+        let v = serde_json::json!({});
+        let ctx = BuildContext { name: "mail", config: &v, services: &services };
+        let err = parse_config::<Cfg>(&ctx).unwrap_err();
+        assert!(err.to_string().contains("missing field `host`"), "{err}");
+    }
+}

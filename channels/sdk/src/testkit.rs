@@ -1,0 +1,91 @@
+//! Helpers for testing channels and the code that drives them.
+//!
+//! [`ScriptedChannel`] records every delivery it is handed and answers with scripted
+//! outcomes (then `Sent` once the script is used up), so dispatcher behaviour can be tested
+//! without a network.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use crate::{async_trait, Accepted, Channel, ChannelError, Outgoing};
+
+#[derive(Default)]
+pub struct ScriptedChannel {
+    script: Mutex<VecDeque<Result<Accepted, ChannelError>>>,
+    seen: Mutex<Vec<Outgoing>>,
+}
+
+impl ScriptedChannel {
+    pub fn new(script: impl IntoIterator<Item = Result<Accepted, ChannelError>>) -> Self {
+        Self {
+            script: Mutex::new(script.into_iter().collect()),
+            seen: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Every delivery handed over so far, in order.
+    pub fn seen(&self) -> Vec<Outgoing> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+#[async_trait]
+impl Channel for ScriptedChannel {
+    async fn send(&self, out: &Outgoing) -> Result<Accepted, ChannelError> {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.push(out.clone());
+        }
+        self.script
+            .lock()
+            .ok()
+            .and_then(|mut s| s.pop_front())
+            .unwrap_or(Ok(Accepted::Sent { provider_id: None }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MessageView;
+    use std::sync::Arc;
+
+    fn out() -> Outgoing {
+        Outgoing {
+            delivery_id: 1,
+            message: Arc::new(MessageView {
+                id: "m".into(),
+                title: "t".into(),
+                content: "c".into(),
+                msg_type: 0,
+                sender: "s".into(),
+                created_at: "2026-01-01T00:00:00Z".into(),
+            }),
+            receiver: "42".into(),
+            address: None,
+        }
+    }
+
+    #[test]
+    fn script_then_default() {
+        let ch = ScriptedChannel::new([Err(ChannelError::transient("down"))]);
+        let fut = async {
+            let batch = ch.send_batch(&[out(), out()]).await;
+            assert!(batch[0].as_ref().unwrap_err().is_retryable());
+            assert_eq!(batch[1], Ok(Accepted::Sent { provider_id: None }));
+        };
+        block_on(fut);
+        assert_eq!(ch.seen().len(), 2);
+    }
+
+    /// A minimal executor: the futures here never pend.
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        use std::task::{Context, Poll, Waker};
+        let mut f = std::pin::pin!(f);
+        let mut cx = Context::from_waker(Waker::noop());
+        loop {
+            if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return v;
+            }
+        }
+    }
+}

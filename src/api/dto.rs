@@ -1,0 +1,283 @@
+//! Wire types of the management API and the inbox (serde + OpenAPI schemas).
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::model::{rfc3339, Delivery, InboxItem, Message, Status};
+use crate::session::SessionInfo;
+
+/// A user id as sent by clients: a string, or an integer (older clients send numbers).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum UserId {
+    Text(String),
+    Number(i64),
+}
+
+impl UserId {
+    pub fn into_string(self) -> String {
+        match self {
+            UserId::Text(s) => s,
+            UserId::Number(n) => n.to_string(),
+        }
+    }
+}
+
+/// `POST /api/v1/messages`
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendRequest {
+    /// Required unless `template` is given.
+    pub title: Option<String>,
+    /// Any string; may itself be JSON text. Required unless `template` is given.
+    pub content: Option<String>,
+    /// Message type, free for the sender's use (default 0).
+    #[serde(rename = "type", default)]
+    pub msg_type: i64,
+    /// User ids. Absent or empty: every user online at this moment (broadcast).
+    #[serde(default)]
+    pub receivers: Option<Vec<UserId>>,
+    /// Channel instance names (default `["websocket"]`).
+    #[serde(default)]
+    pub channels: Option<Vec<String>>,
+    /// Template name (`templates/<name>/…`); then `title`/`content` are optional.
+    pub template: Option<String>,
+    /// Data for the template.
+    #[schema(value_type = Option<Object>)]
+    pub data: Option<serde_json::Value>,
+    /// Who sends it (default `"api"`).
+    pub sender: Option<String>,
+}
+
+/// `POST /message/sendMessage` (seed-compatible).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct SeedSendRequest {
+    pub content: String,
+    #[serde(default)]
+    pub receiver: Option<Vec<UserId>>,
+    #[serde(default)]
+    pub title: Option<String>,
+    #[serde(rename = "type", default)]
+    pub msg_type: i64,
+    #[serde(default)]
+    pub sender: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SendResponse {
+    /// The message id.
+    pub id: String,
+    /// Number of deliveries created.
+    pub deliveries: usize,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryDto {
+    pub receiver: String,
+    pub channel: String,
+    /// `pending`, `sent`, `delivered`, `read` or `failed`.
+    pub status: String,
+    pub attempts: i64,
+    /// RFC 3339.
+    pub updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl From<&Delivery> for DeliveryDto {
+    fn from(d: &Delivery) -> Self {
+        DeliveryDto {
+            receiver: d.receiver.clone(),
+            channel: d.channel.clone(),
+            status: d.status.as_str().to_owned(),
+            attempts: d.attempts,
+            updated_at: rfc3339(d.updated_at_ms),
+            error: d.error.clone(),
+        }
+    }
+}
+
+/// Deliveries per status.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliverySummary {
+    pub total: i64,
+    pub pending: i64,
+    pub sent: i64,
+    pub delivered: i64,
+    pub read: i64,
+    pub failed: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageDto {
+    pub id: String,
+    pub title: String,
+    pub content: String,
+    #[serde(rename = "type")]
+    pub msg_type: i64,
+    pub sender: String,
+    /// RFC 3339.
+    pub created_at: String,
+    pub deliveries: Vec<DeliveryDto>,
+    /// Counts over all deliveries.
+    pub summary: DeliverySummary,
+    /// In listings only the first 100 deliveries are shown; `GET /api/v1/messages/{id}` has all.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub deliveries_truncated: bool,
+}
+
+impl From<&Message> for MessageDto {
+    fn from(m: &Message) -> Self {
+        let c = &m.delivery_counts;
+        let total: i64 = c.iter().sum();
+        MessageDto {
+            id: m.id.clone(),
+            title: m.title.clone(),
+            content: m.content.clone(),
+            msg_type: m.msg_type,
+            sender: m.sender.clone(),
+            created_at: rfc3339(m.created_at_ms),
+            deliveries: m.deliveries.iter().map(DeliveryDto::from).collect(),
+            summary: DeliverySummary {
+                total,
+                pending: c[Status::Pending.code() as usize],
+                sent: c[Status::Sent.code() as usize],
+                delivered: c[Status::Delivered.code() as usize],
+                read: c[Status::Read.code() as usize],
+                failed: c[Status::Failed.code() as usize],
+            },
+            deliveries_truncated: (m.deliveries.len() as i64) < total,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessagePage {
+    pub items: Vec<MessageDto>,
+    pub page: u32,
+    pub size: u32,
+    pub total: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InboxMessage {
+    pub id: String,
+    pub title: String,
+    pub content: String,
+    #[serde(rename = "type")]
+    pub msg_type: i64,
+    pub sender: String,
+    pub created_at: String,
+    /// This user's delivery status.
+    pub status: String,
+}
+
+impl From<&InboxItem> for InboxMessage {
+    fn from(i: &InboxItem) -> Self {
+        InboxMessage {
+            id: i.id.clone(),
+            title: i.title.clone(),
+            content: i.content.clone(),
+            msg_type: i.msg_type,
+            sender: i.sender.clone(),
+            created_at: rfc3339(i.created_at_ms),
+            status: i.status.as_str().to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InboxPage {
+    pub items: Vec<InboxMessage>,
+    pub page: u32,
+    pub size: u32,
+    pub total: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Collected {
+    /// Undelivered messages, oldest first, now marked `delivered`.
+    pub items: Vec<InboxMessage>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientDto {
+    pub session_id: String,
+    pub user_id: String,
+    pub login_name: Option<String>,
+    pub device: Option<String>,
+    /// Always `online` (closed sessions are not listed).
+    pub status: String,
+    /// RFC 3339.
+    pub login_time: String,
+    pub remote_addr: String,
+    pub node: String,
+}
+
+impl From<SessionInfo> for ClientDto {
+    fn from(s: SessionInfo) -> Self {
+        ClientDto {
+            session_id: s.session_id,
+            user_id: s.user_id,
+            login_name: s.login_name,
+            device: s.device,
+            status: "online".into(),
+            login_time: rfc3339(s.login_time_ms),
+            remote_addr: s.remote_addr,
+            node: s.node,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChannelDto {
+    pub name: String,
+    pub kind: String,
+    pub enabled: bool,
+    pub summary: String,
+    /// `ok`, `degraded` or `down`.
+    pub health: String,
+    /// Counters since the server started.
+    pub sent: u64,
+    pub delivered: u64,
+    pub read: u64,
+    pub failed: u64,
+    pub errors: u64,
+}
+
+/// `PUT /api/v1/recipients/{userId}`
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RecipientBody {
+    pub name: Option<String>,
+    /// E-mail address.
+    pub email: Option<String>,
+    /// Phone number in E.164 form (`+8613800000000`).
+    pub phone: Option<String>,
+    pub wechat_open_id: Option<String>,
+    /// Push devices (kept as given until the push channels arrive).
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub devices: Option<Vec<serde_json::Value>>,
+    /// Preferences (kept as given until routing arrives).
+    #[schema(value_type = Option<Object>)]
+    pub preferences: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecipientDto {
+    pub user_id: String,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub wechat_open_id: Option<String>,
+    #[schema(value_type = Vec<Object>)]
+    pub devices: serde_json::Value,
+    #[schema(value_type = Object)]
+    pub preferences: serde_json::Value,
+    pub updated_at: String,
+}

@@ -1,0 +1,181 @@
+//! The HTTP surface: every route of API.md §3–§7 in one [`router`].
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::state::AppState;
+
+pub mod clients;
+pub mod dto;
+pub mod error;
+pub mod extract;
+pub mod inbox;
+pub mod messages;
+pub mod recipients;
+pub mod seed;
+
+use error::ApiError;
+
+/// The whole application router. Tests can drive it with `tower::ServiceExt::oneshot`.
+pub fn router(app: AppState) -> Router {
+    let body_limit = app.settings.http.body_limit;
+    Router::new()
+        .route("/websocket/{token}", get(crate::ws::ws_path))
+        .route("/websocket", get(crate::ws::ws_query))
+        .route("/api/v1/messages", post(messages::send).get(messages::list))
+        .route("/api/v1/messages/{id}", get(messages::get).delete(messages::delete))
+        .route("/api/v1/clients", get(clients::clients))
+        .route("/api/v1/channels", get(clients::channels))
+        .route(
+            "/api/v1/recipients/{user_id}",
+            get(recipients::get).put(recipients::put).delete(recipients::delete),
+        )
+        .route("/api/v1/inbox", get(inbox::inbox))
+        .route("/api/v1/inbox/collect", post(inbox::collect))
+        .route("/message/sendMessage", post(seed::send_message))
+        .route("/message/getMessagePage", get(seed::get_message_page))
+        .route(
+            "/message/deleteMessageById",
+            post(seed::delete_message_by_id).delete(seed::delete_message_by_id),
+        )
+        .route("/message/getWebSocketClients", get(seed::get_websocket_clients))
+        .route("/message/collectMessage", post(seed::collect_message))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi_json))
+        .route("/docs", get(docs))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(app)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route; see /openapi.json")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route")
+}
+
+/// Process is up
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "`{\"status\":\"ok\"}`")))]
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// Database reachable and migrations applied
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "`{\"status\":\"ready\"}`"),
+    (status = 503, body = error::ErrorBody),
+))]
+pub async fn readyz(State(app): State<AppState>) -> Response {
+    if app.shutdown.is_cancelled() {
+        return ApiError::unavailable("shutting down").into_response();
+    }
+    match app.store.ready().await {
+        Ok(()) => Json(serde_json::json!({"status": "ready"})).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            ApiError::unavailable("database not ready").into_response()
+        }
+    }
+}
+
+/// Prometheus metrics (text format)
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain", description = "Prometheus text exposition")))]
+pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        app.metrics.render(),
+    )
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Herald",
+        description = "Self-hosted multi-channel notification server. WebSocket frames: see the `websocket` tag and API.md §3.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        crate::ws::ws_path,
+        crate::ws::ws_query,
+        messages::send,
+        messages::list,
+        messages::get,
+        messages::delete,
+        clients::clients,
+        clients::channels,
+        recipients::put,
+        recipients::get,
+        recipients::delete,
+        inbox::inbox,
+        inbox::collect,
+        healthz,
+        readyz,
+        metrics,
+    ),
+    components(schemas(error::ErrorBody, dto::SendRequest, dto::SeedSendRequest, dto::UserId)),
+    modifiers(&Security),
+    tags(
+        (name = "messages", description = "Send and track messages (API key)"),
+        (name = "inbox", description = "A user's own messages (user token)"),
+        (name = "websocket", description = "Live push; frames: welcome, message, ack, read, ping/pong, error"),
+        (name = "operations", description = "Health, readiness, metrics"),
+    )
+)]
+pub struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("Management API key"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "user_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("User token (HS256 JWT)"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The OpenAPI document, with the seed-compatible aliases added.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+async fn openapi_json() -> Response {
+    match serde_json::to_string(&openapi()) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "OpenAPI serialization failed");
+            ApiError::unavailable("OpenAPI document unavailable").into_response()
+        }
+    }
+}
+
+/// A self-contained API reference page (no CDN: renders `/openapi.json` in the browser).
+async fn docs() -> Html<&'static str> {
+    Html(include_str!("docs.html"))
+}

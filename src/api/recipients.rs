@@ -1,0 +1,177 @@
+//! Recipient records: the addresses non-WebSocket channels send to.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+
+use super::dto::{RecipientBody, RecipientDto};
+use super::error::{ApiError, ErrorBody};
+use super::extract::{ApiKey, JsonBody};
+use crate::model::{rfc3339, Recipient};
+use crate::state::AppState;
+
+fn dto(r: Recipient) -> RecipientDto {
+    RecipientDto {
+        user_id: r.user_id,
+        name: r.name,
+        email: r.email,
+        phone: r.phone,
+        wechat_open_id: r.wechat_open_id,
+        devices: r.devices,
+        preferences: r.preferences,
+        updated_at: rfc3339(r.updated_at_ms),
+    }
+}
+
+fn check_user(user_id: &str) -> Result<(), ApiError> {
+    if user_id.is_empty() || user_id.len() > 128 || user_id.chars().any(char::is_control) {
+        return Err(ApiError::invalid("userId", "must be 1 to 128 characters"));
+    }
+    Ok(())
+}
+
+/// A plausible e-mail address: `local@domain.tld`, no spaces, at most 254 characters.
+pub fn valid_email(s: &str) -> bool {
+    let Some((local, domain)) = s.rsplit_once('@') else {
+        return false;
+    };
+    s.len() <= 254
+        && !local.is_empty()
+        && local.len() <= 64
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>' || c == ',')
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains("..")
+        && domain
+            .chars()
+            .all(|c| c.is_alphanumeric() || c == '-' || c == '.')
+}
+
+/// E.164: `+`, a non-zero digit, then 6 to 14 more digits.
+pub fn valid_e164(s: &str) -> bool {
+    let Some(digits) = s.strip_prefix('+') else {
+        return false;
+    };
+    (7..=15).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0')
+}
+
+/// Create or replace a recipient
+#[utoipa::path(
+    put,
+    path = "/api/v1/recipients/{userId}",
+    tag = "recipients",
+    params(("userId" = String, Path)),
+    request_body = RecipientBody,
+    responses(
+        (status = 200, description = "Replaced", body = RecipientDto),
+        (status = 201, description = "Created", body = RecipientDto),
+        (status = 422, body = ErrorBody), (status = 401, body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn put(
+    State(app): State<AppState>,
+    _key: ApiKey,
+    Path(user_id): Path<String>,
+    body: JsonBody<RecipientBody>,
+) -> Result<(StatusCode, Json<RecipientDto>), ApiError> {
+    check_user(&user_id)?;
+    let b = body.value;
+    if let Some(e) = &b.email {
+        if !valid_email(e) {
+            return Err(ApiError::invalid("email", "not a valid e-mail address"));
+        }
+    }
+    if let Some(p) = &b.phone {
+        if !valid_e164(p) {
+            return Err(ApiError::invalid("phone", "expected E.164 form, e.g. +8613800000000"));
+        }
+    }
+    if let Some(w) = &b.wechat_open_id {
+        if w.is_empty() || w.len() > 128 {
+            return Err(ApiError::invalid("wechatOpenId", "must be 1 to 128 characters"));
+        }
+    }
+    if b.name.as_ref().is_some_and(|n| n.len() > 256) {
+        return Err(ApiError::invalid("name", "longer than 256 bytes"));
+    }
+    let rec = Recipient {
+        user_id: user_id.clone(),
+        name: b.name,
+        email: b.email,
+        phone: b.phone,
+        wechat_open_id: b.wechat_open_id,
+        devices: serde_json::Value::Array(b.devices.unwrap_or_default()),
+        preferences: serde_json::Value::Object(b.preferences.unwrap_or_default()),
+        updated_at_ms: 0,
+    };
+    let created = app.store.put_recipient(rec).await?;
+    let stored = app
+        .store
+        .get_recipient(&user_id)
+        .await?
+        .ok_or_else(|| ApiError::unavailable("recipient vanished during the write; retry"))?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(dto(stored))))
+}
+
+/// Get a recipient
+#[utoipa::path(
+    get,
+    path = "/api/v1/recipients/{userId}",
+    tag = "recipients",
+    params(("userId" = String, Path)),
+    responses((status = 200, body = RecipientDto), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+pub async fn get(State(app): State<AppState>, _key: ApiKey, Path(user_id): Path<String>) -> Result<Json<RecipientDto>, ApiError> {
+    match app.store.get_recipient(&user_id).await? {
+        Some(r) => Ok(Json(dto(r))),
+        None => Err(ApiError::not_found(format!("recipient `{user_id}` not found"))),
+    }
+}
+
+/// Delete a recipient
+#[utoipa::path(
+    delete,
+    path = "/api/v1/recipients/{userId}",
+    tag = "recipients",
+    params(("userId" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+pub async fn delete(State(app): State<AppState>, _key: ApiKey, Path(user_id): Path<String>) -> Result<StatusCode, ApiError> {
+    if app.store.delete_recipient(&user_id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("recipient `{user_id}` not found")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn email_syntax() {
+        for ok in ["a@example.com", "first.last+tag@sub.example.cn", "x@b.co"] {
+            assert!(valid_email(ok), "{ok}");
+        }
+        for bad in ["", "a", "a@", "@b.com", "a@b", "a b@c.com", "a@.com", "a@b..com", "a@b.com.", "<a@b.com>"] {
+            assert!(!valid_email(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn e164() {
+        for ok in ["+8613800000000", "+14155552671", "+4420794600"] {
+            assert!(valid_e164(ok), "{ok}");
+        }
+        for bad in ["13800000000", "+0123456789", "+1", "+1234567890123456", "+86 138", "+86138a0000000"] {
+            assert!(!valid_e164(bad), "{bad}");
+        }
+    }
+}

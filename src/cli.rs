@@ -1,0 +1,207 @@
+//! The `herald` command line: `serve | token | send | migrate`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+use crate::config::{Overrides, Settings};
+
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, about = "Self-hosted multi-channel notification server")]
+pub struct Cli {
+    /// Configuration file (default: ./herald.toml when present).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve {
+        /// Listen address (HERALD_BIND).
+        #[arg(long, value_name = "ADDR")]
+        bind: Option<String>,
+        /// sqlite://FILE (HERALD_DATABASE_URL).
+        #[arg(long, value_name = "URL")]
+        database_url: Option<String>,
+    },
+    /// Print a user token accepted by a server with the same configuration.
+    Token {
+        /// User id (the token's `sub`).
+        #[arg(long)]
+        user: String,
+        /// Login name (`name` claim).
+        #[arg(long)]
+        name: Option<String>,
+        /// Device name (`device` claim).
+        #[arg(long)]
+        device: Option<String>,
+        /// Lifetime, e.g. 1h, 30m, 7d.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+    /// Send a message through a running server's API.
+    Send {
+        /// Receivers: user ids separated by commas.
+        #[arg(long, value_delimiter = ',', required = true, value_name = "ID[,ID…]")]
+        to: Vec<String>,
+        #[arg(long)]
+        title: String,
+        #[arg(long)]
+        content: String,
+        /// Message type.
+        #[arg(long = "type", default_value_t = 0)]
+        msg_type: i64,
+        /// Channel instance (repeat or separate with commas; default websocket).
+        #[arg(long = "channel", value_delimiter = ',', value_name = "NAME")]
+        channels: Vec<String>,
+        /// Server base URL (default: http://<bind>).
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+    },
+    /// Create or upgrade the database schema, then exit.
+    Migrate {
+        #[arg(long, value_name = "URL")]
+        database_url: Option<String>,
+    },
+}
+
+/// Entry point for `main.rs`.
+pub async fn main(cli: Cli) -> anyhow::Result<()> {
+    let config = cli.config.as_deref();
+    match cli.command {
+        Command::Serve { bind, database_url } => {
+            let settings = Settings::load(config, &Overrides { bind, database_url })?;
+            init_tracing(&settings);
+            raise_nofile_limit();
+            let running = crate::start(settings).await?;
+            wait_for_signal().await;
+            tracing::info!("shutting down");
+            running.shutdown().await;
+            Ok(())
+        }
+        Command::Token {
+            user,
+            name,
+            device,
+            ttl,
+        } => {
+            let settings = Settings::load(config, &Overrides::default())?;
+            let secrets = crate::auth::resolve_secrets(&settings)?;
+            if let Some(file) = secrets.file.as_ref().filter(|_| !secrets.generated.is_empty()) {
+                eprintln!("generated secrets in {}", file.display());
+            }
+            let exp = crate::auth::unix_now() + ttl.as_secs() as i64;
+            let token = crate::auth::mint_token(
+                secrets.jwt_secret.expose().as_bytes(),
+                &user,
+                name.as_deref(),
+                device.as_deref(),
+                exp,
+            );
+            println!("{token}");
+            Ok(())
+        }
+        Command::Send {
+            to,
+            title,
+            content,
+            msg_type,
+            channels,
+            server,
+        } => {
+            let settings = Settings::load(config, &Overrides::default())?;
+            let secrets = crate::auth::resolve_secrets(&settings)?;
+            let base = server.unwrap_or_else(|| format!("http://{}", client_addr(&settings.bind)));
+            let mut body = serde_json::json!({
+                "title": title, "content": content, "type": msg_type, "receivers": to,
+            });
+            if !channels.is_empty() {
+                body["channels"] = serde_json::json!(channels);
+            }
+            let resp = reqwest::Client::new()
+                .post(format!("{}/api/v1/messages", base.trim_end_matches('/')))
+                .bearer_auth(secrets.api_key.expose())
+                .json(&body)
+                .timeout(Duration::from_secs(30))
+                .send()
+                .await
+                .with_context(|| format!("cannot reach the server at {base} (is `herald serve` running?)"))?;
+            let status = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            if !status.is_success() {
+                bail!("server answered {status}: {text}");
+            }
+            println!("{text}");
+            Ok(())
+        }
+        Command::Migrate { database_url } => {
+            let settings = Settings::load(
+                config,
+                &Overrides {
+                    bind: None,
+                    database_url,
+                },
+            )?;
+            if let Some(path) = settings.sqlite_path() {
+                crate::store::sqlite::SqliteStore::ensure_parent(&path)?;
+            }
+            crate::store::sqlite::SqliteStore::migrate_only(&settings.database_url).await?;
+            println!("migrations applied to {}", crate::redact_url(&settings.database_url));
+            Ok(())
+        }
+    }
+}
+
+/// Where a client on this machine reaches a server bound to `bind`.
+fn client_addr(bind: &str) -> String {
+    match bind.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.ip().is_unspecified() => format!("127.0.0.1:{}", a.port()),
+        _ => bind.to_owned(),
+    }
+}
+
+fn init_tracing(settings: &Settings) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log.filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = builder.try_init();
+}
+
+/// Many idle sockets need many file descriptors: raise the soft limit to the hard one.
+fn raise_nofile_limit() {
+    // Without libc bindings we read the limits from /proc and log them; `ulimit -n` in the
+    // service unit raises them (see README).
+    if let Ok(limits) = std::fs::read_to_string("/proc/self/limits") {
+        if let Some(line) = limits.lines().find(|l| l.starts_with("Max open files")) {
+            tracing::debug!(limits = line, "file descriptor limits");
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

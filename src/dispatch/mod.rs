@@ -1,0 +1,289 @@
+//! The dispatcher: the only code that changes a delivery's status.
+//!
+//! After the API has committed a message and its deliveries, [`Dispatcher::dispatch`] hands
+//! each delivery to its channel instance and records the outcome. Status changes from
+//! anywhere (hand-over results, WebSocket acks and reads, replays) go through
+//! [`Dispatcher::record`] into one bounded queue, drained by a writer task that applies them in
+//! batches (one transaction per batch).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use herald_channel::{Accepted, Channel, ChannelDescriptor, ChannelError, ErrorKind, MessageView, Outgoing};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::Metrics;
+use crate::model::{Status, StatusChange};
+use crate::store::Store;
+
+/// A configured channel instance.
+pub struct Instance {
+    pub name: String,
+    pub descriptor: &'static ChannelDescriptor,
+    pub channel: Arc<dyn Channel>,
+}
+
+/// One delivery to hand over: (delivery id, receiver, channel instance name).
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub delivery_id: i64,
+    pub receiver: String,
+    pub channel: String,
+    pub address: Option<String>,
+}
+
+enum StatusItem {
+    Change(StatusChange),
+    Flush(oneshot::Sender<()>),
+}
+
+/// How long a provider channel may take for one `send`.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a deleted message id is remembered in memory (covers frames already queued).
+const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
+
+#[derive(Clone)]
+pub struct Dispatcher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    instances: BTreeMap<String, Instance>,
+    status_tx: mpsc::Sender<StatusItem>,
+    tombstones: Tombstones,
+    metrics: Arc<Metrics>,
+}
+
+impl Dispatcher {
+    /// A dispatcher and its status writer task (which runs until [`Dispatcher::flush`]
+    /// after the last clone is dropped, or forever).
+    pub fn new(
+        store: Arc<dyn Store>,
+        instances: BTreeMap<String, Instance>,
+        metrics: Arc<Metrics>,
+        queue: usize,
+        batch: usize,
+    ) -> (Dispatcher, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(queue);
+        let task = tokio::spawn(status_writer(store, rx, batch, metrics.clone()));
+        let d = Dispatcher {
+            inner: Arc::new(Inner {
+                instances,
+                status_tx: tx,
+                tombstones: Tombstones::default(),
+                metrics,
+            }),
+        };
+        (d, task)
+    }
+
+    pub fn instance(&self, name: &str) -> Option<&Instance> {
+        self.inner.instances.get(name)
+    }
+
+    pub fn instances(&self) -> impl Iterator<Item = &Instance> {
+        self.inner.instances.values()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Hand the deliveries of a freshly committed message to their channels.
+    pub async fn dispatch(&self, message: Arc<MessageView>, accepted_at: Instant, planned: Vec<Planned>) {
+        let mut by_channel: HashMap<&str, Vec<Outgoing>> = HashMap::new();
+        for p in &planned {
+            by_channel.entry(p.channel.as_str()).or_default().push(Outgoing {
+                delivery_id: p.delivery_id,
+                message: message.clone(),
+                receiver: p.receiver.clone(),
+                address: p.address.clone(),
+            });
+        }
+        for (name, outs) in by_channel {
+            let Some(instance) = self.inner.instances.get(name) else {
+                tracing::error!(channel = name, "delivery for an unknown channel instance");
+                continue;
+            };
+            if instance.descriptor.presence {
+                // Presence channels only queue frames: fast, never blocking. Inline.
+                let results = instance.channel.send_batch(&outs).await;
+                self.record_results(name, &outs, results, accepted_at).await;
+            } else {
+                let this = self.clone();
+                let name = name.to_owned();
+                let channel = instance.channel.clone();
+                tokio::spawn(async move {
+                    let results = match tokio::time::timeout(SEND_TIMEOUT, channel.send_batch(&outs)).await {
+                        Ok(r) => r,
+                        Err(_) => outs
+                            .iter()
+                            .map(|_| Err(ChannelError::transient("send timed out")))
+                            .collect(),
+                    };
+                    this.record_results(&name, &outs, results, accepted_at).await;
+                });
+            }
+        }
+    }
+
+    async fn record_results(
+        &self,
+        channel: &str,
+        outs: &[Outgoing],
+        results: Vec<Result<Accepted, ChannelError>>,
+        accepted_at: Instant,
+    ) {
+        let counters = self.inner.metrics.channel(channel);
+        for (out, result) in outs.iter().zip(results) {
+            match result {
+                Ok(Accepted::Sent { .. }) => {
+                    if let Some(c) = counters {
+                        c.latency.observe(accepted_at.elapsed());
+                    }
+                    self.record(channel, delivery(out.delivery_id, Status::Sent, None)).await;
+                }
+                Ok(Accepted::Held) => {}
+                Err(e) => {
+                    if let Some(c) = counters {
+                        c.errors[error_index(e.kind())].fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::warn!(delivery = out.delivery_id, channel, kind = e.kind().as_str(), "hand-over failed");
+                    let (status, error) = if e.is_retryable() {
+                        // Stays pending; retries with backoff come with the provider outbox.
+                        (Status::Pending, e.to_string())
+                    } else {
+                        (Status::Failed, e.to_string())
+                    };
+                    self.record(channel, delivery(out.delivery_id, status, Some(error))).await;
+                }
+            }
+        }
+    }
+
+    /// Queue a status change for the batched writer (waits when the queue is full).
+    pub async fn record(&self, channel: &str, change: StatusChange) {
+        if let Some(c) = self.inner.metrics.channel(channel) {
+            let status = match &change {
+                StatusChange::Delivery { status, .. } | StatusChange::Receiver { status, .. } => *status,
+            };
+            if status != Status::Pending {
+                c.count(status);
+            }
+        }
+        if self.inner.status_tx.send(StatusItem::Change(change)).await.is_err() {
+            tracing::error!("status writer is gone; a status change was dropped");
+        }
+    }
+
+    /// Wait until every status change queued so far is written.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.inner.status_tx.send(StatusItem::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Remember that a message was deleted, so frames already queued are not written.
+    pub fn mark_deleted(&self, message_id: &str) {
+        self.inner.tombstones.insert(message_id);
+    }
+
+    pub fn is_deleted(&self, message_id: &str) -> bool {
+        self.inner.tombstones.contains(message_id)
+    }
+}
+
+fn delivery(delivery_id: i64, status: Status, error: Option<String>) -> StatusChange {
+    StatusChange::Delivery {
+        delivery_id,
+        status,
+        error,
+        count_attempt: true,
+    }
+}
+
+fn error_index(kind: ErrorKind) -> usize {
+    match kind {
+        ErrorKind::Transient => 0,
+        ErrorKind::RateLimited => 1,
+        ErrorKind::BadRecipient => 2,
+        ErrorKind::Permanent => 3,
+        ErrorKind::Config => 4,
+    }
+}
+
+async fn status_writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<StatusItem>, batch: usize, metrics: Arc<Metrics>) {
+    let mut items = Vec::with_capacity(batch);
+    while rx.recv_many(&mut items, batch).await > 0 {
+        let mut changes = Vec::with_capacity(items.len());
+        let mut flushes = Vec::new();
+        for item in items.drain(..) {
+            match item {
+                StatusItem::Change(c) => changes.push(c),
+                StatusItem::Flush(tx) => flushes.push(tx),
+            }
+        }
+        let mut attempt = 0;
+        while !changes.is_empty() {
+            match store.apply_status(changes.clone()).await {
+                Ok(()) => break,
+                Err(e) => {
+                    attempt += 1;
+                    metrics.status_write_errors.fetch_add(1, Ordering::Relaxed);
+                    if attempt >= 3 {
+                        // Lost status changes only cause re-sends (at-least-once), never loss.
+                        tracing::error!(error = %e, count = changes.len(), "status changes dropped after 3 attempts");
+                        break;
+                    }
+                    tracing::warn!(error = %e, attempt, "status write failed, retrying");
+                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                }
+            }
+        }
+        for tx in flushes {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Recently deleted message ids. Checked before every frame write; the common case (no
+/// recent deletes) is one atomic load.
+#[derive(Default)]
+struct Tombstones {
+    len: AtomicUsize,
+    ids: Mutex<HashMap<String, Instant>>,
+}
+
+impl Tombstones {
+    fn insert(&self, id: &str) {
+        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        ids.retain(|_, at| now.duration_since(*at) < TOMBSTONE_TTL);
+        ids.insert(id.to_owned(), now);
+        self.len.store(ids.len(), Ordering::Release);
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        if self.len.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        self.ids.lock().unwrap_or_else(|p| p.into_inner()).contains_key(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tombstones() {
+        let t = Tombstones::default();
+        assert!(!t.contains("a"));
+        t.insert("a");
+        assert!(t.contains("a"));
+        assert!(!t.contains("b"));
+    }
+}

@@ -1,0 +1,308 @@
+//! # Herald
+//!
+//! A self-hosted multi-channel notification server. Backend services call one REST API;
+//! the dispatcher stores every message durably and routes it to channel plugins (WebSocket
+//! built in). See `ARCHITECTURE.md` for the code map and invariants.
+//!
+//! [`start`] runs a server in the current Tokio runtime and returns a [`Running`] handle;
+//! `main.rs` only parses arguments and calls [`cli::main`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_channel::{BuildContext, Services};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod dispatch;
+pub mod metrics;
+pub mod model;
+pub mod session;
+pub mod state;
+pub mod store;
+pub mod ws;
+
+use auth::{Authenticator, JwtAuthenticator};
+use config::{Secret, Settings};
+use dispatch::{Dispatcher, Instance};
+use metrics::Metrics;
+use session::memory::MemoryRegistry;
+use session::SessionRegistry;
+use state::AppState;
+use store::sqlite::SqliteStore;
+use store::Store;
+
+/// Why the server could not start. Each names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Secrets(#[from] auth::SecretsError),
+    #[error("database {url}: {source}")]
+    Store { url: String, source: store::StoreError },
+    #[error("cannot create the database directory {0}: {1}")]
+    DataDir(std::path::PathBuf, std::io::Error),
+    #[error(transparent)]
+    Channel(#[from] herald_channel::ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+}
+
+/// A running server.
+pub struct Running {
+    addr: SocketAddr,
+    api_key: Secret,
+    jwt_secret: Secret,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn api_key(&self) -> &str {
+        self.api_key.expose()
+    }
+
+    /// A user token accepted by this server (default authenticator).
+    pub fn mint_token(&self, user: &str, name: Option<&str>, device: Option<&str>, ttl: Duration) -> String {
+        auth::mint_token(
+            self.jwt_secret.expose().as_bytes(),
+            user,
+            name,
+            device,
+            auth::unix_now() + ttl.as_secs() as i64,
+        )
+    }
+
+    /// Stop accepting, close sessions with 1001, finish in-flight work, flush, close.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "server task failed");
+        }
+    }
+
+    /// Resolves when the server has stopped by itself (it normally doesn't).
+    pub async fn stopped(&mut self) {
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// Start a server with the default (JWT) authenticator.
+pub async fn start(settings: Settings) -> Result<Running, StartError> {
+    start_with(settings, None).await
+}
+
+/// Start a server; `auth` replaces the default JWT authenticator (a deployment's own
+/// account system).
+pub async fn start_with(settings: Settings, auth: Option<Arc<dyn Authenticator>>) -> Result<Running, StartError> {
+    settings.validate()?;
+    let secrets = auth::resolve_secrets(&settings)?;
+    if let Some(file) = &secrets.file {
+        if secrets.generated.is_empty() {
+            tracing::info!(file = %file.display(), "using generated secrets");
+        } else {
+            tracing::warn!(file = %file.display(), generated = ?secrets.generated,
+                "no jwt_secret/api_key configured: generated them (mode 0600); read the API key there");
+        }
+    }
+
+    let store = open_store(&settings).await?;
+    let registry: Arc<dyn SessionRegistry> = Arc::new(MemoryRegistry::default());
+    let mut services = Services::default();
+    services.insert(registry.clone());
+    let instances = build_instances(&settings, &services)?;
+    let metrics = Arc::new(Metrics::new(instances.keys().cloned()));
+    let (dispatcher, status_task) = Dispatcher::new(store.clone(), instances, metrics.clone(), 65_536, 2048);
+
+    let auth = auth.unwrap_or_else(|| Arc::new(JwtAuthenticator::new(secrets.jwt_secret.expose().as_bytes())));
+    let shutdown = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind(&settings.bind)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: settings.bind.clone(),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: settings.bind.clone(),
+        source,
+    })?;
+    let shutdown_timeout = settings.http.shutdown_timeout;
+    let app = AppState::new(state::Inner {
+        node: settings.node(),
+        settings,
+        store: store.clone(),
+        registry,
+        dispatcher: dispatcher.clone(),
+        auth,
+        api_key: secrets.api_key.clone(),
+        metrics,
+        shutdown: shutdown.clone(),
+        sessions: TaskTracker::new(),
+    });
+    let router = api::router(app.clone());
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move {
+        let serve = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(token.cancelled_owned());
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+        // Sessions saw the cancellation and are closing with 1001.
+        app.sessions.close();
+        if tokio::time::timeout(shutdown_timeout, app.sessions.wait()).await.is_err() {
+            tracing::warn!("some WebSocket sessions did not close in time");
+        }
+        // In-flight provider hand-overs and queued status changes.
+        if tokio::time::timeout(shutdown_timeout, dispatcher.flush()).await.is_err() {
+            tracing::warn!("status changes still queued at shutdown; they will be re-sent (at-least-once)");
+        }
+        drop(dispatcher);
+        drop(app);
+        status_task.abort();
+        store.close().await;
+        tracing::info!("stopped");
+    });
+    tracing::info!(%addr, "listening");
+    Ok(Running {
+        addr,
+        api_key: secrets.api_key,
+        jwt_secret: secrets.jwt_secret,
+        shutdown,
+        task,
+    })
+}
+
+async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StartError> {
+    if let Some(path) = settings.sqlite_path() {
+        SqliteStore::ensure_parent(&path).map_err(|e| StartError::DataDir(path.clone(), e))?;
+    }
+    let store = SqliteStore::open(&settings.database_url, &settings.database)
+        .await
+        .map_err(|source| StartError::Store {
+            url: redact_url(&settings.database_url),
+            source,
+        })?;
+    Ok(Arc::new(store))
+}
+
+/// A database URL without its password, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Build the WebSocket instance and every `[channels.<name>]` through the registry.
+pub fn build_instances(settings: &Settings, services: &Services) -> Result<BTreeMap<String, Instance>, StartError> {
+    let mut out = BTreeMap::new();
+    let empty = serde_json::Value::Object(Default::default());
+    let ws = herald_channel::find(ws::WEBSOCKET).ok_or_else(|| {
+        herald_channel::ConfigError::new(ws::WEBSOCKET, "the websocket channel is not registered")
+    })?;
+    let channel = (ws.build)(BuildContext {
+        name: ws::WEBSOCKET,
+        config: &empty,
+        services,
+    })?;
+    out.insert(
+        ws::WEBSOCKET.to_owned(),
+        Instance {
+            name: ws::WEBSOCKET.to_owned(),
+            descriptor: ws,
+            channel,
+        },
+    );
+    for (name, table) in &settings.channels {
+        let kind = match table.get("kind") {
+            Some(toml::Value::String(k)) => k.clone(),
+            Some(_) => return Err(herald_channel::ConfigError::new(name, "kind: must be a string").into()),
+            None => {
+                return Err(herald_channel::ConfigError::new(name, "missing field `kind`").into());
+            }
+        };
+        let Some(descriptor) = herald_channel::find(&kind) else {
+            let known: Vec<&str> = herald_channel::descriptors().iter().map(|d| d.kind).collect();
+            return Err(herald_channel::ConfigError::new(
+                name,
+                format!("kind: unknown channel kind `{kind}` (available: {})", known.join(", ")),
+            )
+            .into());
+        };
+        let mut rest = table.clone();
+        rest.remove("kind");
+        let config = serde_json::to_value(rest)
+            .map_err(|e| herald_channel::ConfigError::new(name, format!("invalid configuration: {e}")))?;
+        let channel = (descriptor.build)(BuildContext {
+            name,
+            config: &config,
+            services,
+        })?;
+        out.insert(
+            name.clone(),
+            Instance {
+                name: name.clone(),
+                descriptor,
+                channel,
+            },
+        );
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_database_passwords() {
+        assert_eq!(
+            redact_url("postgres://herald:s3cret@db:5432/herald"),
+            "postgres://herald:***@db:5432/herald"
+        );
+        assert_eq!(redact_url("sqlite://herald.db"), "sqlite://herald.db");
+    }
+
+    #[test]
+    fn websocket_is_registered_through_the_descriptor() {
+        let kinds: Vec<&str> = herald_channel::descriptors().iter().map(|d| d.kind).collect();
+        assert!(kinds.contains(&"websocket"), "{kinds:?}");
+        assert!(herald_channel::find("websocket").unwrap().presence);
+    }
+
+    #[test]
+    fn unknown_kind_and_missing_kind_fail_with_the_key() {
+        let mut settings = Settings::default();
+        let services = Services::default();
+        let mut t = toml::Table::new();
+        t.insert("kind".into(), toml::Value::String("carrier.pigeon".into()));
+        settings.channels.insert("birds".into(), t);
+        let mut services_ws = services.clone();
+        let registry: Arc<dyn SessionRegistry> = Arc::new(MemoryRegistry::default());
+        services_ws.insert(registry);
+        let err = build_instances(&settings, &services_ws).err().unwrap().to_string();
+        assert!(err.contains("channels.birds") && err.contains("carrier.pigeon"), "{err}");
+
+        settings.channels.insert("birds".into(), toml::Table::new());
+        let err = build_instances(&settings, &services_ws).err().unwrap().to_string();
+        assert!(err.contains("channels.birds") && err.contains("kind"), "{err}");
+    }
+}

@@ -1,0 +1,291 @@
+//! Domain types shared by the store, the dispatcher and the API. Wire formats live in
+//! `api/` and `ws/frame.rs`; these types don't derive `Serialize` just to be sent somewhere.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Delivery status. The numeric rank only ever grows for one delivery (`pending` → `sent` →
+/// `delivered` → `read`); `failed` is terminal and never overrides `delivered`/`read`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Status {
+    Pending = 0,
+    Sent = 1,
+    Delivered = 2,
+    Read = 3,
+    Failed = 4,
+}
+
+impl Status {
+    pub const ALL: [Status; 5] = [
+        Status::Pending,
+        Status::Sent,
+        Status::Delivered,
+        Status::Read,
+        Status::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Sent => "sent",
+            Status::Delivered => "delivered",
+            Status::Read => "read",
+            Status::Failed => "failed",
+        }
+    }
+
+    pub fn code(self) -> i64 {
+        self as i64
+    }
+
+    pub fn from_code(code: i64) -> Status {
+        match code {
+            0 => Status::Pending,
+            1 => Status::Sent,
+            2 => Status::Delivered,
+            3 => Status::Read,
+            _ => Status::Failed,
+        }
+    }
+
+    /// `pending` or `sent`: replayed on connect, collected by the inbox.
+    pub fn is_undelivered(self) -> bool {
+        matches!(self, Status::Pending | Status::Sent)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Status {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        Status::ALL.into_iter().find(|st| st.as_str() == s).ok_or(())
+    }
+}
+
+/// A filter on delivery status in listings: one status, or "undelivered" (pending or sent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusFilter {
+    Is(Status),
+    Undelivered,
+}
+
+impl FromStr for StatusFilter {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        if s == "undelivered" {
+            return Ok(StatusFilter::Undelivered);
+        }
+        s.parse().map(StatusFilter::Is)
+    }
+}
+
+/// A message accepted by the API, before it is stored.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// Public id (UUID v7).
+    pub id: String,
+    pub title: String,
+    pub content: String,
+    pub msg_type: i64,
+    pub sender: String,
+    pub created_at_ms: i64,
+    /// One delivery per (receiver, channel instance).
+    pub deliveries: Vec<NewDelivery>,
+    /// Deduplication of retried sends: the key and a hash of the request.
+    pub idempotency: Option<Idempotency>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub receiver: String,
+    pub channel: String,
+    /// Usually `Pending`; a delivery can be born `Failed` (e.g. `no_address`).
+    pub status: Status,
+    pub error: Option<String>,
+    /// The address resolved for the channel (not stored: looked up again on retries).
+    pub address: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    pub key: String,
+    pub request_hash: String,
+}
+
+/// What the store answers to an insert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    /// Stored now; `seq` is the internal ordering key, deliveries carry their ids.
+    New { seq: i64, delivery_ids: Vec<i64> },
+    /// The idempotency key was seen before with the same request: the earlier message.
+    Existing { id: String, deliveries: usize },
+    /// The idempotency key was seen before with a different request.
+    KeyConflict,
+}
+
+/// A stored message with its deliveries.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub seq: i64,
+    pub id: String,
+    pub title: String,
+    pub content: String,
+    pub msg_type: i64,
+    pub sender: String,
+    pub created_at_ms: i64,
+    /// Deliveries (all of them, or the first N in listings).
+    pub deliveries: Vec<Delivery>,
+    /// Number of deliveries per status, indexed by [`Status::code`] (always complete).
+    pub delivery_counts: [i64; 5],
+}
+
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: i64,
+    pub receiver: String,
+    pub channel: String,
+    pub status: Status,
+    pub attempts: i64,
+    pub error: Option<String>,
+    pub next_attempt_ms: Option<i64>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// A message as a receiver sees it (replay, inbox), without other receivers' deliveries.
+#[derive(Debug, Clone)]
+pub struct InboxItem {
+    pub seq: i64,
+    /// This receiver's delivery on the channel.
+    pub delivery_id: i64,
+    pub id: String,
+    pub title: String,
+    pub content: String,
+    pub msg_type: i64,
+    pub sender: String,
+    pub created_at_ms: i64,
+    pub status: Status,
+}
+
+/// Listing filters of `GET /api/v1/messages`.
+#[derive(Debug, Clone, Default)]
+pub struct MessageFilter {
+    pub status: Option<StatusFilter>,
+    pub receiver: Option<String>,
+    pub sender: Option<String>,
+    pub msg_type: Option<i64>,
+    pub channel: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PageRequest {
+    /// 1-based.
+    pub page: u32,
+    pub size: u32,
+}
+
+impl PageRequest {
+    pub fn offset(&self) -> i64 {
+        i64::from(self.page.saturating_sub(1)) * i64::from(self.size)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub total: i64,
+}
+
+/// A status change requested by the dispatcher. Applied only if it moves the delivery
+/// forward (see [`Status`]).
+#[derive(Debug, Clone)]
+pub enum StatusChange {
+    /// By delivery id (the dispatcher knows it).
+    Delivery {
+        delivery_id: i64,
+        status: Status,
+        error: Option<String>,
+        count_attempt: bool,
+    },
+    /// A receiver's ack/read of a message on a channel, by public message id. Matches only
+    /// that receiver's delivery: an ack for someone else's message changes nothing.
+    Receiver {
+        message_id: String,
+        receiver: String,
+        channel: String,
+        status: Status,
+    },
+}
+
+/// Addresses used by non-WebSocket channels.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Recipient {
+    pub user_id: String,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub wechat_open_id: Option<String>,
+    /// Registered devices (free-form JSON array until the push channels arrive).
+    pub devices: serde_json::Value,
+    /// Preferences (free-form JSON object until routing arrives).
+    pub preferences: serde_json::Value,
+    pub updated_at_ms: i64,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    let now = time::OffsetDateTime::now_utc();
+    (now.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// RFC 3339 with millisecond precision, UTC (`2026-11-28T17:39:14.123Z`).
+pub fn rfc3339(ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let f = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.format(&f).unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".into())
+}
+
+/// A fresh public message id.
+pub fn new_message_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_round_trip() {
+        for s in Status::ALL {
+            assert_eq!(s.as_str().parse::<Status>(), Ok(s));
+            assert_eq!(Status::from_code(s.code()), s);
+        }
+        assert_eq!("undelivered".parse::<StatusFilter>(), Ok(StatusFilter::Undelivered));
+        assert!("nope".parse::<StatusFilter>().is_err());
+    }
+
+    #[test]
+    fn rfc3339_formats_utc_millis() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        let parsed = time::OffsetDateTime::parse(
+            &rfc3339(now_ms()),
+            &time::format_description::well_known::Rfc3339,
+        );
+        assert!(parsed.is_ok());
+    }
+
+    #[test]
+    fn page_offset() {
+        assert_eq!(PageRequest { page: 1, size: 20 }.offset(), 0);
+        assert_eq!(PageRequest { page: 3, size: 20 }.offset(), 40);
+    }
+}

@@ -1,0 +1,185 @@
+//! The in-memory session registry (single node).
+//!
+//! Sessions are kept per user in a sharded map: pushes for different users take different
+//! shard locks, each held only for a lookup (never across an `.await`).
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+
+use super::{Outbound, Pushed, SessionHandle, SessionInfo, SessionRegistry};
+
+const SHARDS: usize = 64;
+
+type Shard = Mutex<HashMap<String, Vec<Arc<SessionHandle>>>>;
+
+pub struct MemoryRegistry {
+    shards: Box<[Shard]>,
+    count: AtomicUsize,
+}
+
+impl Default for MemoryRegistry {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            count: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl MemoryRegistry {
+    fn shard(&self, user: &str) -> &Shard {
+        let mut h = DefaultHasher::new();
+        user.hash(&mut h);
+        &self.shards[(h.finish() as usize) % SHARDS]
+    }
+
+    /// Snapshot of one user's handles (taken under the shard lock, used outside it).
+    fn handles(&self, user: &str) -> Vec<Arc<SessionHandle>> {
+        match self.shard(user).lock() {
+            Ok(map) => map.get(user).cloned().unwrap_or_default(),
+            Err(poisoned) => poisoned.into_inner().get(user).cloned().unwrap_or_default(),
+        }
+    }
+
+    fn each_shard(&self, mut f: impl FnMut(&HashMap<String, Vec<Arc<SessionHandle>>>)) {
+        for shard in self.shards.iter() {
+            let map = shard.lock().unwrap_or_else(|p| p.into_inner());
+            f(&map);
+        }
+    }
+}
+
+#[async_trait]
+impl SessionRegistry for MemoryRegistry {
+    fn register(&self, handle: Arc<SessionHandle>) {
+        let mut map = self.shard(&handle.info.user_id).lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(handle.info.user_id.clone()).or_default().push(handle);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn unregister(&self, handle: &Arc<SessionHandle>) {
+        let user = &handle.info.user_id;
+        let mut map = self.shard(user).lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = map.get_mut(user) {
+            let before = list.len();
+            list.retain(|h| !Arc::ptr_eq(h, handle));
+            if list.len() < before {
+                self.count.fetch_sub(1, Ordering::Relaxed);
+            }
+            if list.is_empty() {
+                map.remove(user);
+            }
+        }
+    }
+
+    fn push(&self, user: &str, item: &Outbound) -> Pushed {
+        let mut pushed = Pushed::default();
+        for h in self.handles(user) {
+            let was_kicked = h.is_kicked();
+            if h.offer(item.clone()) {
+                pushed.accepted += 1;
+            } else if !was_kicked && h.is_kicked() {
+                pushed.kicked += 1;
+            }
+        }
+        pushed
+    }
+
+    async fn online_users(&self) -> Vec<String> {
+        let mut users = Vec::new();
+        self.each_shard(|m| users.extend(m.keys().cloned()));
+        users.sort();
+        users
+    }
+
+    async fn list(&self) -> Vec<SessionInfo> {
+        let mut all = Vec::new();
+        self.each_shard(|m| all.extend(m.values().flatten().map(|h| h.info.clone())));
+        all.sort_by(|a, b| (a.login_time_ms, &a.session_id).cmp(&(b.login_time_ms, &b.session_id)));
+        all
+    }
+
+    fn local_count(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_channel::MessageView;
+
+    fn info(session: &str, user: &str) -> SessionInfo {
+        SessionInfo {
+            session_id: session.into(),
+            user_id: user.into(),
+            login_name: None,
+            device: None,
+            login_time_ms: 0,
+            remote_addr: "127.0.0.1:1".into(),
+            node: "n".into(),
+        }
+    }
+
+    fn item() -> Outbound {
+        Outbound {
+            delivery_id: 1,
+            message: Arc::new(MessageView {
+                id: "m".into(),
+                title: "t".into(),
+                content: "c".into(),
+                msg_type: 0,
+                sender: "s".into(),
+                created_at: "x".into(),
+            }),
+            frame: "{}".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn register_push_unregister() {
+        let reg = MemoryRegistry::default();
+        let (a, mut ra) = SessionHandle::new(info("a", "42"), 4);
+        let (b, mut rb) = SessionHandle::new(info("b", "42"), 4);
+        let (c, mut rc) = SessionHandle::new(info("c", "7"), 4);
+        reg.register(a.clone());
+        reg.register(b.clone());
+        reg.register(c.clone());
+        assert_eq!(reg.local_count(), 3);
+        assert_eq!(reg.online_users().await, vec!["42".to_string(), "7".to_string()]);
+        assert_eq!(reg.push("42", &item()).accepted, 2);
+        assert!(ra.try_recv().is_ok() && rb.try_recv().is_ok());
+        assert!(rc.try_recv().is_err());
+        reg.unregister(&a);
+        assert_eq!(reg.push("42", &item()).accepted, 1);
+        assert_eq!(reg.list().await.len(), 2);
+        reg.unregister(&b);
+        reg.unregister(&b); // twice is harmless
+        assert_eq!(reg.local_count(), 1);
+        assert_eq!(reg.push("42", &item()), Pushed::default());
+    }
+
+    #[tokio::test]
+    async fn full_queue_kicks_only_that_session() {
+        let reg = MemoryRegistry::default();
+        let (slow, _keep_slow) = SessionHandle::new(info("slow", "1"), 2);
+        let (fast, mut rf) = SessionHandle::new(info("fast", "1"), 8);
+        reg.register(slow.clone());
+        reg.register(fast.clone());
+        assert_eq!(reg.push("1", &item()).accepted, 2);
+        assert_eq!(reg.push("1", &item()).accepted, 2);
+        let third = reg.push("1", &item());
+        assert_eq!(third, Pushed { accepted: 1, kicked: 1 });
+        assert!(slow.is_kicked() && !fast.is_kicked());
+        // The kicked session's task is woken.
+        tokio::time::timeout(std::time::Duration::from_secs(1), slow.kicked()).await.unwrap();
+        for _ in 0..3 {
+            assert!(rf.try_recv().is_ok());
+        }
+    }
+}

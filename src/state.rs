@@ -1,0 +1,44 @@
+//! The shared application state: a cheap-clone handle passed to every handler and task.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Authenticator;
+use crate::config::{Secret, Settings};
+use crate::dispatch::Dispatcher;
+use crate::metrics::Metrics;
+use crate::session::SessionRegistry;
+use crate::store::Store;
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub settings: Settings,
+    pub store: Arc<dyn Store>,
+    pub registry: Arc<dyn SessionRegistry>,
+    pub dispatcher: Dispatcher,
+    pub auth: Arc<dyn Authenticator>,
+    pub api_key: Secret,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled on SIGTERM/Ctrl-C: sessions close with 1001.
+    pub shutdown: CancellationToken,
+    /// Session tasks, awaited (with a bound) at shutdown.
+    pub sessions: TaskTracker,
+    pub node: String,
+}
+
+impl AppState {
+    pub fn new(inner: Inner) -> Self {
+        AppState(Arc::new(inner))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}

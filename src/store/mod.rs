@@ -1,0 +1,89 @@
+//! Durable storage of messages, deliveries, recipients and idempotency keys.
+//!
+//! Invariants every backend keeps:
+//! * `insert_message` returns only after the message and all its deliveries are committed.
+//! * A delivery's status only moves forward (`pending` < `sent` < `delivered` < `read`;
+//!   `failed` only from `pending`/`sent`); changes that would move it back are ignored.
+//! * A deleted message and its deliveries are gone; nothing can reach them afterwards.
+
+use async_trait::async_trait;
+
+use crate::model::{
+    InboxItem, Inserted, Message, MessageFilter, NewMessage, Page, PageRequest, Recipient, StatusChange,
+};
+
+pub mod sqlite;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the store is shut down")]
+    Closed,
+    #[error("unexpected data in the store: {0}")]
+    Corrupt(String),
+}
+
+/// How many deliveries a listing shows per message (a broadcast may have thousands; the
+/// message's own `GET` shows them all).
+pub const LIST_DELIVERIES_PER_MESSAGE: usize = 100;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Store a message and its deliveries atomically (and its idempotency key, if any).
+    async fn insert_message(&self, msg: NewMessage) -> Result<Inserted, StoreError>;
+
+    /// A message with all its deliveries.
+    async fn get_message(&self, id: &str) -> Result<Option<Message>, StoreError>;
+
+    /// Newest first; at most `deliveries_per_message` deliveries per message (the counts are
+    /// complete).
+    async fn list_messages(
+        &self,
+        filter: &MessageFilter,
+        page: PageRequest,
+        deliveries_per_message: usize,
+    ) -> Result<Page<Message>, StoreError>;
+
+    /// Delete a message and its deliveries. `false` when it did not exist.
+    async fn delete_message(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Undelivered (`pending`/`sent`) messages of `receiver` on `channel` with
+    /// `seq > after_seq`, oldest first.
+    async fn undelivered(
+        &self,
+        receiver: &str,
+        channel: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<InboxItem>, StoreError>;
+
+    /// A receiver's messages on `channel`, newest first.
+    async fn inbox(
+        &self,
+        receiver: &str,
+        channel: &str,
+        undelivered_only: bool,
+        page: PageRequest,
+    ) -> Result<Page<InboxItem>, StoreError>;
+
+    /// Atomically take up to `limit` undelivered messages (oldest first) and mark them
+    /// `delivered`.
+    async fn collect(&self, receiver: &str, channel: &str, limit: u32) -> Result<Vec<InboxItem>, StoreError>;
+
+    /// Apply status changes in one transaction (forward moves only).
+    async fn apply_status(&self, changes: Vec<StatusChange>) -> Result<(), StoreError>;
+
+    /// Create or replace a recipient. `true` when it was created.
+    async fn put_recipient(&self, recipient: Recipient) -> Result<bool, StoreError>;
+    async fn get_recipient(&self, user_id: &str) -> Result<Option<Recipient>, StoreError>;
+    async fn delete_recipient(&self, user_id: &str) -> Result<bool, StoreError>;
+
+    /// The database answers and the migrations are applied.
+    async fn ready(&self) -> Result<(), StoreError>;
+
+    /// Flush pending writes and close connections.
+    async fn close(&self);
+}

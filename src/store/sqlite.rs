@@ -1,0 +1,763 @@
+//! SQLite store (the embedded default).
+//!
+//! SQLite has one writer at a time, so Herald gives it exactly one: a writer task owns the
+//! only read-write connection and applies queued operations in batches — every operation
+//! waiting when a batch starts is committed in one transaction (group commit), each inside
+//! its own savepoint so one failure doesn't undo the others. Callers get their answer only
+//! after the commit. Reads go through a separate pool of read-only connections (WAL mode
+//! lets them run beside the writer).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Store, StoreError};
+use crate::config::{DatabaseSettings, Synchronous};
+use crate::model::{
+    now_ms, Delivery, InboxItem, Inserted, Message, MessageFilter, NewMessage, Page, PageRequest,
+    Recipient, Status, StatusChange, StatusFilter,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// How long an idempotency key is remembered.
+const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+enum WriteOp {
+    Insert(Box<NewMessage>, Reply<Inserted>),
+    Delete(String, Reply<bool>),
+    Status(Vec<StatusChange>, Reply<()>),
+    Collect {
+        receiver: String,
+        channel: String,
+        limit: u32,
+        reply: Reply<Vec<InboxItem>>,
+    },
+    PutRecipient(Box<Recipient>, Reply<bool>),
+    DeleteRecipient(String, Reply<bool>),
+    /// Finish everything queued before it, close the connection, answer, stop.
+    Close(oneshot::Sender<()>),
+}
+
+pub struct SqliteStore {
+    writer: mpsc::Sender<WriteOp>,
+    readers: SqlitePool,
+    writer_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl SqliteStore {
+    /// Open (creating the file if needed), migrate, and start the writer.
+    pub async fn open(url: &str, settings: &DatabaseSettings) -> Result<SqliteStore, StoreError> {
+        let base = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10))
+            .synchronous(match settings.synchronous {
+                Synchronous::Full => SqliteSynchronous::Full,
+                Synchronous::Normal => SqliteSynchronous::Normal,
+            })
+            .pragma("cache_size", "-16000")
+            .pragma("temp_store", "memory");
+        let mut writer = SqliteConnection::connect_with(&base).await?;
+        MIGRATOR.run(&mut writer).await?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(settings.max_readers)
+            .min_connections(1)
+            .connect_with(base.clone().read_only(true))
+            .await?;
+        // Prune expired idempotency keys once at start; the writer does it hourly after.
+        sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?")
+            .bind(now_ms() - IDEMPOTENCY_TTL_MS)
+            .execute(&mut writer)
+            .await?;
+        let (tx, rx) = mpsc::channel(settings.max_batch * 4);
+        let max_batch = settings.max_batch;
+        let task = tokio::spawn(writer_loop(writer, rx, max_batch));
+        Ok(SqliteStore {
+            writer: tx,
+            readers,
+            writer_task: std::sync::Mutex::new(Some(task)),
+        })
+    }
+
+    /// Migrate the database at `url` and return.
+    pub async fn migrate_only(url: &str) -> Result<(), StoreError> {
+        let opts = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal);
+        let mut conn = SqliteConnection::connect_with(&opts).await?;
+        MIGRATOR.run(&mut conn).await?;
+        conn.close().await?;
+        Ok(())
+    }
+
+    /// Make sure the directory of a `sqlite://` file exists.
+    pub fn ensure_parent(path: &Path) -> std::io::Result<()> {
+        match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => std::fs::create_dir_all(dir),
+            _ => Ok(()),
+        }
+    }
+
+    async fn write<T>(&self, make: impl FnOnce(Reply<T>) -> WriteOp) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer.send(make(tx)).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+async fn writer_loop(mut conn: SqliteConnection, mut rx: mpsc::Receiver<WriteOp>, max_batch: usize) {
+    let mut batch = Vec::with_capacity(max_batch);
+    let mut last_prune = now_ms();
+    loop {
+        if rx.recv_many(&mut batch, max_batch).await == 0 {
+            break; // every sender is gone: shut down
+        }
+        let close_at = batch.iter().position(|op| matches!(op, WriteOp::Close(_)));
+        if let Some(at) = close_at {
+            let rest = batch.split_off(at);
+            run_batch(&mut conn, &mut batch).await;
+            if let Err(e) = conn.close().await {
+                tracing::warn!(error = %e, "closing the SQLite writer failed");
+            }
+            for op in rest {
+                match op {
+                    WriteOp::Close(done) => {
+                        let _ = done.send(());
+                    }
+                    other => fail(other, "the store is shut down"),
+                }
+            }
+            rx.close();
+            while let Ok(op) = rx.try_recv() {
+                fail(op, "the store is shut down");
+            }
+            return;
+        }
+        run_batch(&mut conn, &mut batch).await;
+        let now = now_ms();
+        if now - last_prune > 3600 * 1000 {
+            last_prune = now;
+            if let Err(e) = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?")
+                .bind(now - IDEMPOTENCY_TTL_MS)
+                .execute(&mut conn)
+                .await
+            {
+                tracing::warn!(error = %e, "pruning idempotency keys failed");
+            }
+        }
+    }
+    if let Err(e) = conn.close().await {
+        tracing::warn!(error = %e, "closing the SQLite writer failed");
+    }
+}
+
+/// Results waiting for the commit.
+enum Done {
+    Insert(Reply<Inserted>, Result<Inserted, StoreError>),
+    Delete(Reply<bool>, Result<bool, StoreError>),
+    Status(Reply<()>, Result<(), StoreError>),
+    Collect(Reply<Vec<InboxItem>>, Result<Vec<InboxItem>, StoreError>),
+    Recipient(Reply<bool>, Result<bool, StoreError>),
+}
+
+impl Done {
+    fn send(self, commit: &Result<(), String>) {
+        fn pick<T>(r: Result<T, StoreError>, commit: &Result<(), String>) -> Result<T, StoreError> {
+            match commit {
+                Ok(()) => r,
+                Err(e) => Err(StoreError::Corrupt(format!("commit failed: {e}"))),
+            }
+        }
+        // A dropped receiver means the caller went away; nothing to do.
+        match self {
+            Done::Insert(tx, r) => drop(tx.send(pick(r, commit))),
+            Done::Delete(tx, r) => drop(tx.send(pick(r, commit))),
+            Done::Status(tx, r) => drop(tx.send(pick(r, commit))),
+            Done::Collect(tx, r) => drop(tx.send(pick(r, commit))),
+            Done::Recipient(tx, r) => drop(tx.send(pick(r, commit))),
+        }
+    }
+}
+
+async fn run_batch(conn: &mut SqliteConnection, batch: &mut Vec<WriteOp>) {
+    let mut done = Vec::with_capacity(batch.len());
+    let mut tx = match conn.begin().await {
+        Ok(tx) => tx,
+        Err(e) => {
+            let msg = e.to_string();
+            tracing::error!(error = %msg, "SQLite: cannot begin a transaction");
+            for op in batch.drain(..) {
+                fail(op, &msg);
+            }
+            return;
+        }
+    };
+    let now = now_ms();
+    for op in batch.drain(..) {
+        // Each operation in its own savepoint: a failing one is rolled back alone.
+        let mut sp = match (&mut *tx).begin().await {
+            Ok(sp) => sp,
+            Err(e) => {
+                fail(op, &e.to_string());
+                continue;
+            }
+        };
+        let (result_ok, d) = match op {
+            WriteOp::Insert(msg, reply) => {
+                let r = insert(&mut sp, *msg, now).await;
+                (r.is_ok(), Done::Insert(reply, r))
+            }
+            WriteOp::Delete(id, reply) => {
+                let r = sqlx::query("DELETE FROM messages WHERE id = ?")
+                    .bind(&id)
+                    .execute(&mut *sp)
+                    .await
+                    .map(|r| r.rows_affected() > 0)
+                    .map_err(StoreError::from);
+                (r.is_ok(), Done::Delete(reply, r))
+            }
+            WriteOp::Status(changes, reply) => {
+                let r = apply_status(&mut sp, &changes, now).await;
+                (r.is_ok(), Done::Status(reply, r))
+            }
+            WriteOp::Collect {
+                receiver,
+                channel,
+                limit,
+                reply,
+            } => {
+                let r = collect(&mut sp, &receiver, &channel, limit, now).await;
+                (r.is_ok(), Done::Collect(reply, r))
+            }
+            WriteOp::PutRecipient(rec, reply) => {
+                let r = put_recipient(&mut sp, &rec, now).await;
+                (r.is_ok(), Done::Recipient(reply, r))
+            }
+            WriteOp::Close(done) => {
+                // Split off before a batch runs; answer anyway rather than panic.
+                let _ = done.send(());
+                drop(sp.rollback().await);
+                continue;
+            }
+            WriteOp::DeleteRecipient(user, reply) => {
+                let r = sqlx::query("DELETE FROM recipients WHERE user_id = ?")
+                    .bind(&user)
+                    .execute(&mut *sp)
+                    .await
+                    .map(|r| r.rows_affected() > 0)
+                    .map_err(StoreError::from);
+                (r.is_ok(), Done::Recipient(reply, r))
+            }
+        };
+        let sp_result = if result_ok { sp.commit().await } else { sp.rollback().await };
+        if let Err(e) = sp_result {
+            tracing::error!(error = %e, "SQLite: savepoint failed");
+        }
+        done.push(d);
+    }
+    let commit = tx.commit().await.map_err(|e| e.to_string());
+    if let Err(e) = &commit {
+        tracing::error!(error = %e, "SQLite: commit failed; the batch is lost and its callers get an error");
+    }
+    for d in done {
+        d.send(&commit);
+    }
+}
+
+fn fail(op: WriteOp, msg: &str) {
+    let err = || StoreError::Corrupt(msg.to_owned());
+    match op {
+        WriteOp::Insert(_, r) => drop(r.send(Err(err()))),
+        WriteOp::Delete(_, r) => drop(r.send(Err(err()))),
+        WriteOp::Status(_, r) => drop(r.send(Err(err()))),
+        WriteOp::Collect { reply, .. } => drop(reply.send(Err(err()))),
+        WriteOp::PutRecipient(_, r) => drop(r.send(Err(err()))),
+        WriteOp::DeleteRecipient(_, r) => drop(r.send(Err(err()))),
+        WriteOp::Close(done) => {
+                        let _ = done.send(());
+                    }
+    }
+}
+
+async fn insert(conn: &mut SqliteConnection, msg: NewMessage, now: i64) -> Result<Inserted, StoreError> {
+    if let Some(idem) = &msg.idempotency {
+        let row = sqlx::query(
+            "SELECT request_hash, message_id, deliveries FROM idempotency_keys WHERE key = ? AND created_at >= ?",
+        )
+        .bind(&idem.key)
+        .bind(now - IDEMPOTENCY_TTL_MS)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(row) = row {
+            let hash: String = row.try_get(0)?;
+            if hash != idem.request_hash {
+                return Ok(Inserted::KeyConflict);
+            }
+            let deliveries: i64 = row.try_get(2)?;
+            return Ok(Inserted::Existing {
+                id: row.try_get(1)?,
+                deliveries: deliveries as usize,
+            });
+        }
+    }
+    let seq = sqlx::query(
+        "INSERT INTO messages (id, title, content, msg_type, sender, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&msg.id)
+    .bind(&msg.title)
+    .bind(&msg.content)
+    .bind(msg.msg_type)
+    .bind(&msg.sender)
+    .bind(msg.created_at_ms)
+    .execute(&mut *conn)
+    .await?
+    .last_insert_rowid();
+    let mut ids = Vec::with_capacity(msg.deliveries.len());
+    for d in &msg.deliveries {
+        let id = sqlx::query(
+            "INSERT INTO deliveries (message_seq, receiver, channel, status, last_error, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(seq)
+        .bind(&d.receiver)
+        .bind(&d.channel)
+        .bind(d.status.code())
+        .bind(&d.error)
+        .bind(msg.created_at_ms)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?
+        .last_insert_rowid();
+        ids.push(id);
+    }
+    if let Some(idem) = &msg.idempotency {
+        sqlx::query(
+            "INSERT OR REPLACE INTO idempotency_keys (key, request_hash, message_id, deliveries, created_at) \
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&idem.key)
+        .bind(&idem.request_hash)
+        .bind(&msg.id)
+        .bind(msg.deliveries.len() as i64)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(Inserted::New { seq, delivery_ids: ids })
+}
+
+/// The forward-only rule, as SQL over the bound new status `?1`.
+const MOVES_FORWARD: &str = "(CASE WHEN ?1 = 4 THEN status < 2 ELSE status < ?1 END)";
+
+async fn apply_status(conn: &mut SqliteConnection, changes: &[StatusChange], now: i64) -> Result<(), StoreError> {
+    let by_id = format!(
+        "UPDATE deliveries SET \
+           status = CASE WHEN {MOVES_FORWARD} THEN ?1 ELSE status END, \
+           last_error = CASE WHEN {MOVES_FORWARD} AND ?2 IS NOT NULL THEN ?2 ELSE last_error END, \
+           attempts = attempts + ?3, updated_at = ?4 \
+         WHERE id = ?5 AND ({MOVES_FORWARD} OR (?3 > 0 AND status < 2))"
+    );
+    let by_receiver = format!(
+        "UPDATE deliveries SET status = ?1, updated_at = ?2 \
+         WHERE message_seq = (SELECT seq FROM messages WHERE id = ?3) \
+           AND receiver = ?4 AND channel = ?5 AND {MOVES_FORWARD}"
+    );
+    for change in changes {
+        match change {
+            StatusChange::Delivery {
+                delivery_id,
+                status,
+                error,
+                count_attempt,
+            } => {
+                sqlx::query(&by_id)
+                    .bind(status.code())
+                    .bind(error)
+                    .bind(i64::from(*count_attempt))
+                    .bind(now)
+                    .bind(delivery_id)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            StatusChange::Receiver {
+                message_id,
+                receiver,
+                channel,
+                status,
+            } => {
+                sqlx::query(&by_receiver)
+                    .bind(status.code())
+                    .bind(now)
+                    .bind(message_id)
+                    .bind(receiver)
+                    .bind(channel)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+const INBOX_COLUMNS: &str = "m.seq, m.id, m.title, m.content, m.msg_type, m.sender, m.created_at, d.status, d.id";
+
+fn inbox_item(row: &sqlx::sqlite::SqliteRow) -> Result<InboxItem, StoreError> {
+    Ok(InboxItem {
+        seq: row.try_get(0)?,
+        id: row.try_get(1)?,
+        title: row.try_get(2)?,
+        content: row.try_get(3)?,
+        msg_type: row.try_get(4)?,
+        sender: row.try_get(5)?,
+        created_at_ms: row.try_get(6)?,
+        status: Status::from_code(row.try_get(7)?),
+        delivery_id: row.try_get(8)?,
+    })
+}
+
+async fn collect(
+    conn: &mut SqliteConnection,
+    receiver: &str,
+    channel: &str,
+    limit: u32,
+    now: i64,
+) -> Result<Vec<InboxItem>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {INBOX_COLUMNS} FROM deliveries d JOIN messages m ON m.seq = d.message_seq \
+         WHERE d.receiver = ? AND d.channel = ? AND d.status < 2 ORDER BY d.message_seq LIMIT ?"
+    ))
+    .bind(receiver)
+    .bind(channel)
+    .bind(i64::from(limit))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut items = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let mut item = inbox_item(row)?;
+        sqlx::query("UPDATE deliveries SET status = 2, updated_at = ? WHERE id = ? AND status < 2")
+            .bind(now)
+            .bind(item.delivery_id)
+            .execute(&mut *conn)
+            .await?;
+        item.status = Status::Delivered;
+        items.push(item);
+    }
+    Ok(items)
+}
+
+async fn put_recipient(conn: &mut SqliteConnection, r: &Recipient, now: i64) -> Result<bool, StoreError> {
+    let existed = sqlx::query("SELECT 1 FROM recipients WHERE user_id = ?")
+        .bind(&r.user_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .is_some();
+    sqlx::query(
+        "INSERT OR REPLACE INTO recipients (user_id, name, email, phone, wechat_open_id, devices, preferences, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&r.user_id)
+    .bind(&r.name)
+    .bind(&r.email)
+    .bind(&r.phone)
+    .bind(&r.wechat_open_id)
+    .bind(r.devices.to_string())
+    .bind(r.preferences.to_string())
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(!existed)
+}
+
+fn delivery(row: &sqlx::sqlite::SqliteRow) -> Result<Delivery, StoreError> {
+    Ok(Delivery {
+        id: row.try_get("id")?,
+        receiver: row.try_get("receiver")?,
+        channel: row.try_get("channel")?,
+        status: Status::from_code(row.try_get("status")?),
+        attempts: row.try_get("attempts")?,
+        error: row.try_get("last_error")?,
+        next_attempt_ms: row.try_get("next_attempt_at")?,
+        created_at_ms: row.try_get("created_at")?,
+        updated_at_ms: row.try_get("updated_at")?,
+    })
+}
+
+const DELIVERY_COLUMNS: &str =
+    "id, message_seq, receiver, channel, status, attempts, last_error, next_attempt_at, created_at, updated_at";
+
+fn message_head(row: &sqlx::sqlite::SqliteRow) -> Result<Message, StoreError> {
+    Ok(Message {
+        seq: row.try_get("seq")?,
+        id: row.try_get("id")?,
+        title: row.try_get("title")?,
+        content: row.try_get("content")?,
+        msg_type: row.try_get("msg_type")?,
+        sender: row.try_get("sender")?,
+        created_at_ms: row.try_get("created_at")?,
+        deliveries: Vec::new(),
+        delivery_counts: [0; 5],
+    })
+}
+
+/// Add the `WHERE` clause of a message filter (over `messages m`).
+fn push_filter(qb: &mut QueryBuilder<'_, Sqlite>, f: &MessageFilter) {
+    qb.push(" WHERE 1 = 1");
+    if let Some(sender) = &f.sender {
+        qb.push(" AND m.sender = ").push_bind(sender.clone());
+    }
+    if let Some(t) = f.msg_type {
+        qb.push(" AND m.msg_type = ").push_bind(t);
+    }
+    if f.receiver.is_some() || f.channel.is_some() || f.status.is_some() {
+        qb.push(" AND EXISTS (SELECT 1 FROM deliveries d WHERE d.message_seq = m.seq");
+        if let Some(r) = &f.receiver {
+            qb.push(" AND d.receiver = ").push_bind(r.clone());
+        }
+        if let Some(c) = &f.channel {
+            qb.push(" AND d.channel = ").push_bind(c.clone());
+        }
+        match f.status {
+            Some(StatusFilter::Is(s)) => {
+                qb.push(" AND d.status = ").push_bind(s.code());
+            }
+            Some(StatusFilter::Undelivered) => {
+                qb.push(" AND d.status < 2");
+            }
+            None => {}
+        }
+        qb.push(")");
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert_message(&self, msg: NewMessage) -> Result<Inserted, StoreError> {
+        self.write(|r| WriteOp::Insert(Box::new(msg), r)).await
+    }
+
+    async fn get_message(&self, id: &str) -> Result<Option<Message>, StoreError> {
+        let Some(row) = sqlx::query("SELECT * FROM messages WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.readers)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut msg = message_head(&row)?;
+        let rows = sqlx::query(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_seq = ? ORDER BY id"
+        ))
+        .bind(msg.seq)
+        .fetch_all(&self.readers)
+        .await?;
+        for row in &rows {
+            let d = delivery(row)?;
+            msg.delivery_counts[d.status.code() as usize] += 1;
+            msg.deliveries.push(d);
+        }
+        Ok(Some(msg))
+    }
+
+    async fn list_messages(
+        &self,
+        filter: &MessageFilter,
+        page: PageRequest,
+        deliveries_per_message: usize,
+    ) -> Result<Page<Message>, StoreError> {
+        let mut count = QueryBuilder::<Sqlite>::new("SELECT count(*) FROM messages m");
+        push_filter(&mut count, filter);
+        let total: i64 = count.build().fetch_one(&self.readers).await?.try_get(0)?;
+
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT m.* FROM messages m");
+        push_filter(&mut q, filter);
+        q.push(" ORDER BY m.seq DESC LIMIT ")
+            .push_bind(i64::from(page.size))
+            .push(" OFFSET ")
+            .push_bind(page.offset());
+        let rows = q.build().fetch_all(&self.readers).await?;
+        let mut items = rows.iter().map(message_head).collect::<Result<Vec<_>, _>>()?;
+        if items.is_empty() {
+            return Ok(Page { items, total });
+        }
+        let index: HashMap<i64, usize> = items.iter().enumerate().map(|(i, m)| (m.seq, i)).collect();
+
+        let mut counts = QueryBuilder::<Sqlite>::new(
+            "SELECT message_seq, status, count(*) FROM deliveries WHERE message_seq IN (",
+        );
+        let mut sep = counts.separated(", ");
+        for m in &items {
+            sep.push_bind(m.seq);
+        }
+        counts.push(") GROUP BY message_seq, status");
+        for row in counts.build().fetch_all(&self.readers).await? {
+            let seq: i64 = row.try_get(0)?;
+            let status: i64 = row.try_get(1)?;
+            let n: i64 = row.try_get(2)?;
+            if let Some(&i) = index.get(&seq) {
+                items[i].delivery_counts[Status::from_code(status).code() as usize] += n;
+            }
+        }
+
+        let mut ds = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {DELIVERY_COLUMNS} FROM (SELECT *, row_number() OVER (PARTITION BY message_seq ORDER BY id) AS rn \
+             FROM deliveries WHERE message_seq IN ("
+        ));
+        let mut sep = ds.separated(", ");
+        for m in &items {
+            sep.push_bind(m.seq);
+        }
+        ds.push(")) WHERE rn <= ")
+            .push_bind(deliveries_per_message as i64)
+            .push(" ORDER BY message_seq, id");
+        for row in ds.build().fetch_all(&self.readers).await? {
+            let seq: i64 = row.try_get("message_seq")?;
+            if let Some(&i) = index.get(&seq) {
+                items[i].deliveries.push(delivery(&row)?);
+            }
+        }
+        Ok(Page { items, total })
+    }
+
+    async fn delete_message(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.write(|r| WriteOp::Delete(id, r)).await
+    }
+
+    async fn undelivered(
+        &self,
+        receiver: &str,
+        channel: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<InboxItem>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {INBOX_COLUMNS} FROM deliveries d JOIN messages m ON m.seq = d.message_seq \
+             WHERE d.receiver = ? AND d.channel = ? AND d.status < 2 AND d.message_seq > ? \
+             ORDER BY d.message_seq LIMIT ?"
+        ))
+        .bind(receiver)
+        .bind(channel)
+        .bind(after_seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter().map(inbox_item).collect()
+    }
+
+    async fn inbox(
+        &self,
+        receiver: &str,
+        channel: &str,
+        undelivered_only: bool,
+        page: PageRequest,
+    ) -> Result<Page<InboxItem>, StoreError> {
+        let cond = if undelivered_only { " AND d.status < 2" } else { "" };
+        let total: i64 = sqlx::query(&format!(
+            "SELECT count(*) FROM deliveries d WHERE d.receiver = ? AND d.channel = ?{cond}"
+        ))
+        .bind(receiver)
+        .bind(channel)
+        .fetch_one(&self.readers)
+        .await?
+        .try_get(0)?;
+        let rows = sqlx::query(&format!(
+            "SELECT {INBOX_COLUMNS} FROM deliveries d JOIN messages m ON m.seq = d.message_seq \
+             WHERE d.receiver = ? AND d.channel = ?{cond} ORDER BY d.message_seq DESC LIMIT ? OFFSET ?"
+        ))
+        .bind(receiver)
+        .bind(channel)
+        .bind(i64::from(page.size))
+        .bind(page.offset())
+        .fetch_all(&self.readers)
+        .await?;
+        let items = rows.iter().map(inbox_item).collect::<Result<_, _>>()?;
+        Ok(Page { items, total })
+    }
+
+    async fn collect(&self, receiver: &str, channel: &str, limit: u32) -> Result<Vec<InboxItem>, StoreError> {
+        let (receiver, channel) = (receiver.to_owned(), channel.to_owned());
+        self.write(|reply| WriteOp::Collect {
+            receiver,
+            channel,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    async fn apply_status(&self, changes: Vec<StatusChange>) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.write(|r| WriteOp::Status(changes, r)).await
+    }
+
+    async fn put_recipient(&self, recipient: Recipient) -> Result<bool, StoreError> {
+        self.write(|r| WriteOp::PutRecipient(Box::new(recipient), r)).await
+    }
+
+    async fn get_recipient(&self, user_id: &str) -> Result<Option<Recipient>, StoreError> {
+        let Some(row) = sqlx::query("SELECT * FROM recipients WHERE user_id = ?")
+            .bind(user_id)
+            .fetch_optional(&self.readers)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let json = |col: &str| -> Result<serde_json::Value, StoreError> {
+            let text: String = row.try_get(col)?;
+            serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("recipients.{col}: {e}")))
+        };
+        Ok(Some(Recipient {
+            user_id: row.try_get("user_id")?,
+            name: row.try_get("name")?,
+            email: row.try_get("email")?,
+            phone: row.try_get("phone")?,
+            wechat_open_id: row.try_get("wechat_open_id")?,
+            devices: json("devices")?,
+            preferences: json("preferences")?,
+            updated_at_ms: row.try_get("updated_at")?,
+        }))
+    }
+
+    async fn delete_recipient(&self, user_id: &str) -> Result<bool, StoreError> {
+        let user = user_id.to_owned();
+        self.write(|r| WriteOp::DeleteRecipient(user, r)).await
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        let applied: i64 = sqlx::query("SELECT count(*) FROM _sqlx_migrations WHERE success = 1")
+            .fetch_one(&self.readers)
+            .await?
+            .try_get(0)?;
+        let expected = MIGRATOR.iter().count() as i64;
+        if applied < expected {
+            return Err(StoreError::Corrupt(format!(
+                "{applied} of {expected} migrations applied"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.writer.send(WriteOp::Close(tx)).await.is_ok() {
+            // Every write queued before the close is committed and answered first.
+            let _ = rx.await;
+        }
+        if let Some(task) = self.writer_task.lock().ok().and_then(|mut t| t.take()) {
+            let _ = task.await;
+        }
+        self.readers.close().await;
+    }
+}

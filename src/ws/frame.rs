@@ -1,0 +1,129 @@
+//! WebSocket wire frames (API.md §3). Server frames are serialized once per message and
+//! shared by every session that receives it.
+
+use serde::{Deserialize, Serialize};
+
+use herald_channel::MessageView;
+
+/// Server → client.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ServerFrame<'a> {
+    #[serde(rename_all = "camelCase")]
+    Welcome {
+        session_id: &'a str,
+        user_id: &'a str,
+        server_time: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    Message {
+        id: &'a str,
+        title: &'a str,
+        content: &'a str,
+        msg_type: i64,
+        sender: &'a str,
+        created_at: &'a str,
+    },
+    Pong,
+    Error {
+        error: &'a str,
+    },
+}
+
+impl ServerFrame<'_> {
+    pub fn to_json(&self) -> String {
+        // Serializing these plain structs cannot fail.
+        serde_json::to_string(self).unwrap_or_else(|_| r#"{"type":"error","error":"internal"}"#.into())
+    }
+}
+
+/// The message frame for `m`.
+pub fn message_frame(m: &MessageView) -> String {
+    ServerFrame::Message {
+        id: &m.id,
+        title: &m.title,
+        content: &m.content,
+        msg_type: m.msg_type,
+        sender: &m.sender,
+        created_at: &m.created_at,
+    }
+    .to_json()
+}
+
+/// Client → server.
+#[derive(Debug, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ClientFrame {
+    Ack { id: String },
+    Read { id: String },
+    Ping,
+}
+
+/// Decode a client text frame; the error text is sent back in an error frame.
+pub fn decode(text: &str) -> Result<ClientFrame, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+    let Some(obj) = value.as_object() else {
+        return Err("expected a JSON object with a \"type\" field".into());
+    };
+    match obj.get("type").and_then(|t| t.as_str()) {
+        None => return Err("missing field `type` (one of ack, read, ping)".into()),
+        Some("ack" | "read" | "ping") => {}
+        Some(other) => {
+            return Err(format!("unknown frame type `{other}` (expected ack, read or ping)"));
+        }
+    }
+    let frame: ClientFrame = serde_json::from_value(value).map_err(|e| e.to_string())?;
+    match &frame {
+        ClientFrame::Ack { id } | ClientFrame::Read { id } if id.is_empty() || id.len() > 64 => {
+            Err("field `id` must be a message id".into())
+        }
+        _ => Ok(frame),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_client_frames() {
+        assert_eq!(decode(r#"{"type":"ping"}"#), Ok(ClientFrame::Ping));
+        assert_eq!(decode(r#"{"type":"ack","id":"x"}"#), Ok(ClientFrame::Ack { id: "x".into() }));
+        assert_eq!(decode(r#"{"type":"read","id":"x"}"#), Ok(ClientFrame::Read { id: "x".into() }));
+    }
+
+    #[test]
+    fn rejects_bad_frames_with_reasons() {
+        assert!(decode("nope").unwrap_err().contains("invalid JSON"));
+        assert!(decode("[1]").unwrap_err().contains("object"));
+        assert!(decode(r#"{"id":"x"}"#).unwrap_err().contains("type"));
+        assert!(decode(r#"{"type":"shout"}"#).unwrap_err().contains("shout"));
+        assert!(decode(r#"{"type":"ack"}"#).unwrap_err().contains("id"));
+        assert!(decode(r#"{"type":"ack","id":""}"#).unwrap_err().contains("id"));
+        assert!(decode(r#"{"type":"ack","id":5}"#).is_err());
+    }
+
+    #[test]
+    fn message_frame_has_the_contract_fields() {
+        let m = MessageView {
+            id: "1".into(),
+            title: "Report ready".into(),
+            content: r#"{"reportId":7}"#.into(),
+            msg_type: 2,
+            sender: "lab".into(),
+            created_at: "2026-11-28T00:00:00.000Z".into(),
+        };
+        let v: serde_json::Value = serde_json::from_str(&message_frame(&m)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"message","id":"1","title":"Report ready","content":"{\"reportId\":7}",
+                "msgType":2,"sender":"lab","createdAt":"2026-11-28T00:00:00.000Z"})
+        );
+        let w: serde_json::Value = serde_json::from_str(
+            &ServerFrame::Welcome { session_id: "s", user_id: "u", server_time: "t".into() }.to_json(),
+        )
+        .unwrap();
+        assert_eq!(w, serde_json::json!({"type":"welcome","sessionId":"s","userId":"u","serverTime":"t"}));
+    }
+}

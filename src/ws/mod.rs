@@ -1,0 +1,398 @@
+//! `GET /websocket/{token}` (and `/websocket?token=`): token check before the upgrade, then
+//! one task per session: welcome, replay of everything undelivered (oldest first), then live
+//! frames from the session's bounded queue, client acks/reads/pings, and server pings.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use futures_util::SinkExt;
+use herald_channel::MessageView;
+use tokio::time::Instant;
+
+use crate::api::error::ApiError;
+use crate::auth::UserIdentity;
+use crate::model::{now_ms, rfc3339, InboxItem, Status, StatusChange};
+use crate::session::{Outbound, SessionHandle, SessionInfo};
+use crate::state::AppState;
+
+pub mod channel;
+pub mod frame;
+
+pub use channel::WEBSOCKET;
+use frame::{ClientFrame, ServerFrame};
+
+/// Close codes (RFC 6455 §7.4.1).
+const GOING_AWAY: u16 = 1001;
+const POLICY: u16 = 1008;
+const TOO_BIG: u16 = 1009;
+const INTERNAL: u16 = 1011;
+
+/// `GET /websocket/{token}`
+#[utoipa::path(
+    get,
+    path = "/websocket/{token}",
+    tag = "websocket",
+    params(("token" = String, Path, description = "User token (JWT)")),
+    responses(
+        (status = 101, description = "Upgraded; frames as in API.md §3"),
+        (status = 401, description = "Bad, expired or missing token", body = crate::api::error::ErrorBody),
+    )
+)]
+pub async fn ws_path(
+    State(app): State<AppState>,
+    Path(token): Path<String>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    connect(app, Some(token), remote, upgrade).await
+}
+
+/// `GET /websocket?token=…`
+#[utoipa::path(
+    get,
+    path = "/websocket",
+    tag = "websocket",
+    params(("token" = String, Query, description = "User token (JWT)")),
+    responses(
+        (status = 101, description = "Upgraded; frames as in API.md §3"),
+        (status = 401, description = "Bad, expired or missing token", body = crate::api::error::ErrorBody),
+    )
+)]
+pub async fn ws_query(
+    State(app): State<AppState>,
+    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let token = query.ok().and_then(|Query(mut q)| q.remove("token"));
+    connect(app, token, remote, upgrade).await
+}
+
+async fn connect(
+    app: AppState,
+    token: Option<String>,
+    remote: SocketAddr,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let identity = match app.auth.verify(token.as_deref().unwrap_or("")).await {
+        Ok(id) => id,
+        Err(e) => {
+            app.metrics.handshake_rejected.fetch_add(1, Relaxed);
+            return ApiError::unauthorized(e.to_string()).into_response();
+        }
+    };
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(rejection) => {
+            return ApiError::new(rejection.status(), format!("WebSocket upgrade required: {}", rejection.body_text()))
+                .into_response();
+        }
+    };
+    if app.shutdown.is_cancelled() {
+        return ApiError::unavailable("shutting down").into_response();
+    }
+    let ws = &app.settings.websocket;
+    let tracker = app.sessions.clone();
+    upgrade
+        .read_buffer_size(ws.read_buffer_size)
+        .write_buffer_size(ws.write_buffer_size)
+        .max_write_buffer_size(ws.write_buffer_size.max(ws.max_frame_size) * 4)
+        .max_message_size(ws.max_frame_size)
+        .max_frame_size(ws.max_frame_size)
+        .on_upgrade(move |socket| tracker.track_future(run_session(app, socket, identity, remote)))
+}
+
+/// Why a session ended.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    Shutdown,
+    SlowConsumer,
+    TooBig,
+    DeadPeer,
+    ClientClosed,
+    WriteFailed,
+    StoreFailed,
+}
+
+async fn run_session(app: AppState, mut socket: WebSocket, identity: UserIdentity, remote: SocketAddr) {
+    let info = SessionInfo {
+        session_id: uuid::Uuid::now_v7().simple().to_string(),
+        user_id: identity.user_id,
+        login_name: identity.name,
+        device: identity.device,
+        login_time_ms: now_ms(),
+        remote_addr: remote.to_string(),
+        node: app.node.clone(),
+    };
+    let (handle, rx) = SessionHandle::new(info, app.settings.websocket.queue_capacity);
+    // Register before replaying: a message committed meanwhile is either in the replay or
+    // queued live (or both: the replay set removes that duplicate).
+    app.registry.register(handle.clone());
+    app.metrics.connections.fetch_add(1, Relaxed);
+    app.metrics.connections_total.fetch_add(1, Relaxed);
+    tracing::debug!(session = %handle.info.session_id, "session opened");
+
+    let mut session = Session {
+        app: &app,
+        socket: &mut socket,
+        handle: &handle,
+        rx,
+        write_timeout: app.settings.websocket.write_timeout,
+    };
+    let end = session.run().await;
+    app.registry.unregister(&handle);
+    app.metrics.connections.fetch_sub(1, Relaxed);
+    tracing::debug!(session = %handle.info.session_id, reason = ?end, "session closed");
+
+    let close = match end {
+        End::Shutdown => Some((GOING_AWAY, "server shutting down")),
+        End::SlowConsumer => {
+            app.metrics.slow_consumers.fetch_add(1, Relaxed);
+            Some((POLICY, "slow consumer: outbound queue full"))
+        }
+        End::TooBig => Some((TOO_BIG, "frame too large")),
+        End::DeadPeer => {
+            app.metrics.dead_peers.fetch_add(1, Relaxed);
+            Some((GOING_AWAY, "ping timeout"))
+        }
+        End::StoreFailed => Some((INTERNAL, "storage unavailable")),
+        End::ClientClosed | End::WriteFailed => None,
+    };
+    if let Some((code, reason)) = close {
+        let frame = Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        }));
+        let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(frame)).await;
+    }
+}
+
+struct Session<'a> {
+    app: &'a AppState,
+    socket: &'a mut WebSocket,
+    handle: &'a Arc<SessionHandle>,
+    rx: tokio::sync::mpsc::Receiver<Outbound>,
+    write_timeout: Duration,
+}
+
+impl Session<'_> {
+    async fn run(&mut self) -> End {
+        let welcome = ServerFrame::Welcome {
+            session_id: &self.handle.info.session_id,
+            user_id: &self.handle.info.user_id,
+            server_time: rfc3339(now_ms()),
+        }
+        .to_json();
+        if !self.write(Message::Text(welcome.into()), true).await {
+            return End::WriteFailed;
+        }
+        let mut replayed = match self.replay().await {
+            Ok(ids) => Some(ids),
+            Err(end) => return end,
+        };
+        if replayed.as_ref().is_some_and(HashSet::is_empty) {
+            replayed = None;
+        }
+
+        let ws = &self.app.settings.websocket;
+        let (ping_interval, pong_timeout) = (ws.ping_interval, ws.pong_timeout);
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
+        let mut last_seen = Instant::now();
+        let shutdown = self.app.shutdown.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return End::Shutdown,
+                _ = self.handle.kicked() => return End::SlowConsumer,
+                item = self.rx.recv() => {
+                    let Some(item) = item else { return End::WriteFailed };
+                    if !self.write_live(item, &mut replayed).await {
+                        return End::WriteFailed;
+                    }
+                }
+                msg = self.socket.recv() => {
+                    let msg = match msg {
+                        None => return End::ClientClosed,
+                        Some(Err(e)) => return if is_too_big(e) { End::TooBig } else { End::ClientClosed },
+                        Some(Ok(msg)) => msg,
+                    };
+                    last_seen = Instant::now();
+                    match msg {
+                        Message::Text(text) => {
+                            if !self.on_text(&text).await {
+                                return End::WriteFailed;
+                            }
+                        }
+                        Message::Binary(_) => {
+                            if !self.error_frame("binary frames are not supported; send JSON text").await {
+                                return End::WriteFailed;
+                            }
+                        }
+                        Message::Close(_) => return End::ClientClosed,
+                        Message::Ping(_) | Message::Pong(_) => {}
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_seen.elapsed() > pong_timeout {
+                        return End::DeadPeer;
+                    }
+                    if !self.write(Message::Ping(Default::default()), true).await {
+                        return End::WriteFailed;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Send every undelivered message, oldest first, in pages. Returns the replayed ids.
+    async fn replay(&mut self) -> Result<HashSet<String>, End> {
+        let batch = self.app.settings.websocket.replay_batch as u32;
+        let user = self.handle.info.user_id.clone();
+        let mut after = 0;
+        let mut ids = HashSet::new();
+        loop {
+            let page = match self.app.store.undelivered(&user, WEBSOCKET, after, batch).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "replay query failed");
+                    return Err(End::StoreFailed);
+                }
+            };
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            let full = page.len() as u32 == batch;
+            for item in &page {
+                if self.app.dispatcher.is_deleted(&item.id) {
+                    continue;
+                }
+                if !self.write(Message::Text(replay_frame(item).into()), false).await {
+                    return Err(End::WriteFailed);
+                }
+                ids.insert(item.id.clone());
+            }
+            if !self.flush().await {
+                return Err(End::WriteFailed);
+            }
+            self.app.metrics.replayed.fetch_add(page.len() as u64, Relaxed);
+            for item in &page {
+                self.record_sent(item.delivery_id).await;
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Write a live frame and whatever else is queued (one flush for the lot).
+    async fn write_live(&mut self, first: Outbound, replayed: &mut Option<HashSet<String>>) -> bool {
+        let mut item = Some(first);
+        let mut written = 0u64;
+        while let Some(it) = item.take() {
+            let skip = replayed.as_ref().is_some_and(|r| r.contains(&it.message.id))
+                || self.app.dispatcher.is_deleted(&it.message.id);
+            if !skip {
+                if !self.write(Message::Text(it.frame), false).await {
+                    return false;
+                }
+                written += 1;
+            }
+            if written < 64 {
+                item = self.rx.try_recv().ok();
+            }
+        }
+        if self.rx.is_empty() {
+            // Everything queued during the replay has been seen: duplicates are over.
+            *replayed = None;
+        }
+        self.app.metrics.frames_sent.fetch_add(written, Relaxed);
+        self.flush().await
+    }
+
+    async fn on_text(&mut self, text: &str) -> bool {
+        match frame::decode(text) {
+            Ok(ClientFrame::Ping) => self.write(Message::Text(ServerFrame::Pong.to_json().into()), true).await,
+            Ok(ClientFrame::Ack { id }) => {
+                self.receipt(id, Status::Delivered).await;
+                true
+            }
+            Ok(ClientFrame::Read { id }) => {
+                self.receipt(id, Status::Read).await;
+                true
+            }
+            Err(reason) => self.error_frame(&reason).await,
+        }
+    }
+
+    async fn receipt(&mut self, message_id: String, status: Status) {
+        self.app.metrics.acks.fetch_add(1, Relaxed);
+        let change = StatusChange::Receiver {
+            message_id,
+            receiver: self.handle.info.user_id.clone(),
+            channel: WEBSOCKET.to_owned(),
+            status,
+        };
+        self.app.dispatcher.record(WEBSOCKET, change).await;
+    }
+
+    async fn record_sent(&mut self, delivery_id: i64) {
+        let change = StatusChange::Delivery {
+            delivery_id,
+            status: Status::Sent,
+            error: None,
+            count_attempt: true,
+        };
+        self.app.dispatcher.record(WEBSOCKET, change).await;
+    }
+
+    async fn error_frame(&mut self, reason: &str) -> bool {
+        let text = ServerFrame::Error { error: reason }.to_json();
+        self.write(Message::Text(text.into()), true).await
+    }
+
+    /// Write one frame (buffered unless `flush`), bounded by the write timeout.
+    async fn write(&mut self, msg: Message, flush: bool) -> bool {
+        let fut = async {
+            if flush {
+                self.socket.send(msg).await
+            } else {
+                self.socket.feed(msg).await
+            }
+        };
+        matches!(tokio::time::timeout(self.write_timeout, fut).await, Ok(Ok(())))
+    }
+
+    async fn flush(&mut self) -> bool {
+        matches!(
+            tokio::time::timeout(self.write_timeout, self.socket.flush()).await,
+            Ok(Ok(()))
+        )
+    }
+}
+
+fn replay_frame(item: &InboxItem) -> String {
+    frame::message_frame(&MessageView {
+        id: item.id.clone(),
+        title: item.title.clone(),
+        content: item.content.clone(),
+        msg_type: item.msg_type,
+        sender: item.sender.clone(),
+        created_at: rfc3339(item.created_at_ms),
+    })
+}
+
+/// A read failed because the client's frame exceeded `max_frame_size`.
+fn is_too_big(e: axum::Error) -> bool {
+    let inner = e.into_inner();
+    matches!(
+        inner.downcast_ref::<tungstenite::Error>(),
+        Some(tungstenite::Error::Capacity(_))
+    )
+}
