@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use crate::config::{Overrides, Settings};
 
 #[derive(Debug, Parser)]
-#[command(name = "herald", version, about = "Self-hosted multi-channel notification server")]
+#[command(
+    name = "herald",
+    version,
+    about = "Self-hosted multi-channel notification server"
+)]
 pub struct Cli {
     /// Configuration file (default: ./herald.toml when present).
     #[arg(long, global = true, value_name = "FILE")]
@@ -92,7 +96,11 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         } => {
             let settings = Settings::load(config, &Overrides::default())?;
             let secrets = crate::auth::resolve_secrets(&settings)?;
-            if let Some(file) = secrets.file.as_ref().filter(|_| !secrets.generated.is_empty()) {
+            if let Some(file) = secrets
+                .file
+                .as_ref()
+                .filter(|_| !secrets.generated.is_empty())
+            {
                 eprintln!("generated secrets in {}", file.display());
             }
             let exp = crate::auth::unix_now() + ttl.as_secs() as i64;
@@ -130,7 +138,9 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
                 .timeout(Duration::from_secs(30))
                 .send()
                 .await
-                .with_context(|| format!("cannot reach the server at {base} (is `herald serve` running?)"))?;
+                .with_context(|| {
+                    format!("cannot reach the server at {base} (is `herald serve` running?)")
+                })?;
             let status = resp.status();
             let text = resp.text().await.unwrap_or_default();
             if !status.is_success() {
@@ -151,7 +161,10 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
                 crate::store::sqlite::SqliteStore::ensure_parent(&path)?;
             }
             crate::store::sqlite::SqliteStore::migrate_only(&settings.database_url).await?;
-            println!("migrations applied to {}", crate::redact_url(&settings.database_url));
+            println!(
+                "migrations applied to {}",
+                crate::redact_url(&settings.database_url)
+            );
             Ok(())
         }
     }
@@ -168,7 +181,9 @@ fn client_addr(bind: &str) -> String {
 fn init_tracing(settings: &Settings) {
     let filter = tracing_subscriber::EnvFilter::try_new(&settings.log.filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = builder.try_init();
 }
 
@@ -187,14 +202,15 @@ async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

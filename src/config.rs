@@ -108,8 +108,11 @@ pub enum Synchronous {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DispatchSettings {
-    /// Capacity of the queue between accepted sends and the dispatcher.
-    pub queue_capacity: usize,
+    /// Status changes (sent, acks, reads) waiting for the batched writer; when full, the
+    /// producers wait (backpressure), nothing is dropped.
+    pub status_queue: usize,
+    /// Most status changes written in one transaction.
+    pub status_batch: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -177,7 +180,10 @@ impl Default for DatabaseSettings {
 
 impl Default for DispatchSettings {
     fn default() -> Self {
-        Self { queue_capacity: 4096 }
+        Self {
+            status_queue: 65_536,
+            status_batch: 2048,
+        }
     }
 }
 
@@ -209,7 +215,9 @@ impl Settings {
     /// Load the layered settings. `file` is `--config`; without it `./herald.toml` is read
     /// when present.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Settings, ConfigError> {
-        let vars: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("HERALD_")).collect();
+        let vars: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("HERALD_"))
+            .collect();
         Self::load_from(file, vars, overrides)
     }
 
@@ -225,7 +233,8 @@ impl Settings {
                 if !path.exists() {
                     return Err(ConfigError::MissingFile(path.to_owned()));
                 }
-                builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+                builder =
+                    builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
             }
             None => {
                 builder = builder.add_source(
@@ -241,10 +250,14 @@ impl Settings {
             .source(Some(env.into_iter().collect()));
         builder = builder.add_source(source);
         if let Some(bind) = &overrides.bind {
-            builder = builder.set_override("bind", bind.as_str()).map_err(invalid)?;
+            builder = builder
+                .set_override("bind", bind.as_str())
+                .map_err(invalid)?;
         }
         if let Some(url) = &overrides.database_url {
-            builder = builder.set_override("database_url", url.as_str()).map_err(invalid)?;
+            builder = builder
+                .set_override("database_url", url.as_str())
+                .map_err(invalid)?;
         }
         let cfg = builder.build().map_err(invalid)?;
         let settings: Settings = cfg.try_deserialize().map_err(invalid)?;
@@ -271,7 +284,8 @@ impl Settings {
                 self.bind
             )));
         }
-        if !(self.database_url.starts_with("sqlite:") || self.database_url.starts_with("postgres")) {
+        if !(self.database_url.starts_with("sqlite:") || self.database_url.starts_with("postgres"))
+        {
             return Err(ConfigError::Invalid(
                 "database_url: expected sqlite://FILE (postgres:// comes with cluster mode)".into(),
             ));
@@ -288,10 +302,14 @@ impl Settings {
         }
         let ws = &self.websocket;
         if ws.queue_capacity == 0 {
-            return Err(ConfigError::Invalid("websocket.queue_capacity: must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "websocket.queue_capacity: must be at least 1".into(),
+            ));
         }
         if ws.max_frame_size < 128 {
-            return Err(ConfigError::Invalid("websocket.max_frame_size: must be at least 128".into()));
+            return Err(ConfigError::Invalid(
+                "websocket.max_frame_size: must be at least 128".into(),
+            ));
         }
         if ws.ping_interval.is_zero() || ws.pong_timeout <= ws.ping_interval {
             return Err(ConfigError::Invalid(
@@ -299,21 +317,29 @@ impl Settings {
             ));
         }
         if ws.replay_batch == 0 {
-            return Err(ConfigError::Invalid("websocket.replay_batch: must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "websocket.replay_batch: must be at least 1".into(),
+            ));
         }
         if self.http.body_limit < 64 {
-            return Err(ConfigError::Invalid("http.body_limit: must be at least 64 bytes".into()));
+            return Err(ConfigError::Invalid(
+                "http.body_limit: must be at least 64 bytes".into(),
+            ));
         }
         if self.database.max_batch == 0 || self.database.max_readers == 0 {
             return Err(ConfigError::Invalid(
                 "database.max_batch and database.max_readers: must be at least 1".into(),
             ));
         }
-        if self.dispatch.queue_capacity == 0 {
-            return Err(ConfigError::Invalid("dispatch.queue_capacity: must be at least 1".into()));
+        if self.dispatch.status_queue == 0 || self.dispatch.status_batch == 0 {
+            return Err(ConfigError::Invalid(
+                "dispatch.status_queue and dispatch.status_batch: must be at least 1".into(),
+            ));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
-            return Err(ConfigError::Invalid("log.format: expected \"text\" or \"json\"".into()));
+            return Err(ConfigError::Invalid(
+                "log.format: expected \"text\" or \"json\"".into(),
+            ));
         }
         if self.channels.contains_key("websocket") {
             return Err(ConfigError::Invalid(
@@ -339,7 +365,10 @@ impl Settings {
         if let Some(dir) = &self.data_dir {
             return dir.clone();
         }
-        match self.sqlite_path().and_then(|p| p.parent().map(Path::to_owned)) {
+        match self
+            .sqlite_path()
+            .and_then(|p| p.parent().map(Path::to_owned))
+        {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => PathBuf::from("."),
         }
@@ -365,7 +394,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -424,12 +456,20 @@ mod tests {
         let err = Settings::load_from(Some(&file), vec![], &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("bnd"), "{err}");
 
-        let err = Settings::load_from(None, env(&[("HERALD_BIND", "nonsense")]), &Overrides::default())
-            .unwrap_err();
+        let err = Settings::load_from(
+            None,
+            env(&[("HERALD_BIND", "nonsense")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("bind"), "{err}");
 
-        let err = Settings::load_from(Some(&dir.path().join("missing.toml")), vec![], &Overrides::default())
-            .unwrap_err();
+        let err = Settings::load_from(
+            Some(&dir.path().join("missing.toml")),
+            vec![],
+            &Overrides::default(),
+        )
+        .unwrap_err();
         assert!(matches!(err, ConfigError::MissingFile(_)));
     }
 

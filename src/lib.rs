@@ -46,13 +46,19 @@ pub enum StartError {
     #[error(transparent)]
     Secrets(#[from] auth::SecretsError),
     #[error("database {url}: {source}")]
-    Store { url: String, source: store::StoreError },
+    Store {
+        url: String,
+        source: store::StoreError,
+    },
     #[error("cannot create the database directory {0}: {1}")]
     DataDir(std::path::PathBuf, std::io::Error),
     #[error(transparent)]
     Channel(#[from] herald_channel::ConfigError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
 /// A running server.
@@ -75,7 +81,13 @@ impl Running {
     }
 
     /// A user token accepted by this server (default authenticator).
-    pub fn mint_token(&self, user: &str, name: Option<&str>, device: Option<&str>, ttl: Duration) -> String {
+    pub fn mint_token(
+        &self,
+        user: &str,
+        name: Option<&str>,
+        device: Option<&str>,
+        ttl: Duration,
+    ) -> String {
         auth::mint_token(
             self.jwt_secret.expose().as_bytes(),
             user,
@@ -106,7 +118,10 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
 
 /// Start a server; `auth` replaces the default JWT authenticator (a deployment's own
 /// account system).
-pub async fn start_with(settings: Settings, auth: Option<Arc<dyn Authenticator>>) -> Result<Running, StartError> {
+pub async fn start_with(
+    settings: Settings,
+    auth: Option<Arc<dyn Authenticator>>,
+) -> Result<Running, StartError> {
     settings.validate()?;
     let secrets = auth::resolve_secrets(&settings)?;
     if let Some(file) = &secrets.file {
@@ -124,9 +139,19 @@ pub async fn start_with(settings: Settings, auth: Option<Arc<dyn Authenticator>>
     services.insert(registry.clone());
     let instances = build_instances(&settings, &services)?;
     let metrics = Arc::new(Metrics::new(instances.keys().cloned()));
-    let (dispatcher, status_task) = Dispatcher::new(store.clone(), instances, metrics.clone(), 65_536, 2048);
+    let (dispatcher, status_task) = Dispatcher::new(
+        store.clone(),
+        instances,
+        metrics.clone(),
+        settings.dispatch.status_queue,
+        settings.dispatch.status_batch,
+    );
 
-    let auth = auth.unwrap_or_else(|| Arc::new(JwtAuthenticator::new(secrets.jwt_secret.expose().as_bytes())));
+    let auth = auth.unwrap_or_else(|| {
+        Arc::new(JwtAuthenticator::new(
+            secrets.jwt_secret.expose().as_bytes(),
+        ))
+    });
     let shutdown = CancellationToken::new();
     let listener = tokio::net::TcpListener::bind(&settings.bind)
         .await
@@ -154,19 +179,30 @@ pub async fn start_with(settings: Settings, auth: Option<Arc<dyn Authenticator>>
     let router = api::router(app.clone());
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
-        let serve = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(token.cancelled_owned());
+        let serve = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(token.cancelled_owned());
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "HTTP server failed");
         }
         // Sessions saw the cancellation and are closing with 1001.
         app.sessions.close();
-        if tokio::time::timeout(shutdown_timeout, app.sessions.wait()).await.is_err() {
+        if tokio::time::timeout(shutdown_timeout, app.sessions.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("some WebSocket sessions did not close in time");
         }
         // In-flight provider hand-overs and queued status changes.
-        if tokio::time::timeout(shutdown_timeout, dispatcher.flush()).await.is_err() {
-            tracing::warn!("status changes still queued at shutdown; they will be re-sent (at-least-once)");
+        if tokio::time::timeout(shutdown_timeout, dispatcher.flush())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "status changes still queued at shutdown; they will be re-sent (at-least-once)"
+            );
         }
         drop(dispatcher);
         drop(app);
@@ -212,7 +248,10 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// Build the WebSocket instance and every `[channels.<name>]` through the registry.
-pub fn build_instances(settings: &Settings, services: &Services) -> Result<BTreeMap<String, Instance>, StartError> {
+pub fn build_instances(
+    settings: &Settings,
+    services: &Services,
+) -> Result<BTreeMap<String, Instance>, StartError> {
     let mut out = BTreeMap::new();
     let empty = serde_json::Value::Object(Default::default());
     let ws = herald_channel::find(ws::WEBSOCKET).ok_or_else(|| {
@@ -234,23 +273,32 @@ pub fn build_instances(settings: &Settings, services: &Services) -> Result<BTree
     for (name, table) in &settings.channels {
         let kind = match table.get("kind") {
             Some(toml::Value::String(k)) => k.clone(),
-            Some(_) => return Err(herald_channel::ConfigError::new(name, "kind: must be a string").into()),
+            Some(_) => {
+                return Err(herald_channel::ConfigError::new(name, "kind: must be a string").into())
+            }
             None => {
                 return Err(herald_channel::ConfigError::new(name, "missing field `kind`").into());
             }
         };
         let Some(descriptor) = herald_channel::find(&kind) else {
-            let known: Vec<&str> = herald_channel::descriptors().iter().map(|d| d.kind).collect();
+            let known: Vec<&str> = herald_channel::descriptors()
+                .iter()
+                .map(|d| d.kind)
+                .collect();
             return Err(herald_channel::ConfigError::new(
                 name,
-                format!("kind: unknown channel kind `{kind}` (available: {})", known.join(", ")),
+                format!(
+                    "kind: unknown channel kind `{kind}` (available: {})",
+                    known.join(", ")
+                ),
             )
             .into());
         };
         let mut rest = table.clone();
         rest.remove("kind");
-        let config = serde_json::to_value(rest)
-            .map_err(|e| herald_channel::ConfigError::new(name, format!("invalid configuration: {e}")))?;
+        let config = serde_json::to_value(rest).map_err(|e| {
+            herald_channel::ConfigError::new(name, format!("invalid configuration: {e}"))
+        })?;
         let channel = (descriptor.build)(BuildContext {
             name,
             config: &config,
@@ -283,7 +331,10 @@ mod tests {
 
     #[test]
     fn websocket_is_registered_through_the_descriptor() {
-        let kinds: Vec<&str> = herald_channel::descriptors().iter().map(|d| d.kind).collect();
+        let kinds: Vec<&str> = herald_channel::descriptors()
+            .iter()
+            .map(|d| d.kind)
+            .collect();
         assert!(kinds.contains(&"websocket"), "{kinds:?}");
         assert!(herald_channel::find("websocket").unwrap().presence);
     }
@@ -298,11 +349,23 @@ mod tests {
         let mut services_ws = services.clone();
         let registry: Arc<dyn SessionRegistry> = Arc::new(MemoryRegistry::default());
         services_ws.insert(registry);
-        let err = build_instances(&settings, &services_ws).err().unwrap().to_string();
-        assert!(err.contains("channels.birds") && err.contains("carrier.pigeon"), "{err}");
+        let err = build_instances(&settings, &services_ws)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("channels.birds") && err.contains("carrier.pigeon"),
+            "{err}"
+        );
 
         settings.channels.insert("birds".into(), toml::Table::new());
-        let err = build_instances(&settings, &services_ws).err().unwrap().to_string();
-        assert!(err.contains("channels.birds") && err.contains("kind"), "{err}");
+        let err = build_instances(&settings, &services_ws)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("channels.birds") && err.contains("kind"),
+            "{err}"
+        );
     }
 }

@@ -64,7 +64,13 @@ impl ChannelCounters {
     }
 }
 
-pub const ERROR_KINDS: [&str; 5] = ["transient", "rate_limited", "bad_recipient", "permanent", "config"];
+pub const ERROR_KINDS: [&str; 5] = [
+    "transient",
+    "rate_limited",
+    "bad_recipient",
+    "permanent",
+    "config",
+];
 
 #[derive(Default)]
 pub struct Metrics {
@@ -85,7 +91,10 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(instances: impl IntoIterator<Item = String>) -> Metrics {
         Metrics {
-            channels: instances.into_iter().map(|n| (n, ChannelCounters::default())).collect(),
+            channels: instances
+                .into_iter()
+                .map(|n| (n, ChannelCounters::default()))
+                .collect(),
             ..Metrics::default()
         }
     }
@@ -105,18 +114,58 @@ impl Metrics {
             self.connections.load(Relaxed),
         );
         let counters: [(&str, &str, &AtomicU64); 9] = [
-            ("herald_connections_total", "WebSocket sessions opened.", &self.connections_total),
-            ("herald_handshakes_rejected_total", "WebSocket handshakes refused (bad token).", &self.handshake_rejected),
-            ("herald_slow_consumers_total", "Sessions closed because their outbound queue was full.", &self.slow_consumers),
-            ("herald_dead_peers_total", "Sessions closed for missing pongs.", &self.dead_peers),
-            ("herald_messages_accepted_total", "Messages accepted by the API.", &self.messages_accepted),
-            ("herald_ws_frames_sent_total", "Message frames written to WebSocket sessions.", &self.frames_sent),
-            ("herald_ws_replayed_total", "Message frames replayed on connect.", &self.replayed),
-            ("herald_ws_acks_total", "Acks and reads received.", &self.acks),
-            ("herald_status_write_errors_total", "Failed batched status writes.", &self.status_write_errors),
+            (
+                "herald_connections_total",
+                "WebSocket sessions opened.",
+                &self.connections_total,
+            ),
+            (
+                "herald_handshakes_rejected_total",
+                "WebSocket handshakes refused (bad token).",
+                &self.handshake_rejected,
+            ),
+            (
+                "herald_slow_consumers_total",
+                "Sessions closed because their outbound queue was full.",
+                &self.slow_consumers,
+            ),
+            (
+                "herald_dead_peers_total",
+                "Sessions closed for missing pongs.",
+                &self.dead_peers,
+            ),
+            (
+                "herald_messages_accepted_total",
+                "Messages accepted by the API.",
+                &self.messages_accepted,
+            ),
+            (
+                "herald_ws_frames_sent_total",
+                "Message frames written to WebSocket sessions.",
+                &self.frames_sent,
+            ),
+            (
+                "herald_ws_replayed_total",
+                "Message frames replayed on connect.",
+                &self.replayed,
+            ),
+            (
+                "herald_ws_acks_total",
+                "Acks and reads received.",
+                &self.acks,
+            ),
+            (
+                "herald_status_write_errors_total",
+                "Failed batched status writes.",
+                &self.status_write_errors,
+            ),
         ];
         for (name, help, v) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Relaxed)
+            );
         }
         let _ = writeln!(
             out,
@@ -149,8 +198,11 @@ impl Metrics {
             "# HELP herald_delivery_latency_seconds Time from acceptance to hand-over (sent), by channel.\n# TYPE herald_delivery_latency_seconds histogram"
         );
         for (name, c) in &self.channels {
-            c.latency
-                .render(&mut out, "herald_delivery_latency_seconds", &format!("channel=\"{name}\","));
+            c.latency.render(
+                &mut out,
+                "herald_delivery_latency_seconds",
+                &format!("channel=\"{name}\","),
+            );
         }
         out
     }
@@ -171,8 +223,12 @@ mod tests {
         let text = m.render();
         assert!(text.contains("herald_messages_accepted_total 3"));
         assert!(text.contains("herald_deliveries_total{channel=\"websocket\",status=\"sent\"} 1"));
-        assert!(text.contains("herald_delivery_latency_seconds_bucket{channel=\"websocket\",le=\"0.005\"} 1"));
-        assert!(text.contains("herald_delivery_latency_seconds_bucket{channel=\"websocket\",le=\"0.05\"} 2"));
+        assert!(text.contains(
+            "herald_delivery_latency_seconds_bucket{channel=\"websocket\",le=\"0.005\"} 1"
+        ));
+        assert!(text.contains(
+            "herald_delivery_latency_seconds_bucket{channel=\"websocket\",le=\"0.05\"} 2"
+        ));
         assert!(text.contains("herald_delivery_latency_seconds_count{channel=\"websocket\"} 2"));
     }
 }

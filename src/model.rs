@@ -63,7 +63,10 @@ impl fmt::Display for Status {
 impl FromStr for Status {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
-        Status::ALL.into_iter().find(|st| st.as_str() == s).ok_or(())
+        Status::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or(())
     }
 }
 
@@ -250,7 +253,8 @@ pub fn rfc3339(ms: i64) -> String {
     let f = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
-    t.format(&f).unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".into())
+    t.format(&f)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".into())
 }
 
 /// A fresh public message id.
@@ -268,7 +272,10 @@ mod tests {
             assert_eq!(s.as_str().parse::<Status>(), Ok(s));
             assert_eq!(Status::from_code(s.code()), s);
         }
-        assert_eq!("undelivered".parse::<StatusFilter>(), Ok(StatusFilter::Undelivered));
+        assert_eq!(
+            "undelivered".parse::<StatusFilter>(),
+            Ok(StatusFilter::Undelivered)
+        );
         assert!("nope".parse::<StatusFilter>().is_err());
     }
 

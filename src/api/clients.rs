@@ -18,7 +18,14 @@ use crate::state::AppState;
     security(("api_key" = []))
 )]
 pub async fn clients(State(app): State<AppState>, _key: ApiKey) -> Json<Vec<ClientDto>> {
-    Json(app.registry.list().await.into_iter().map(ClientDto::from).collect())
+    Json(
+        app.registry
+            .list()
+            .await
+            .into_iter()
+            .map(ClientDto::from)
+            .collect(),
+    )
 }
 
 /// Channel instances with counters and health
@@ -37,7 +44,12 @@ pub async fn channels(State(app): State<AppState>, _key: ApiKey) -> Json<Vec<Cha
             let counters = app.metrics.channel(&i.name);
             let get = |s: Status| counters.map(|c| c.get(s)).unwrap_or(0);
             let errors = counters
-                .map(|c| c.errors.iter().map(|e| e.load(std::sync::atomic::Ordering::Relaxed)).sum())
+                .map(|c| {
+                    c.errors
+                        .iter()
+                        .map(|e| e.load(std::sync::atomic::Ordering::Relaxed))
+                        .sum()
+                })
                 .unwrap_or(0);
             ChannelDto {
                 name: i.name.clone(),

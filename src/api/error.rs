@@ -46,7 +46,11 @@ impl ApiError {
 
     /// 422 naming `field`: `"<field>: <message>"`.
     pub fn invalid(field: &str, message: impl std::fmt::Display) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, format!("{field}: {message}")).with_field(field)
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{field}: {message}"),
+        )
+        .with_field(field)
     }
 
     /// 400 naming a query parameter.

@@ -26,7 +26,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             let status = rejection.status();
             if status == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(status, "request body is larger than the configured limit (http.body_limit)")
+                ApiError::new(
+                    status,
+                    "request body is larger than the configured limit (http.body_limit)",
+                )
             } else {
                 ApiError::new(status, rejection.body_text())
             }
@@ -37,10 +40,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<JsonBody<T>, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request("request body is empty; expected a JSON object"));
+        return Err(ApiError::bad_request(
+            "request body is empty; expected a JSON object",
+        ));
     }
-    let raw: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+    let raw: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
     if !raw.is_object() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -87,7 +92,10 @@ impl Params {
             None => Ok(default),
             Some((name, v)) => match v.trim().parse::<u32>() {
                 Ok(n) if (1..=max).contains(&n) => Ok(n),
-                _ => Err(ApiError::bad_param(name, format!("must be an integer from 1 to {max}"))),
+                _ => Err(ApiError::bad_param(
+                    name,
+                    format!("must be an integer from 1 to {max}"),
+                )),
             },
         }
     }

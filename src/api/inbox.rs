@@ -25,14 +25,26 @@ pub const COLLECT_LIMIT: u32 = 1000;
     responses((status = 200, body = InboxPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
     security(("user_token" = []))
 )]
-pub async fn inbox(State(app): State<AppState>, User(user): User, params: Params) -> Result<Json<InboxPage>, ApiError> {
+pub async fn inbox(
+    State(app): State<AppState>,
+    User(user): User,
+    params: Params,
+) -> Result<Json<InboxPage>, ApiError> {
     let page = page_request(&params)?;
     let undelivered_only = match params.0.get("status").map(String::as_str) {
         None | Some("undelivered") | Some("") => true,
         Some("all") => false,
-        Some(_) => return Err(ApiError::bad_param("status", "expected `undelivered` or `all`")),
+        Some(_) => {
+            return Err(ApiError::bad_param(
+                "status",
+                "expected `undelivered` or `all`",
+            ))
+        }
     };
-    let result = app.store.inbox(&user.user_id, WEBSOCKET, undelivered_only, page).await?;
+    let result = app
+        .store
+        .inbox(&user.user_id, WEBSOCKET, undelivered_only, page)
+        .await?;
     Ok(Json(InboxPage {
         items: result.items.iter().map(InboxMessage::from).collect(),
         page: page.page,
@@ -52,8 +64,14 @@ pub async fn inbox(State(app): State<AppState>, User(user): User, params: Params
     responses((status = 200, body = Collected), (status = 401, body = ErrorBody)),
     security(("user_token" = []))
 )]
-pub async fn collect(State(app): State<AppState>, User(user): User) -> Result<Json<Collected>, ApiError> {
-    let items = app.store.collect(&user.user_id, WEBSOCKET, COLLECT_LIMIT).await?;
+pub async fn collect(
+    State(app): State<AppState>,
+    User(user): User,
+) -> Result<Json<Collected>, ApiError> {
+    let items = app
+        .store
+        .collect(&user.user_id, WEBSOCKET, COLLECT_LIMIT)
+        .await?;
     Ok(Json(Collected {
         items: items.iter().map(InboxMessage::from).collect(),
     }))

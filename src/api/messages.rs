@@ -17,8 +17,8 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiKey, JsonBody, Params};
 use crate::dispatch::Planned;
 use crate::model::{
-    new_message_id, now_ms, rfc3339, Idempotency, Inserted, MessageFilter, NewDelivery, NewMessage, PageRequest,
-    Recipient, Status, StatusFilter,
+    new_message_id, now_ms, rfc3339, Idempotency, Inserted, MessageFilter, NewDelivery, NewMessage,
+    PageRequest, Recipient, Status, StatusFilter,
 };
 use crate::state::AppState;
 use crate::store::LIST_DELIVERIES_PER_MESSAGE;
@@ -84,7 +84,10 @@ pub async fn send(
     accept(&app, body.value.into(), idem).await
 }
 
-pub fn idempotency(headers: &HeaderMap, raw: &serde_json::Value) -> Result<Option<Idempotency>, ApiError> {
+pub fn idempotency(
+    headers: &HeaderMap,
+    raw: &serde_json::Value,
+) -> Result<Option<Idempotency>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
@@ -92,7 +95,12 @@ pub fn idempotency(headers: &HeaderMap, raw: &serde_json::Value) -> Result<Optio
         .to_str()
         .ok()
         .filter(|k| !k.is_empty() && k.len() <= 255)
-        .ok_or_else(|| ApiError::bad_param("Idempotency-Key", "must be 1 to 255 visible ASCII characters"))?;
+        .ok_or_else(|| {
+            ApiError::bad_param(
+                "Idempotency-Key",
+                "must be 1 to 255 visible ASCII characters",
+            )
+        })?;
     let hash = Sha256::digest(raw.to_string().as_bytes());
     Ok(Some(Idempotency {
         key: key.to_owned(),
@@ -101,19 +109,28 @@ pub fn idempotency(headers: &HeaderMap, raw: &serde_json::Value) -> Result<Optio
 }
 
 /// Validate, store (durably) and dispatch a send; `202 {"id","deliveries"}`.
-pub async fn accept(app: &AppState, req: Send, idem: Option<Idempotency>) -> Result<Response, ApiError> {
+pub async fn accept(
+    app: &AppState,
+    req: Send,
+    idem: Option<Idempotency>,
+) -> Result<Response, ApiError> {
     if let Some(t) = &req.template {
         return Err(ApiError::invalid(
             "template",
             format!("template `{t}` not found (no templates are loaded)"),
         ));
     }
-    let title = req.title.ok_or_else(|| ApiError::invalid("title", "missing field `title`"))?;
+    let title = req
+        .title
+        .ok_or_else(|| ApiError::invalid("title", "missing field `title`"))?;
     let content = req
         .content
         .ok_or_else(|| ApiError::invalid("content", "missing field `content`"))?;
     if title.len() > MAX_TITLE_LEN {
-        return Err(ApiError::invalid("title", format!("longer than {MAX_TITLE_LEN} bytes")));
+        return Err(ApiError::invalid(
+            "title",
+            format!("longer than {MAX_TITLE_LEN} bytes"),
+        ));
     }
     let sender = req.sender.unwrap_or_else(|| "api".into());
     check_id("sender", &sender)?;
@@ -182,7 +199,14 @@ pub async fn accept(app: &AppState, req: Send, idem: Option<Idempotency>) -> Res
                 })
                 .collect();
             app.dispatcher.dispatch(view, accepted_at, planned).await;
-            Ok((StatusCode::ACCEPTED, Json(SendResponse { id, deliveries: count })).into_response())
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(SendResponse {
+                    id,
+                    deliveries: count,
+                }),
+            )
+                .into_response())
         }
         Inserted::Existing { id, deliveries } => {
             Ok((StatusCode::ACCEPTED, Json(SendResponse { id, deliveries })).into_response())
@@ -204,20 +228,33 @@ fn check_id(field: &str, id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn resolve_channels(app: &AppState, requested: Option<Vec<String>>) -> Result<Vec<String>, ApiError> {
+fn resolve_channels(
+    app: &AppState,
+    requested: Option<Vec<String>>,
+) -> Result<Vec<String>, ApiError> {
     let Some(list) = requested else {
         return Ok(vec![WEBSOCKET.to_owned()]);
     };
     if list.is_empty() {
-        return Err(ApiError::invalid("channels", "must name at least one channel instance"));
+        return Err(ApiError::invalid(
+            "channels",
+            "must name at least one channel instance",
+        ));
     }
     let mut out: Vec<String> = Vec::with_capacity(list.len());
     for (i, name) in list.into_iter().enumerate() {
         if app.dispatcher.instance(&name).is_none() {
-            let known: Vec<&str> = app.dispatcher.instances().map(|i| i.name.as_str()).collect();
+            let known: Vec<&str> = app
+                .dispatcher
+                .instances()
+                .map(|i| i.name.as_str())
+                .collect();
             return Err(ApiError::invalid(
                 &format!("channels[{i}]"),
-                format!("unknown channel instance `{name}` (configured: {})", known.join(", ")),
+                format!(
+                    "unknown channel instance `{name}` (configured: {})",
+                    known.join(", ")
+                ),
             ));
         }
         if !out.contains(&name) {
@@ -229,7 +266,11 @@ fn resolve_channels(app: &AppState, requested: Option<Vec<String>>) -> Result<Ve
 
 /// One delivery per receiver × channel. Channels that need an address get it from the
 /// recipient record; without one the delivery is born `failed` with `no_address`.
-async fn plan(app: &AppState, receivers: &[String], channels: &[String]) -> Result<Vec<NewDelivery>, ApiError> {
+async fn plan(
+    app: &AppState,
+    receivers: &[String],
+    channels: &[String],
+) -> Result<Vec<NewDelivery>, ApiError> {
     let mut out = Vec::with_capacity(receivers.len() * channels.len());
     let mut records: HashMap<&str, Option<Recipient>> = HashMap::new();
     for r in receivers {
@@ -307,7 +348,11 @@ pub fn page_request(params: &Params) -> Result<PageRequest, ApiError> {
     ),
     security(("api_key" = []))
 )]
-pub async fn list(State(app): State<AppState>, _key: ApiKey, params: Params) -> Result<Json<MessagePage>, ApiError> {
+pub async fn list(
+    State(app): State<AppState>,
+    _key: ApiKey,
+    params: Params,
+) -> Result<Json<MessagePage>, ApiError> {
     list_messages(&app, &params).await.map(Json)
 }
 
@@ -324,12 +369,18 @@ pub async fn list_messages(app: &AppState, params: &Params) -> Result<MessagePag
     let status = match text("status")? {
         None => None,
         Some(s) => Some(s.parse::<StatusFilter>().map_err(|()| {
-            ApiError::bad_param("status", "expected pending, sent, delivered, read, failed or undelivered")
+            ApiError::bad_param(
+                "status",
+                "expected pending, sent, delivered, read, failed or undelivered",
+            )
         })?),
     };
     let msg_type = match text("type")? {
         None => None,
-        Some(t) => Some(t.parse::<i64>().map_err(|_| ApiError::bad_param("type", "expected an integer"))?),
+        Some(t) => Some(
+            t.parse::<i64>()
+                .map_err(|_| ApiError::bad_param("type", "expected an integer"))?,
+        ),
     };
     let filter = MessageFilter {
         status,
@@ -359,7 +410,11 @@ pub async fn list_messages(app: &AppState, params: &Params) -> Result<MessagePag
     responses((status = 200, body = MessageDto), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)),
     security(("api_key" = []))
 )]
-pub async fn get(State(app): State<AppState>, _key: ApiKey, Path(id): Path<String>) -> Result<Json<MessageDto>, ApiError> {
+pub async fn get(
+    State(app): State<AppState>,
+    _key: ApiKey,
+    Path(id): Path<String>,
+) -> Result<Json<MessageDto>, ApiError> {
     match app.store.get_message(&id).await? {
         Some(m) => Ok(Json(MessageDto::from(&m))),
         None => Err(ApiError::not_found(format!("message `{id}` not found"))),
@@ -377,7 +432,11 @@ pub async fn get(State(app): State<AppState>, _key: ApiKey, Path(id): Path<Strin
     responses((status = 204), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)),
     security(("api_key" = []))
 )]
-pub async fn delete(State(app): State<AppState>, _key: ApiKey, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    State(app): State<AppState>,
+    _key: ApiKey,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     delete_message(&app, &id).await
 }
 

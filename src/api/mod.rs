@@ -28,12 +28,17 @@ pub fn router(app: AppState) -> Router {
         .route("/websocket/{token}", get(crate::ws::ws_path))
         .route("/websocket", get(crate::ws::ws_query))
         .route("/api/v1/messages", post(messages::send).get(messages::list))
-        .route("/api/v1/messages/{id}", get(messages::get).delete(messages::delete))
+        .route(
+            "/api/v1/messages/{id}",
+            get(messages::get).delete(messages::delete),
+        )
         .route("/api/v1/clients", get(clients::clients))
         .route("/api/v1/channels", get(clients::channels))
         .route(
             "/api/v1/recipients/{user_id}",
-            get(recipients::get).put(recipients::put).delete(recipients::delete),
+            get(recipients::get)
+                .put(recipients::put)
+                .delete(recipients::delete),
         )
         .route("/api/v1/inbox", get(inbox::inbox))
         .route("/api/v1/inbox/collect", post(inbox::collect))
@@ -43,7 +48,10 @@ pub fn router(app: AppState) -> Router {
             "/message/deleteMessageById",
             post(seed::delete_message_by_id).delete(seed::delete_message_by_id),
         )
-        .route("/message/getWebSocketClients", get(seed::get_websocket_clients))
+        .route(
+            "/message/getWebSocketClients",
+            get(seed::get_websocket_clients),
+        )
         .route("/message/collectMessage", post(seed::collect_message))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -61,7 +69,10 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this route",
+    )
 }
 
 /// Process is up
@@ -92,7 +103,10 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain", description = "Prometheus text exposition")))]
 pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         app.metrics.render(),
     )
 }

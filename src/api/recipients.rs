@@ -38,7 +38,9 @@ pub fn valid_email(s: &str) -> bool {
     s.len() <= 254
         && !local.is_empty()
         && local.len() <= 64
-        && !s.chars().any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>' || c == ',')
+        && !s
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>' || c == ',')
         && domain.contains('.')
         && !domain.starts_with('.')
         && !domain.ends_with('.')
@@ -87,12 +89,18 @@ pub async fn put(
     }
     if let Some(p) = &b.phone {
         if !valid_e164(p) {
-            return Err(ApiError::invalid("phone", "expected E.164 form, e.g. +8613800000000"));
+            return Err(ApiError::invalid(
+                "phone",
+                "expected E.164 form, e.g. +8613800000000",
+            ));
         }
     }
     if let Some(w) = &b.wechat_open_id {
         if w.is_empty() || w.len() > 128 {
-            return Err(ApiError::invalid("wechatOpenId", "must be 1 to 128 characters"));
+            return Err(ApiError::invalid(
+                "wechatOpenId",
+                "must be 1 to 128 characters",
+            ));
         }
     }
     if b.name.as_ref().is_some_and(|n| n.len() > 256) {
@@ -114,7 +122,11 @@ pub async fn put(
         .get_recipient(&user_id)
         .await?
         .ok_or_else(|| ApiError::unavailable("recipient vanished during the write; retry"))?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(dto(stored))))
 }
 
@@ -127,10 +139,16 @@ pub async fn put(
     responses((status = 200, body = RecipientDto), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)),
     security(("api_key" = []))
 )]
-pub async fn get(State(app): State<AppState>, _key: ApiKey, Path(user_id): Path<String>) -> Result<Json<RecipientDto>, ApiError> {
+pub async fn get(
+    State(app): State<AppState>,
+    _key: ApiKey,
+    Path(user_id): Path<String>,
+) -> Result<Json<RecipientDto>, ApiError> {
     match app.store.get_recipient(&user_id).await? {
         Some(r) => Ok(Json(dto(r))),
-        None => Err(ApiError::not_found(format!("recipient `{user_id}` not found"))),
+        None => Err(ApiError::not_found(format!(
+            "recipient `{user_id}` not found"
+        ))),
     }
 }
 
@@ -143,11 +161,17 @@ pub async fn get(State(app): State<AppState>, _key: ApiKey, Path(user_id): Path<
     responses((status = 204), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)),
     security(("api_key" = []))
 )]
-pub async fn delete(State(app): State<AppState>, _key: ApiKey, Path(user_id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    State(app): State<AppState>,
+    _key: ApiKey,
+    Path(user_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     if app.store.delete_recipient(&user_id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(ApiError::not_found(format!("recipient `{user_id}` not found")))
+        Err(ApiError::not_found(format!(
+            "recipient `{user_id}` not found"
+        )))
     }
 }
 
@@ -160,7 +184,18 @@ mod tests {
         for ok in ["a@example.com", "first.last+tag@sub.example.cn", "x@b.co"] {
             assert!(valid_email(ok), "{ok}");
         }
-        for bad in ["", "a", "a@", "@b.com", "a@b", "a b@c.com", "a@.com", "a@b..com", "a@b.com.", "<a@b.com>"] {
+        for bad in [
+            "",
+            "a",
+            "a@",
+            "@b.com",
+            "a@b",
+            "a b@c.com",
+            "a@.com",
+            "a@b..com",
+            "a@b.com.",
+            "<a@b.com>",
+        ] {
             assert!(!valid_email(bad), "{bad}");
         }
     }
@@ -170,7 +205,14 @@ mod tests {
         for ok in ["+8613800000000", "+14155552671", "+4420794600"] {
             assert!(valid_e164(ok), "{ok}");
         }
-        for bad in ["13800000000", "+0123456789", "+1", "+1234567890123456", "+86 138", "+86138a0000000"] {
+        for bad in [
+            "13800000000",
+            "+0123456789",
+            "+1",
+            "+1234567890123456",
+            "+86 138",
+            "+86138a0000000",
+        ] {
             assert!(!valid_e164(bad), "{bad}");
         }
     }

@@ -34,12 +34,20 @@ pub async fn send_message(
 }
 
 /// `GET /message/getMessagePage?pageNum=&pageSize=` (also `page`/`size`)
-pub async fn get_message_page(State(app): State<AppState>, _key: ApiKey, params: Params) -> Result<Json<MessagePage>, ApiError> {
+pub async fn get_message_page(
+    State(app): State<AppState>,
+    _key: ApiKey,
+    params: Params,
+) -> Result<Json<MessagePage>, ApiError> {
     messages::list_messages(&app, &params).await.map(Json)
 }
 
 /// `POST|DELETE /message/deleteMessageById?id=`
-pub async fn delete_message_by_id(State(app): State<AppState>, _key: ApiKey, params: Params) -> Result<StatusCode, ApiError> {
+pub async fn delete_message_by_id(
+    State(app): State<AppState>,
+    _key: ApiKey,
+    params: Params,
+) -> Result<StatusCode, ApiError> {
     let Some((_, id)) = params.get(&["id"]) else {
         return Err(ApiError::bad_param("id", "missing query parameter `id`"));
     };
@@ -52,6 +60,9 @@ pub async fn get_websocket_clients(state: State<AppState>, key: ApiKey) -> Json<
 }
 
 /// `POST /message/collectMessage` (user token)
-pub async fn collect_message(state: State<AppState>, user: User) -> Result<Json<Collected>, ApiError> {
+pub async fn collect_message(
+    state: State<AppState>,
+    user: User,
+) -> Result<Json<Collected>, ApiError> {
     super::inbox::collect(state, user).await
 }

@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use herald_channel::{Accepted, Channel, ChannelDescriptor, ChannelError, ErrorKind, MessageView, Outgoing};
+use herald_channel::{
+    Accepted, Channel, ChannelDescriptor, ChannelError, ErrorKind, MessageView, Outgoing,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
@@ -92,15 +94,23 @@ impl Dispatcher {
     }
 
     /// Hand the deliveries of a freshly committed message to their channels.
-    pub async fn dispatch(&self, message: Arc<MessageView>, accepted_at: Instant, planned: Vec<Planned>) {
+    pub async fn dispatch(
+        &self,
+        message: Arc<MessageView>,
+        accepted_at: Instant,
+        planned: Vec<Planned>,
+    ) {
         let mut by_channel: HashMap<&str, Vec<Outgoing>> = HashMap::new();
         for p in &planned {
-            by_channel.entry(p.channel.as_str()).or_default().push(Outgoing {
-                delivery_id: p.delivery_id,
-                message: message.clone(),
-                receiver: p.receiver.clone(),
-                address: p.address.clone(),
-            });
+            by_channel
+                .entry(p.channel.as_str())
+                .or_default()
+                .push(Outgoing {
+                    delivery_id: p.delivery_id,
+                    message: message.clone(),
+                    receiver: p.receiver.clone(),
+                    address: p.address.clone(),
+                });
         }
         for (name, outs) in by_channel {
             let Some(instance) = self.inner.instances.get(name) else {
@@ -116,14 +126,16 @@ impl Dispatcher {
                 let name = name.to_owned();
                 let channel = instance.channel.clone();
                 tokio::spawn(async move {
-                    let results = match tokio::time::timeout(SEND_TIMEOUT, channel.send_batch(&outs)).await {
-                        Ok(r) => r,
-                        Err(_) => outs
-                            .iter()
-                            .map(|_| Err(ChannelError::transient("send timed out")))
-                            .collect(),
-                    };
-                    this.record_results(&name, &outs, results, accepted_at).await;
+                    let results =
+                        match tokio::time::timeout(SEND_TIMEOUT, channel.send_batch(&outs)).await {
+                            Ok(r) => r,
+                            Err(_) => outs
+                                .iter()
+                                .map(|_| Err(ChannelError::transient("send timed out")))
+                                .collect(),
+                        };
+                    this.record_results(&name, &outs, results, accepted_at)
+                        .await;
                 });
             }
         }
@@ -143,21 +155,28 @@ impl Dispatcher {
                     if let Some(c) = counters {
                         c.latency.observe(accepted_at.elapsed());
                     }
-                    self.record(channel, delivery(out.delivery_id, Status::Sent, None)).await;
+                    self.record(channel, delivery(out.delivery_id, Status::Sent, None))
+                        .await;
                 }
                 Ok(Accepted::Held) => {}
                 Err(e) => {
                     if let Some(c) = counters {
                         c.errors[error_index(e.kind())].fetch_add(1, Ordering::Relaxed);
                     }
-                    tracing::warn!(delivery = out.delivery_id, channel, kind = e.kind().as_str(), "hand-over failed");
+                    tracing::warn!(
+                        delivery = out.delivery_id,
+                        channel,
+                        kind = e.kind().as_str(),
+                        "hand-over failed"
+                    );
                     let (status, error) = if e.is_retryable() {
                         // Stays pending; retries with backoff come with the provider outbox.
                         (Status::Pending, e.to_string())
                     } else {
                         (Status::Failed, e.to_string())
                     };
-                    self.record(channel, delivery(out.delivery_id, status, Some(error))).await;
+                    self.record(channel, delivery(out.delivery_id, status, Some(error)))
+                        .await;
                 }
             }
         }
@@ -167,13 +186,21 @@ impl Dispatcher {
     pub async fn record(&self, channel: &str, change: StatusChange) {
         if let Some(c) = self.inner.metrics.channel(channel) {
             let status = match &change {
-                StatusChange::Delivery { status, .. } | StatusChange::Receiver { status, .. } => *status,
+                StatusChange::Delivery { status, .. } | StatusChange::Receiver { status, .. } => {
+                    *status
+                }
             };
             if status != Status::Pending {
                 c.count(status);
             }
         }
-        if self.inner.status_tx.send(StatusItem::Change(change)).await.is_err() {
+        if self
+            .inner
+            .status_tx
+            .send(StatusItem::Change(change))
+            .await
+            .is_err()
+        {
             tracing::error!("status writer is gone; a status change was dropped");
         }
     }
@@ -181,7 +208,13 @@ impl Dispatcher {
     /// Wait until every status change queued so far is written.
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.inner.status_tx.send(StatusItem::Flush(tx)).await.is_ok() {
+        if self
+            .inner
+            .status_tx
+            .send(StatusItem::Flush(tx))
+            .await
+            .is_ok()
+        {
             let _ = rx.await;
         }
     }
@@ -215,7 +248,12 @@ fn error_index(kind: ErrorKind) -> usize {
     }
 }
 
-async fn status_writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<StatusItem>, batch: usize, metrics: Arc<Metrics>) {
+async fn status_writer(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::Receiver<StatusItem>,
+    batch: usize,
+    metrics: Arc<Metrics>,
+) {
     let mut items = Vec::with_capacity(batch);
     while rx.recv_many(&mut items, batch).await > 0 {
         let mut changes = Vec::with_capacity(items.len());
@@ -270,7 +308,10 @@ impl Tombstones {
         if self.len.load(Ordering::Acquire) == 0 {
             return false;
         }
-        self.ids.lock().unwrap_or_else(|p| p.into_inner()).contains_key(id)
+        self.ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(id)
     }
 }
 

@@ -57,8 +57,13 @@ impl MemoryRegistry {
 #[async_trait]
 impl SessionRegistry for MemoryRegistry {
     fn register(&self, handle: Arc<SessionHandle>) {
-        let mut map = self.shard(&handle.info.user_id).lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(handle.info.user_id.clone()).or_default().push(handle);
+        let mut map = self
+            .shard(&handle.info.user_id)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        map.entry(handle.info.user_id.clone())
+            .or_default()
+            .push(handle);
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -151,7 +156,10 @@ mod tests {
         reg.register(b.clone());
         reg.register(c.clone());
         assert_eq!(reg.local_count(), 3);
-        assert_eq!(reg.online_users().await, vec!["42".to_string(), "7".to_string()]);
+        assert_eq!(
+            reg.online_users().await,
+            vec!["42".to_string(), "7".to_string()]
+        );
         assert_eq!(reg.push("42", &item()).accepted, 2);
         assert!(ra.try_recv().is_ok() && rb.try_recv().is_ok());
         assert!(rc.try_recv().is_err());
@@ -174,10 +182,18 @@ mod tests {
         assert_eq!(reg.push("1", &item()).accepted, 2);
         assert_eq!(reg.push("1", &item()).accepted, 2);
         let third = reg.push("1", &item());
-        assert_eq!(third, Pushed { accepted: 1, kicked: 1 });
+        assert_eq!(
+            third,
+            Pushed {
+                accepted: 1,
+                kicked: 1
+            }
+        );
         assert!(slow.is_kicked() && !fast.is_kicked());
         // The kicked session's task is woken.
-        tokio::time::timeout(std::time::Duration::from_secs(1), slow.kicked()).await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(1), slow.kicked())
+            .await
+            .unwrap();
         for _ in 0..3 {
             assert!(rf.try_recv().is_ok());
         }

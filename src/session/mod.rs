@@ -46,7 +46,10 @@ pub struct SessionHandle {
 
 impl SessionHandle {
     /// A handle and the receiving end of its outbound queue.
-    pub fn new(info: SessionInfo, capacity: usize) -> (Arc<SessionHandle>, mpsc::Receiver<Outbound>) {
+    pub fn new(
+        info: SessionInfo,
+        capacity: usize,
+    ) -> (Arc<SessionHandle>, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(capacity);
         let handle = Arc::new(SessionHandle {
             info,

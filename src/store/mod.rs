@@ -9,7 +9,8 @@
 use async_trait::async_trait;
 
 use crate::model::{
-    InboxItem, Inserted, Message, MessageFilter, NewMessage, Page, PageRequest, Recipient, StatusChange,
+    InboxItem, Inserted, Message, MessageFilter, NewMessage, Page, PageRequest, Recipient,
+    StatusChange,
 };
 
 pub mod sqlite;
@@ -71,7 +72,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Atomically take up to `limit` undelivered messages (oldest first) and mark them
     /// `delivered`.
-    async fn collect(&self, receiver: &str, channel: &str, limit: u32) -> Result<Vec<InboxItem>, StoreError>;
+    async fn collect(
+        &self,
+        receiver: &str,
+        channel: &str,
+        limit: u32,
+    ) -> Result<Vec<InboxItem>, StoreError>;
 
     /// Apply status changes in one transaction (forward moves only).
     async fn apply_status(&self, changes: Vec<StatusChange>) -> Result<(), StoreError>;
@@ -87,3 +93,6 @@ pub trait Store: Send + Sync + 'static {
     /// Flush pending writes and close connections.
     async fn close(&self);
 }
+
+#[cfg(test)]
+pub mod conformance;

@@ -110,12 +110,19 @@ impl SqliteStore {
 
     async fn write<T>(&self, make: impl FnOnce(Reply<T>) -> WriteOp) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.writer.send(make(tx)).await.map_err(|_| StoreError::Closed)?;
+        self.writer
+            .send(make(tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 }
 
-async fn writer_loop(mut conn: SqliteConnection, mut rx: mpsc::Receiver<WriteOp>, max_batch: usize) {
+async fn writer_loop(
+    mut conn: SqliteConnection,
+    mut rx: mpsc::Receiver<WriteOp>,
+    max_batch: usize,
+) {
     let mut batch = Vec::with_capacity(max_batch);
     let mut last_prune = now_ms();
     loop {
@@ -205,7 +212,7 @@ async fn run_batch(conn: &mut SqliteConnection, batch: &mut Vec<WriteOp>) {
     let now = now_ms();
     for op in batch.drain(..) {
         // Each operation in its own savepoint: a failing one is rolled back alone.
-        let mut sp = match (&mut *tx).begin().await {
+        let mut sp = match (*tx).begin().await {
             Ok(sp) => sp,
             Err(e) => {
                 fail(op, &e.to_string());
@@ -259,7 +266,11 @@ async fn run_batch(conn: &mut SqliteConnection, batch: &mut Vec<WriteOp>) {
                 (r.is_ok(), Done::Recipient(reply, r))
             }
         };
-        let sp_result = if result_ok { sp.commit().await } else { sp.rollback().await };
+        let sp_result = if result_ok {
+            sp.commit().await
+        } else {
+            sp.rollback().await
+        };
         if let Err(e) = sp_result {
             tracing::error!(error = %e, "SQLite: savepoint failed");
         }
@@ -284,12 +295,16 @@ fn fail(op: WriteOp, msg: &str) {
         WriteOp::PutRecipient(_, r) => drop(r.send(Err(err()))),
         WriteOp::DeleteRecipient(_, r) => drop(r.send(Err(err()))),
         WriteOp::Close(done) => {
-                        let _ = done.send(());
-                    }
+            let _ = done.send(());
+        }
     }
 }
 
-async fn insert(conn: &mut SqliteConnection, msg: NewMessage, now: i64) -> Result<Inserted, StoreError> {
+async fn insert(
+    conn: &mut SqliteConnection,
+    msg: NewMessage,
+    now: i64,
+) -> Result<Inserted, StoreError> {
     if let Some(idem) = &msg.idempotency {
         let row = sqlx::query(
             "SELECT request_hash, message_id, deliveries FROM idempotency_keys WHERE key = ? AND created_at >= ?",
@@ -353,13 +368,20 @@ async fn insert(conn: &mut SqliteConnection, msg: NewMessage, now: i64) -> Resul
         .execute(&mut *conn)
         .await?;
     }
-    Ok(Inserted::New { seq, delivery_ids: ids })
+    Ok(Inserted::New {
+        seq,
+        delivery_ids: ids,
+    })
 }
 
 /// The forward-only rule, as SQL over the bound new status `?1`.
 const MOVES_FORWARD: &str = "(CASE WHEN ?1 = 4 THEN status < 2 ELSE status < ?1 END)";
 
-async fn apply_status(conn: &mut SqliteConnection, changes: &[StatusChange], now: i64) -> Result<(), StoreError> {
+async fn apply_status(
+    conn: &mut SqliteConnection,
+    changes: &[StatusChange],
+    now: i64,
+) -> Result<(), StoreError> {
     let by_id = format!(
         "UPDATE deliveries SET \
            status = CASE WHEN {MOVES_FORWARD} THEN ?1 ELSE status END, \
@@ -409,7 +431,8 @@ async fn apply_status(conn: &mut SqliteConnection, changes: &[StatusChange], now
     Ok(())
 }
 
-const INBOX_COLUMNS: &str = "m.seq, m.id, m.title, m.content, m.msg_type, m.sender, m.created_at, d.status, d.id";
+const INBOX_COLUMNS: &str =
+    "m.seq, m.id, m.title, m.content, m.msg_type, m.sender, m.created_at, d.status, d.id";
 
 fn inbox_item(row: &sqlx::sqlite::SqliteRow) -> Result<InboxItem, StoreError> {
     Ok(InboxItem {
@@ -455,7 +478,11 @@ async fn collect(
     Ok(items)
 }
 
-async fn put_recipient(conn: &mut SqliteConnection, r: &Recipient, now: i64) -> Result<bool, StoreError> {
+async fn put_recipient(
+    conn: &mut SqliteConnection,
+    r: &Recipient,
+    now: i64,
+) -> Result<bool, StoreError> {
     let existed = sqlx::query("SELECT 1 FROM recipients WHERE user_id = ?")
         .bind(&r.user_id)
         .fetch_optional(&mut *conn)
@@ -585,11 +612,15 @@ impl Store for SqliteStore {
             .push(" OFFSET ")
             .push_bind(page.offset());
         let rows = q.build().fetch_all(&self.readers).await?;
-        let mut items = rows.iter().map(message_head).collect::<Result<Vec<_>, _>>()?;
+        let mut items = rows
+            .iter()
+            .map(message_head)
+            .collect::<Result<Vec<_>, _>>()?;
         if items.is_empty() {
             return Ok(Page { items, total });
         }
-        let index: HashMap<i64, usize> = items.iter().enumerate().map(|(i, m)| (m.seq, i)).collect();
+        let index: HashMap<i64, usize> =
+            items.iter().enumerate().map(|(i, m)| (m.seq, i)).collect();
 
         let mut counts = QueryBuilder::<Sqlite>::new(
             "SELECT message_seq, status, count(*) FROM deliveries WHERE message_seq IN (",
@@ -661,7 +692,11 @@ impl Store for SqliteStore {
         undelivered_only: bool,
         page: PageRequest,
     ) -> Result<Page<InboxItem>, StoreError> {
-        let cond = if undelivered_only { " AND d.status < 2" } else { "" };
+        let cond = if undelivered_only {
+            " AND d.status < 2"
+        } else {
+            ""
+        };
         let total: i64 = sqlx::query(&format!(
             "SELECT count(*) FROM deliveries d WHERE d.receiver = ? AND d.channel = ?{cond}"
         ))
@@ -684,7 +719,12 @@ impl Store for SqliteStore {
         Ok(Page { items, total })
     }
 
-    async fn collect(&self, receiver: &str, channel: &str, limit: u32) -> Result<Vec<InboxItem>, StoreError> {
+    async fn collect(
+        &self,
+        receiver: &str,
+        channel: &str,
+        limit: u32,
+    ) -> Result<Vec<InboxItem>, StoreError> {
         let (receiver, channel) = (receiver.to_owned(), channel.to_owned());
         self.write(|reply| WriteOp::Collect {
             receiver,
@@ -703,7 +743,8 @@ impl Store for SqliteStore {
     }
 
     async fn put_recipient(&self, recipient: Recipient) -> Result<bool, StoreError> {
-        self.write(|r| WriteOp::PutRecipient(Box::new(recipient), r)).await
+        self.write(|r| WriteOp::PutRecipient(Box::new(recipient), r))
+            .await
     }
 
     async fn get_recipient(&self, user_id: &str) -> Result<Option<Recipient>, StoreError> {
@@ -716,7 +757,8 @@ impl Store for SqliteStore {
         };
         let json = |col: &str| -> Result<serde_json::Value, StoreError> {
             let text: String = row.try_get(col)?;
-            serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("recipients.{col}: {e}")))
+            serde_json::from_str(&text)
+                .map_err(|e| StoreError::Corrupt(format!("recipients.{col}: {e}")))
         };
         Ok(Some(Recipient {
             user_id: row.try_get("user_id")?,
@@ -759,5 +801,83 @@ impl Store for SqliteStore {
             let _ = task.await;
         }
         self.readers.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::model::{new_message_id, NewDelivery};
+
+    async fn open(dir: &Path) -> SqliteStore {
+        let url = format!("sqlite://{}", dir.join("t.db").display());
+        SqliteStore::open(&url, &DatabaseSettings::default())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(open(dir.path()).await);
+        crate::store::conformance::run_all(store.clone()).await;
+        store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn committed_data_survives_reopen_and_close_drains_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(open(dir.path()).await);
+        // Queue many writes, then close at once: every answered write must be on disk.
+        let tasks: Vec<_> = (0..100)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let m = NewMessage {
+                        id: new_message_id(),
+                        title: format!("t{i}"),
+                        content: "c".into(),
+                        msg_type: 0,
+                        sender: "s".into(),
+                        created_at_ms: now_ms(),
+                        deliveries: vec![NewDelivery {
+                            receiver: "u".into(),
+                            channel: "websocket".into(),
+                            status: Status::Pending,
+                            error: None,
+                            address: None,
+                        }],
+                        idempotency: None,
+                    };
+                    store.insert_message(m).await.is_ok()
+                })
+            })
+            .collect();
+        let mut ok = 0;
+        for t in tasks {
+            ok += usize::from(t.await.unwrap());
+        }
+        store.close().await;
+        let reopened = open(dir.path()).await;
+        let items = reopened
+            .undelivered("u", "websocket", 0, 1000)
+            .await
+            .unwrap();
+        assert_eq!(items.len(), ok);
+        assert_eq!(ok, 100);
+        reopened.close().await;
+    }
+
+    #[tokio::test]
+    async fn writes_after_close_fail_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path()).await;
+        store.close().await;
+        assert!(matches!(
+            store.delete_message("x").await,
+            Err(StoreError::Closed) | Err(StoreError::Corrupt(_))
+        ));
     }
 }

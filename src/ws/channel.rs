@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
 use herald_channel::{
-    async_trait, Accepted, AddressKind, BuildContext, Channel, ChannelDescriptor, ChannelError, ConfigError,
-    Outgoing,
+    async_trait, Accepted, AddressKind, BuildContext, Channel, ChannelDescriptor, ChannelError,
+    ConfigError, Outgoing,
 };
 
 use crate::session::{Outbound, SessionRegistry};
@@ -60,7 +60,9 @@ fn build(ctx: BuildContext<'_>) -> Result<Arc<dyn Channel>, ConfigError> {
     let registry = ctx
         .services
         .get::<Arc<dyn SessionRegistry>>()
-        .ok_or_else(|| ConfigError::new(ctx.name, "the websocket channel needs the session registry"))?;
+        .ok_or_else(|| {
+            ConfigError::new(ctx.name, "the websocket channel needs the session registry")
+        })?;
     Ok(Arc::new(WebSocketChannel { registry }))
 }
 

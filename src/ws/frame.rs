@@ -33,7 +33,8 @@ pub enum ServerFrame<'a> {
 impl ServerFrame<'_> {
     pub fn to_json(&self) -> String {
         // Serializing these plain structs cannot fail.
-        serde_json::to_string(self).unwrap_or_else(|_| r#"{"type":"error","error":"internal"}"#.into())
+        serde_json::to_string(self)
+            .unwrap_or_else(|_| r#"{"type":"error","error":"internal"}"#.into())
     }
 }
 
@@ -70,7 +71,9 @@ pub fn decode(text: &str) -> Result<ClientFrame, String> {
         None => return Err("missing field `type` (one of ack, read, ping)".into()),
         Some("ack" | "read" | "ping") => {}
         Some(other) => {
-            return Err(format!("unknown frame type `{other}` (expected ack, read or ping)"));
+            return Err(format!(
+                "unknown frame type `{other}` (expected ack, read or ping)"
+            ));
         }
     }
     let frame: ClientFrame = serde_json::from_value(value).map_err(|e| e.to_string())?;
@@ -89,8 +92,14 @@ mod tests {
     #[test]
     fn decodes_client_frames() {
         assert_eq!(decode(r#"{"type":"ping"}"#), Ok(ClientFrame::Ping));
-        assert_eq!(decode(r#"{"type":"ack","id":"x"}"#), Ok(ClientFrame::Ack { id: "x".into() }));
-        assert_eq!(decode(r#"{"type":"read","id":"x"}"#), Ok(ClientFrame::Read { id: "x".into() }));
+        assert_eq!(
+            decode(r#"{"type":"ack","id":"x"}"#),
+            Ok(ClientFrame::Ack { id: "x".into() })
+        );
+        assert_eq!(
+            decode(r#"{"type":"read","id":"x"}"#),
+            Ok(ClientFrame::Read { id: "x".into() })
+        );
     }
 
     #[test]
@@ -100,7 +109,9 @@ mod tests {
         assert!(decode(r#"{"id":"x"}"#).unwrap_err().contains("type"));
         assert!(decode(r#"{"type":"shout"}"#).unwrap_err().contains("shout"));
         assert!(decode(r#"{"type":"ack"}"#).unwrap_err().contains("id"));
-        assert!(decode(r#"{"type":"ack","id":""}"#).unwrap_err().contains("id"));
+        assert!(decode(r#"{"type":"ack","id":""}"#)
+            .unwrap_err()
+            .contains("id"));
         assert!(decode(r#"{"type":"ack","id":5}"#).is_err());
     }
 
@@ -121,9 +132,17 @@ mod tests {
                 "msgType":2,"sender":"lab","createdAt":"2026-11-28T00:00:00.000Z"})
         );
         let w: serde_json::Value = serde_json::from_str(
-            &ServerFrame::Welcome { session_id: "s", user_id: "u", server_time: "t".into() }.to_json(),
+            &ServerFrame::Welcome {
+                session_id: "s",
+                user_id: "u",
+                server_time: "t".into(),
+            }
+            .to_json(),
         )
         .unwrap();
-        assert_eq!(w, serde_json::json!({"type":"welcome","sessionId":"s","userId":"u","serverTime":"t"}));
+        assert_eq!(
+            w,
+            serde_json::json!({"type":"welcome","sessionId":"s","userId":"u","serverTime":"t"})
+        );
     }
 }

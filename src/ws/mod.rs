@@ -91,8 +91,11 @@ async fn connect(
     let upgrade = match upgrade {
         Ok(u) => u,
         Err(rejection) => {
-            return ApiError::new(rejection.status(), format!("WebSocket upgrade required: {}", rejection.body_text()))
-                .into_response();
+            return ApiError::new(
+                rejection.status(),
+                format!("WebSocket upgrade required: {}", rejection.body_text()),
+            )
+            .into_response();
         }
     };
     if app.shutdown.is_cancelled() {
@@ -121,7 +124,12 @@ enum End {
     StoreFailed,
 }
 
-async fn run_session(app: AppState, mut socket: WebSocket, identity: UserIdentity, remote: SocketAddr) {
+async fn run_session(
+    app: AppState,
+    mut socket: WebSocket,
+    identity: UserIdentity,
+    remote: SocketAddr,
+) {
     let info = SessionInfo {
         session_id: uuid::Uuid::now_v7().simple().to_string(),
         user_id: identity.user_id,
@@ -258,7 +266,12 @@ impl Session<'_> {
         let mut after = 0;
         let mut ids = HashSet::new();
         loop {
-            let page = match self.app.store.undelivered(&user, WEBSOCKET, after, batch).await {
+            let page = match self
+                .app
+                .store
+                .undelivered(&user, WEBSOCKET, after, batch)
+                .await
+            {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::error!(error = %e, "replay query failed");
@@ -272,7 +285,10 @@ impl Session<'_> {
                 if self.app.dispatcher.is_deleted(&item.id) {
                     continue;
                 }
-                if !self.write(Message::Text(replay_frame(item).into()), false).await {
+                if !self
+                    .write(Message::Text(replay_frame(item).into()), false)
+                    .await
+                {
                     return Err(End::WriteFailed);
                 }
                 ids.insert(item.id.clone());
@@ -280,7 +296,10 @@ impl Session<'_> {
             if !self.flush().await {
                 return Err(End::WriteFailed);
             }
-            self.app.metrics.replayed.fetch_add(page.len() as u64, Relaxed);
+            self.app
+                .metrics
+                .replayed
+                .fetch_add(page.len() as u64, Relaxed);
             for item in &page {
                 self.record_sent(item.delivery_id).await;
             }
@@ -292,11 +311,17 @@ impl Session<'_> {
     }
 
     /// Write a live frame and whatever else is queued (one flush for the lot).
-    async fn write_live(&mut self, first: Outbound, replayed: &mut Option<HashSet<String>>) -> bool {
+    async fn write_live(
+        &mut self,
+        first: Outbound,
+        replayed: &mut Option<HashSet<String>>,
+    ) -> bool {
         let mut item = Some(first);
         let mut written = 0u64;
         while let Some(it) = item.take() {
-            let skip = replayed.as_ref().is_some_and(|r| r.contains(&it.message.id))
+            let skip = replayed
+                .as_ref()
+                .is_some_and(|r| r.contains(&it.message.id))
                 || self.app.dispatcher.is_deleted(&it.message.id);
             if !skip {
                 if !self.write(Message::Text(it.frame), false).await {
@@ -318,7 +343,10 @@ impl Session<'_> {
 
     async fn on_text(&mut self, text: &str) -> bool {
         match frame::decode(text) {
-            Ok(ClientFrame::Ping) => self.write(Message::Text(ServerFrame::Pong.to_json().into()), true).await,
+            Ok(ClientFrame::Ping) => {
+                self.write(Message::Text(ServerFrame::Pong.to_json().into()), true)
+                    .await
+            }
             Ok(ClientFrame::Ack { id }) => {
                 self.receipt(id, Status::Delivered).await;
                 true
@@ -366,7 +394,10 @@ impl Session<'_> {
                 self.socket.feed(msg).await
             }
         };
-        matches!(tokio::time::timeout(self.write_timeout, fut).await, Ok(Ok(())))
+        matches!(
+            tokio::time::timeout(self.write_timeout, fut).await,
+            Ok(Ok(()))
+        )
     }
 
     async fn flush(&mut self) -> bool {

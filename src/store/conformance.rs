@@ -1,0 +1,362 @@
+//! The store conformance suite: behaviour every [`Store`] backend must have. Each backend's
+//! tests call [`run_all`] with a fresh, empty store.
+
+use std::sync::Arc;
+
+use super::Store;
+use crate::model::*;
+
+fn msg(receivers: &[&str], channel: &str) -> NewMessage {
+    NewMessage {
+        id: new_message_id(),
+        title: "Report ready".into(),
+        content: r#"{"reportId":7}"#.into(),
+        msg_type: 1,
+        sender: "lab".into(),
+        created_at_ms: now_ms(),
+        deliveries: receivers
+            .iter()
+            .map(|r| NewDelivery {
+                receiver: r.to_string(),
+                channel: channel.into(),
+                status: Status::Pending,
+                error: None,
+                address: None,
+            })
+            .collect(),
+        idempotency: None,
+    }
+}
+
+async fn insert(store: &dyn Store, m: NewMessage) -> (String, Vec<i64>) {
+    let id = m.id.clone();
+    match store.insert_message(m).await.unwrap() {
+        Inserted::New { delivery_ids, .. } => (id, delivery_ids),
+        other => panic!("expected a new message, got {other:?}"),
+    }
+}
+
+fn page(page: u32, size: u32) -> PageRequest {
+    PageRequest { page, size }
+}
+
+fn ack(id: &str, receiver: &str, status: Status) -> StatusChange {
+    StatusChange::Receiver {
+        message_id: id.into(),
+        receiver: receiver.into(),
+        channel: "websocket".into(),
+        status,
+    }
+}
+
+async fn status_of(store: &dyn Store, id: &str, receiver: &str) -> Status {
+    let m = store.get_message(id).await.unwrap().unwrap();
+    m.deliveries
+        .iter()
+        .find(|d| d.receiver == receiver)
+        .unwrap()
+        .status
+}
+
+pub async fn run_all(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    insert_and_get(s).await;
+    idempotency(s).await;
+    status_moves_forward_only(s).await;
+    undelivered_and_collect(s).await;
+    delete_cascades(s).await;
+    recipients(s).await;
+    concurrent_inserts_all_commit(store.clone()).await;
+    listing(s).await;
+    s.ready().await.unwrap();
+}
+
+async fn insert_and_get(s: &dyn Store) {
+    let (id, dids) = insert(s, msg(&["a", "b"], "websocket")).await;
+    assert_eq!(dids.len(), 2);
+    let m = s.get_message(&id).await.unwrap().unwrap();
+    assert_eq!(m.title, "Report ready");
+    assert_eq!(m.content, r#"{"reportId":7}"#);
+    assert_eq!((m.msg_type, m.sender.as_str()), (1, "lab"));
+    assert_eq!(m.deliveries.len(), 2);
+    assert_eq!(m.delivery_counts[Status::Pending.code() as usize], 2);
+    assert!(m
+        .deliveries
+        .iter()
+        .all(|d| d.status == Status::Pending && d.attempts == 0));
+    assert!(s.get_message("nope").await.unwrap().is_none());
+}
+
+async fn idempotency(s: &dyn Store) {
+    let mut first = msg(&["i1"], "websocket");
+    first.idempotency = Some(Idempotency {
+        key: "k1".into(),
+        request_hash: "h1".into(),
+    });
+    let (id, _) = insert(s, first).await;
+    let mut again = msg(&["i1"], "websocket");
+    again.idempotency = Some(Idempotency {
+        key: "k1".into(),
+        request_hash: "h1".into(),
+    });
+    assert_eq!(
+        s.insert_message(again).await.unwrap(),
+        Inserted::Existing {
+            id: id.clone(),
+            deliveries: 1
+        }
+    );
+    let mut other = msg(&["i1"], "websocket");
+    other.idempotency = Some(Idempotency {
+        key: "k1".into(),
+        request_hash: "h2".into(),
+    });
+    assert_eq!(
+        s.insert_message(other).await.unwrap(),
+        Inserted::KeyConflict
+    );
+    let filter = MessageFilter {
+        receiver: Some("i1".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        s.list_messages(&filter, page(1, 10), 10)
+            .await
+            .unwrap()
+            .total,
+        1
+    );
+}
+
+async fn status_moves_forward_only(s: &dyn Store) {
+    let (id, dids) = insert(s, msg(&["f1", "f2"], "websocket")).await;
+    let sent = |i: usize| StatusChange::Delivery {
+        delivery_id: dids[i],
+        status: Status::Sent,
+        error: None,
+        count_attempt: true,
+    };
+    s.apply_status(vec![sent(0), sent(0)]).await.unwrap();
+    let m = s.get_message(&id).await.unwrap().unwrap();
+    let d = m.deliveries.iter().find(|d| d.receiver == "f1").unwrap();
+    assert_eq!((d.status, d.attempts), (Status::Sent, 2));
+
+    s.apply_status(vec![ack(&id, "f1", Status::Delivered)])
+        .await
+        .unwrap();
+    assert_eq!(status_of(s, &id, "f1").await, Status::Delivered);
+    // Backwards and failed-after-delivered are ignored.
+    s.apply_status(vec![sent(0), ack(&id, "f1", Status::Failed)])
+        .await
+        .unwrap();
+    assert_eq!(status_of(s, &id, "f1").await, Status::Delivered);
+    s.apply_status(vec![ack(&id, "f1", Status::Read)])
+        .await
+        .unwrap();
+    assert_eq!(status_of(s, &id, "f1").await, Status::Read);
+    s.apply_status(vec![ack(&id, "f1", Status::Delivered)])
+        .await
+        .unwrap();
+    assert_eq!(status_of(s, &id, "f1").await, Status::Read);
+    // An ack by someone who is not a receiver changes nothing.
+    s.apply_status(vec![ack(&id, "mallory", Status::Delivered)])
+        .await
+        .unwrap();
+    assert_eq!(status_of(s, &id, "f2").await, Status::Pending);
+    // Failed keeps its error and is terminal.
+    s.apply_status(vec![StatusChange::Delivery {
+        delivery_id: dids[1],
+        status: Status::Failed,
+        error: Some("permanent: nope".into()),
+        count_attempt: true,
+    }])
+    .await
+    .unwrap();
+    s.apply_status(vec![ack(&id, "f2", Status::Delivered)])
+        .await
+        .unwrap();
+    let m = s.get_message(&id).await.unwrap().unwrap();
+    let d = m.deliveries.iter().find(|d| d.receiver == "f2").unwrap();
+    assert_eq!(
+        (d.status, d.error.as_deref()),
+        (Status::Failed, Some("permanent: nope"))
+    );
+}
+
+async fn undelivered_and_collect(s: &dyn Store) {
+    let mut ids = vec![];
+    for _ in 0..5 {
+        ids.push(insert(s, msg(&["u1"], "websocket")).await.0);
+    }
+    insert(s, msg(&["u1"], "other")).await;
+    s.apply_status(vec![ack(&ids[1], "u1", Status::Delivered)])
+        .await
+        .unwrap();
+    let first = s.undelivered("u1", "websocket", 0, 2).await.unwrap();
+    assert_eq!(
+        first.iter().map(|i| &i.id).collect::<Vec<_>>(),
+        vec![&ids[0], &ids[2]]
+    );
+    let rest = s
+        .undelivered("u1", "websocket", first[1].seq, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.iter().map(|i| &i.id).collect::<Vec<_>>(),
+        vec![&ids[3], &ids[4]]
+    );
+
+    let inbox = s.inbox("u1", "websocket", true, page(1, 10)).await.unwrap();
+    assert_eq!(inbox.total, 4);
+    assert_eq!(inbox.items[0].id, ids[4], "newest first");
+    assert_eq!(
+        s.inbox("u1", "websocket", false, page(1, 10))
+            .await
+            .unwrap()
+            .total,
+        5
+    );
+
+    let collected = s.collect("u1", "websocket", 3).await.unwrap();
+    assert_eq!(
+        collected.iter().map(|i| &i.id).collect::<Vec<_>>(),
+        vec![&ids[0], &ids[2], &ids[3]]
+    );
+    assert!(collected.iter().all(|i| i.status == Status::Delivered));
+    let collected = s.collect("u1", "websocket", 3).await.unwrap();
+    assert_eq!(collected.len(), 1);
+    assert!(s.collect("u1", "websocket", 3).await.unwrap().is_empty());
+    assert!(s
+        .undelivered("u1", "websocket", 0, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn delete_cascades(s: &dyn Store) {
+    let (id, _) = insert(s, msg(&["d1"], "websocket")).await;
+    assert!(s.delete_message(&id).await.unwrap());
+    assert!(!s.delete_message(&id).await.unwrap());
+    assert!(s.get_message(&id).await.unwrap().is_none());
+    assert!(s
+        .undelivered("d1", "websocket", 0, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(s.collect("d1", "websocket", 10).await.unwrap().is_empty());
+}
+
+async fn recipients(s: &dyn Store) {
+    let r = Recipient {
+        user_id: "r1".into(),
+        name: Some("Alice".into()),
+        email: Some("alice@example.com".into()),
+        phone: Some("+8613800000000".into()),
+        wechat_open_id: None,
+        devices: serde_json::json!([]),
+        preferences: serde_json::json!({"optOut": ["sms"]}),
+        updated_at_ms: 0,
+    };
+    assert!(s.put_recipient(r.clone()).await.unwrap());
+    assert!(!s.put_recipient(r.clone()).await.unwrap());
+    let got = s.get_recipient("r1").await.unwrap().unwrap();
+    assert_eq!(got.email, r.email);
+    assert_eq!(got.preferences, r.preferences);
+    assert!(got.updated_at_ms > 0);
+    assert!(s.delete_recipient("r1").await.unwrap());
+    assert!(!s.delete_recipient("r1").await.unwrap());
+    assert!(s.get_recipient("r1").await.unwrap().is_none());
+}
+
+async fn concurrent_inserts_all_commit(store: Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(
+                async move { insert(store.as_ref(), msg(&["c1", "c2"], "websocket")).await },
+            )
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let filter = MessageFilter {
+        receiver: Some("c2".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        store
+            .list_messages(&filter, page(1, 1), 1)
+            .await
+            .unwrap()
+            .total,
+        200
+    );
+}
+
+async fn listing(s: &dyn Store) {
+    let mut ids = vec![];
+    for i in 0..5 {
+        let mut m = msg(&["l1", "l2", "l3"], "websocket");
+        m.msg_type = 100 + (i % 2);
+        m.sender = format!("list-sender-{}", i % 2);
+        ids.push(insert(s, m).await.0);
+    }
+    let by_sender = MessageFilter {
+        sender: Some("list-sender-0".into()),
+        ..Default::default()
+    };
+    let p = s.list_messages(&by_sender, page(1, 2), 2).await.unwrap();
+    assert_eq!(p.total, 3);
+    assert_eq!(p.items.len(), 2);
+    assert_eq!(p.items[0].id, ids[4], "newest first");
+    assert_eq!(p.items[1].id, ids[2]);
+    assert_eq!(
+        p.items[0].deliveries.len(),
+        2,
+        "deliveries capped per message"
+    );
+    assert_eq!(p.items[0].delivery_counts[0], 3, "counts are complete");
+    let p2 = s.list_messages(&by_sender, page(2, 2), 2).await.unwrap();
+    assert_eq!(
+        p2.items.iter().map(|m| &m.id).collect::<Vec<_>>(),
+        vec![&ids[0]]
+    );
+
+    let by_type = MessageFilter {
+        msg_type: Some(101),
+        ..Default::default()
+    };
+    assert_eq!(
+        s.list_messages(&by_type, page(1, 10), 10)
+            .await
+            .unwrap()
+            .total,
+        2
+    );
+
+    s.apply_status(vec![ack(&ids[3], "l2", Status::Delivered)])
+        .await
+        .unwrap();
+    let delivered = MessageFilter {
+        status: Some(StatusFilter::Is(Status::Delivered)),
+        receiver: Some("l2".into()),
+        ..Default::default()
+    };
+    let p = s.list_messages(&delivered, page(1, 10), 10).await.unwrap();
+    assert_eq!(
+        p.items.iter().map(|m| &m.id).collect::<Vec<_>>(),
+        vec![&ids[3]]
+    );
+    let by_channel = MessageFilter {
+        channel: Some("nonexistent".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        s.list_messages(&by_channel, page(1, 10), 10)
+            .await
+            .unwrap()
+            .total,
+        0
+    );
+}
