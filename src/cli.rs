@@ -189,12 +189,9 @@ fn init_tracing(settings: &Settings) {
 
 /// Many idle sockets need many file descriptors: raise the soft limit to the hard one.
 fn raise_nofile_limit() {
-    // Without libc bindings we read the limits from /proc and log them; `ulimit -n` in the
-    // service unit raises them (see README).
-    if let Ok(limits) = std::fs::read_to_string("/proc/self/limits") {
-        if let Some(line) = limits.lines().find(|l| l.starts_with("Max open files")) {
-            tracing::debug!(limits = line, "file descriptor limits");
-        }
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
     }
 }
 

@@ -132,6 +132,11 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
         recipients::delete,
         inbox::inbox,
         inbox::collect,
+        seed::send_message,
+        seed::get_message_page,
+        seed::delete_message_by_id,
+        seed::get_websocket_clients,
+        seed::collect_message,
         healthz,
         readyz,
         metrics,
@@ -143,6 +148,7 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
         (name = "inbox", description = "A user's own messages (user token)"),
         (name = "websocket", description = "Live push; frames: welcome, message, ack, read, ping/pong, error"),
         (name = "operations", description = "Health, readiness, metrics"),
+        (name = "seed-compatible", description = "Routes of the earlier message service, served by the same handlers"),
     )
 )]
 pub struct ApiDoc;
@@ -174,7 +180,7 @@ impl Modify for Security {
     }
 }
 
-/// The OpenAPI document, with the seed-compatible aliases added.
+/// The OpenAPI document.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }

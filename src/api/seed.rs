@@ -6,13 +6,24 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
 
-use super::dto::{ClientDto, Collected, MessagePage, SeedSendRequest};
-use super::error::ApiError;
+use super::dto::{ClientDto, Collected, MessagePage, SeedSendRequest, SendResponse};
+use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiKey, JsonBody, Params, User};
 use super::messages::{self, Send};
 use crate::state::AppState;
 
-/// `POST /message/sendMessage` `{"content","receiver":[ids],"title","type"}`
+/// Send a message (seed-compatible)
+///
+/// `{"content","receiver":[ids],"title","type"}`; same behaviour and answer as
+/// `POST /api/v1/messages`.
+#[utoipa::path(
+    post,
+    path = "/message/sendMessage",
+    tag = "seed-compatible",
+    request_body = SeedSendRequest,
+    responses((status = 202, body = SendResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("api_key" = []))
+)]
 pub async fn send_message(
     State(app): State<AppState>,
     _key: ApiKey,
@@ -33,7 +44,17 @@ pub async fn send_message(
     messages::accept(&app, req, idem).await
 }
 
-/// `GET /message/getMessagePage?pageNum=&pageSize=` (also `page`/`size`)
+/// List messages (seed-compatible)
+///
+/// Same as `GET /api/v1/messages`; also accepts `pageNum`/`pageSize`.
+#[utoipa::path(
+    get,
+    path = "/message/getMessagePage",
+    tag = "seed-compatible",
+    params(("pageNum" = Option<u32>, Query), ("pageSize" = Option<u32>, Query)),
+    responses((status = 200, body = MessagePage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("api_key" = []))
+)]
 pub async fn get_message_page(
     State(app): State<AppState>,
     _key: ApiKey,
@@ -42,7 +63,15 @@ pub async fn get_message_page(
     messages::list_messages(&app, &params).await.map(Json)
 }
 
-/// `POST|DELETE /message/deleteMessageById?id=`
+/// Delete a message (seed-compatible; also `DELETE`)
+#[utoipa::path(
+    post,
+    path = "/message/deleteMessageById",
+    tag = "seed-compatible",
+    params(("id" = String, Query)),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("api_key" = []))
+)]
 pub async fn delete_message_by_id(
     State(app): State<AppState>,
     _key: ApiKey,
@@ -54,12 +83,26 @@ pub async fn delete_message_by_id(
     messages::delete_message(&app, id).await
 }
 
-/// `GET /message/getWebSocketClients`
+/// Online clients (seed-compatible)
+#[utoipa::path(
+    get,
+    path = "/message/getWebSocketClients",
+    tag = "seed-compatible",
+    responses((status = 200, body = Vec<ClientDto>), (status = 401, body = ErrorBody)),
+    security(("api_key" = []))
+)]
 pub async fn get_websocket_clients(state: State<AppState>, key: ApiKey) -> Json<Vec<ClientDto>> {
     super::clients::clients(state, key).await
 }
 
-/// `POST /message/collectMessage` (user token)
+/// Collect undelivered messages (seed-compatible; user token)
+#[utoipa::path(
+    post,
+    path = "/message/collectMessage",
+    tag = "seed-compatible",
+    responses((status = 200, body = Collected), (status = 401, body = ErrorBody)),
+    security(("user_token" = []))
+)]
 pub async fn collect_message(
     state: State<AppState>,
     user: User,
