@@ -150,7 +150,9 @@ impl Services {
 
 /// Parse an instance's configuration into `T`. Use `#[serde(deny_unknown_fields)]` on `T`
 /// so an unknown key is rejected; the error names the key.
-pub fn parse_config<T: serde::de::DeserializeOwned>(ctx: &BuildContext<'_>) -> Result<T, ConfigError> {
+pub fn parse_config<T: serde::de::DeserializeOwned>(
+    ctx: &BuildContext<'_>,
+) -> Result<T, ConfigError> {
     T::deserialize(ctx.config).map_err(|e| ConfigError::new(ctx.name, e.to_string()))
 }
 
@@ -394,12 +396,20 @@ mod tests {
     fn parse_config_names_the_key() {
         let v = serde_json::json!({"host": "x", "hots": 1});
         let services = Services::default();
-        let ctx = BuildContext { name: "mail", config: &v, services: &services };
+        let ctx = BuildContext {
+            name: "mail",
+            config: &v,
+            services: &services,
+        };
         let err = parse_config::<Cfg>(&ctx).unwrap_err();
         assert!(err.to_string().contains("channels.mail"), "{err}");
         assert!(err.to_string().contains("hots"), "{err}");
         let v = serde_json::json!({});
-        let ctx = BuildContext { name: "mail", config: &v, services: &services };
+        let ctx = BuildContext {
+            name: "mail",
+            config: &v,
+            services: &services,
+        };
         let err = parse_config::<Cfg>(&ctx).unwrap_err();
         assert!(err.to_string().contains("missing field `host`"), "{err}");
     }
