@@ -232,16 +232,19 @@ pub fn resolve_secrets(settings: &Settings) -> Result<ResolvedSecrets, SecretsEr
         })?;
         write_secrets(&path, &stored)?;
     }
-    let (Some(jwt_file), Some(key_file)) = (stored.jwt_secret, stored.api_key) else {
-        // Both were filled above unless configured.
+    // Configured values win; the file fills in the rest (filled above when missing).
+    let (Some(jwt_secret), Some(api_key)) = (
+        settings.jwt_secret.clone().or(stored.jwt_secret),
+        settings.api_key.clone().or(stored.api_key),
+    ) else {
         return Err(SecretsError::Invalid {
             path,
             message: "missing secrets".into(),
         });
     };
     Ok(ResolvedSecrets {
-        jwt_secret: settings.jwt_secret.clone().unwrap_or(jwt_file),
-        api_key: settings.api_key.clone().unwrap_or(key_file),
+        jwt_secret,
+        api_key,
         file: Some(path),
         generated,
     })
@@ -378,5 +381,15 @@ mod tests {
         let c = resolve_secrets(&configured).unwrap();
         assert_eq!(c.api_key.expose(), "k");
         assert_eq!(c.jwt_secret, a.jwt_secret);
+
+        // Only one configured, in a fresh directory: the other is generated.
+        let fresh = tempfile::tempdir().unwrap();
+        let only_jwt = Settings {
+            jwt_secret: Some(Secret::new("j")),
+            ..Settings::for_data_dir(fresh.path())
+        };
+        let d = resolve_secrets(&only_jwt).unwrap();
+        assert_eq!(d.jwt_secret.expose(), "j");
+        assert_eq!(d.generated, vec!["api_key"]);
     }
 }

@@ -16,9 +16,11 @@ use herald_channel::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use tokio_util::task::TaskTracker;
+
 use crate::metrics::Metrics;
-use crate::model::{Status, StatusChange};
-use crate::store::Store;
+use crate::model::{InboxItem, Status, StatusChange};
+use crate::store::{Store, StoreError};
 
 /// A configured channel instance.
 pub struct Instance {
@@ -37,7 +39,8 @@ pub struct Planned {
 }
 
 enum StatusItem {
-    Change(StatusChange),
+    /// A change and the channel instance it belongs to (for metrics).
+    Change(Arc<str>, StatusChange),
     Flush(oneshot::Sender<()>),
 }
 
@@ -53,9 +56,14 @@ pub struct Dispatcher {
 
 struct Inner {
     instances: BTreeMap<String, Instance>,
+    /// Instance names, shared by every queued status change.
+    names: HashMap<String, Arc<str>>,
     status_tx: mpsc::Sender<StatusItem>,
     tombstones: Tombstones,
     metrics: Arc<Metrics>,
+    store: Arc<dyn Store>,
+    /// Provider hand-overs in flight; shutdown waits for them.
+    in_flight: TaskTracker,
 }
 
 impl Dispatcher {
@@ -69,13 +77,20 @@ impl Dispatcher {
         batch: usize,
     ) -> (Dispatcher, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(queue);
-        let task = tokio::spawn(status_writer(store, rx, batch, metrics.clone()));
+        let task = tokio::spawn(status_writer(store.clone(), rx, batch, metrics.clone()));
+        let names = instances
+            .keys()
+            .map(|n| (n.clone(), Arc::from(n.as_str())))
+            .collect();
         let d = Dispatcher {
             inner: Arc::new(Inner {
                 instances,
+                names,
                 status_tx: tx,
                 tombstones: Tombstones::default(),
                 metrics,
+                store,
+                in_flight: TaskTracker::new(),
             }),
         };
         (d, task)
@@ -125,7 +140,7 @@ impl Dispatcher {
                 let this = self.clone();
                 let name = name.to_owned();
                 let channel = instance.channel.clone();
-                tokio::spawn(async move {
+                self.inner.in_flight.spawn(async move {
                     let results =
                         match tokio::time::timeout(SEND_TIMEOUT, channel.send_batch(&outs)).await {
                             Ok(r) => r,
@@ -158,6 +173,12 @@ impl Dispatcher {
                     self.record(channel, delivery(out.delivery_id, Status::Sent, None))
                         .await;
                 }
+                Ok(Accepted::Queued) => {
+                    // The session records `sent` when it writes the frame.
+                    if let Some(c) = counters {
+                        c.latency.observe(accepted_at.elapsed());
+                    }
+                }
                 Ok(Accepted::Held) => {}
                 Err(e) => {
                     if let Some(c) = counters {
@@ -184,20 +205,14 @@ impl Dispatcher {
 
     /// Queue a status change for the batched writer (waits when the queue is full).
     pub async fn record(&self, channel: &str, change: StatusChange) {
-        if let Some(c) = self.inner.metrics.channel(channel) {
-            let status = match &change {
-                StatusChange::Delivery { status, .. } | StatusChange::Receiver { status, .. } => {
-                    *status
-                }
-            };
-            if status != Status::Pending {
-                c.count(status);
-            }
-        }
+        let name = match self.inner.names.get(channel) {
+            Some(n) => n.clone(),
+            None => Arc::from(channel),
+        };
         if self
             .inner
             .status_tx
-            .send(StatusItem::Change(change))
+            .send(StatusItem::Change(name, change))
             .await
             .is_err()
         {
@@ -205,8 +220,28 @@ impl Dispatcher {
         }
     }
 
-    /// Wait until every status change queued so far is written.
+    /// Atomically take a receiver's undelivered messages on a channel and mark them
+    /// `delivered` (the inbox's collect).
+    pub async fn collect(
+        &self,
+        receiver: &str,
+        channel: &str,
+        limit: u32,
+    ) -> Result<Vec<InboxItem>, StoreError> {
+        let items = self.inner.store.collect(receiver, channel, limit).await?;
+        if let Some(c) = self.inner.metrics.channel(channel) {
+            c.status[Status::Delivered.code() as usize]
+                .fetch_add(items.len() as u64, Ordering::Relaxed);
+        }
+        Ok(items)
+    }
+
+    /// Wait until provider hand-overs in flight have finished and every status change queued
+    /// so far is written.
     pub async fn flush(&self) {
+        self.inner.in_flight.close();
+        self.inner.in_flight.wait().await;
+        self.inner.in_flight.reopen();
         let (tx, rx) = oneshot::channel();
         if self
             .inner
@@ -238,6 +273,12 @@ fn delivery(delivery_id: i64, status: Status, error: Option<String>) -> StatusCh
     }
 }
 
+fn change_status(change: &StatusChange) -> Status {
+    match change {
+        StatusChange::Delivery { status, .. } | StatusChange::Receiver { status, .. } => *status,
+    }
+}
+
 fn error_index(kind: ErrorKind) -> usize {
     match kind {
         ErrorKind::Transient => 0,
@@ -257,17 +298,29 @@ async fn status_writer(
     let mut items = Vec::with_capacity(batch);
     while rx.recv_many(&mut items, batch).await > 0 {
         let mut changes = Vec::with_capacity(items.len());
+        let mut channels = Vec::with_capacity(items.len());
         let mut flushes = Vec::new();
         for item in items.drain(..) {
             match item {
-                StatusItem::Change(c) => changes.push(c),
+                StatusItem::Change(channel, c) => {
+                    channels.push(channel);
+                    changes.push(c);
+                }
                 StatusItem::Flush(tx) => flushes.push(tx),
             }
         }
         let mut attempt = 0;
         while !changes.is_empty() {
             match store.apply_status(changes.clone()).await {
-                Ok(()) => break,
+                Ok(applied) => {
+                    // Count only real transitions.
+                    for ((channel, change), moved) in channels.iter().zip(&changes).zip(applied) {
+                        if let (true, Some(c)) = (moved, metrics.channel(channel)) {
+                            c.count(change_status(change));
+                        }
+                    }
+                    break;
+                }
                 Err(e) => {
                     attempt += 1;
                     metrics.status_write_errors.fetch_add(1, Ordering::Relaxed);

@@ -136,7 +136,10 @@ async fn status_moves_forward_only(s: &dyn Store) {
         error: None,
         count_attempt: true,
     };
-    s.apply_status(vec![sent(0), sent(0)]).await.unwrap();
+    assert_eq!(
+        s.apply_status(vec![sent(0), sent(0)]).await.unwrap(),
+        vec![true, false]
+    );
     let m = s.get_message(&id).await.unwrap().unwrap();
     let d = m.deliveries.iter().find(|d| d.receiver == "f1").unwrap();
     assert_eq!((d.status, d.attempts), (Status::Sent, 2));

@@ -79,8 +79,9 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<InboxItem>, StoreError>;
 
-    /// Apply status changes in one transaction (forward moves only).
-    async fn apply_status(&self, changes: Vec<StatusChange>) -> Result<(), StoreError>;
+    /// Apply status changes in one transaction (forward moves only). The answer says, per
+    /// change, whether it moved a delivery's status (metrics count only real transitions).
+    async fn apply_status(&self, changes: Vec<StatusChange>) -> Result<Vec<bool>, StoreError>;
 
     /// Create or replace a recipient. `true` when it was created.
     async fn put_recipient(&self, recipient: Recipient) -> Result<bool, StoreError>;

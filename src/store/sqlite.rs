@@ -34,7 +34,7 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 enum WriteOp {
     Insert(Box<NewMessage>, Reply<Inserted>),
     Delete(String, Reply<bool>),
-    Status(Vec<StatusChange>, Reply<()>),
+    Status(Vec<StatusChange>, Reply<Vec<bool>>),
     Collect {
         receiver: String,
         channel: String,
@@ -172,7 +172,7 @@ async fn writer_loop(
 enum Done {
     Insert(Reply<Inserted>, Result<Inserted, StoreError>),
     Delete(Reply<bool>, Result<bool, StoreError>),
-    Status(Reply<()>, Result<(), StoreError>),
+    Status(Reply<Vec<bool>>, Result<Vec<bool>, StoreError>),
     Collect(Reply<Vec<InboxItem>>, Result<Vec<InboxItem>, StoreError>),
     Recipient(Reply<bool>, Result<bool, StoreError>),
 }
@@ -381,35 +381,48 @@ async fn apply_status(
     conn: &mut SqliteConnection,
     changes: &[StatusChange],
     now: i64,
-) -> Result<(), StoreError> {
+) -> Result<Vec<bool>, StoreError> {
     let by_id = format!(
-        "UPDATE deliveries SET \
-           status = CASE WHEN {MOVES_FORWARD} THEN ?1 ELSE status END, \
-           last_error = CASE WHEN {MOVES_FORWARD} AND ?2 IS NOT NULL THEN ?2 ELSE last_error END, \
+        "UPDATE deliveries SET status = ?1, last_error = COALESCE(?2, last_error), \
            attempts = attempts + ?3, updated_at = ?4 \
-         WHERE id = ?5 AND ({MOVES_FORWARD} OR (?3 > 0 AND status < 2))"
+         WHERE id = ?5 AND {MOVES_FORWARD}"
     );
+    // A retryable failure or a re-send: the status stays, the attempt and error are kept.
+    let attempt_only = "UPDATE deliveries SET last_error = COALESCE(?1, last_error), \
+           attempts = attempts + 1, updated_at = ?2 WHERE id = ?3 AND status < 2";
     let by_receiver = format!(
         "UPDATE deliveries SET status = ?1, updated_at = ?2 \
          WHERE message_seq = (SELECT seq FROM messages WHERE id = ?3) \
            AND receiver = ?4 AND channel = ?5 AND {MOVES_FORWARD}"
     );
+    let mut applied = Vec::with_capacity(changes.len());
     for change in changes {
-        match change {
+        let moved = match change {
             StatusChange::Delivery {
                 delivery_id,
                 status,
                 error,
                 count_attempt,
             } => {
-                sqlx::query(&by_id)
+                let moved = sqlx::query(&by_id)
                     .bind(status.code())
                     .bind(error)
                     .bind(i64::from(*count_attempt))
                     .bind(now)
                     .bind(delivery_id)
                     .execute(&mut *conn)
-                    .await?;
+                    .await?
+                    .rows_affected()
+                    > 0;
+                if !moved && *count_attempt {
+                    sqlx::query(attempt_only)
+                        .bind(error)
+                        .bind(now)
+                        .bind(delivery_id)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                moved
             }
             StatusChange::Receiver {
                 message_id,
@@ -424,11 +437,14 @@ async fn apply_status(
                     .bind(receiver)
                     .bind(channel)
                     .execute(&mut *conn)
-                    .await?;
+                    .await?
+                    .rows_affected()
+                    > 0
             }
-        }
+        };
+        applied.push(moved);
     }
-    Ok(())
+    Ok(applied)
 }
 
 const INBOX_COLUMNS: &str =
@@ -735,9 +751,9 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn apply_status(&self, changes: Vec<StatusChange>) -> Result<(), StoreError> {
+    async fn apply_status(&self, changes: Vec<StatusChange>) -> Result<Vec<bool>, StoreError> {
         if changes.is_empty() {
-            return Ok(());
+            return Ok(vec![]);
         }
         self.write(|r| WriteOp::Status(changes, r)).await
     }

@@ -1,6 +1,7 @@
 //! The WebSocket channel: registered through the same descriptor as every other channel.
 //! It is a *presence* channel: a delivery to a user with no session is `Held` (stays
-//! pending) and replayed when the user connects.
+//! pending) and replayed when the user connects; otherwise it is `Queued` on the user's
+//! sessions, and the session records `sent` once the frame is written to its socket.
 
 use std::sync::Arc;
 
@@ -47,7 +48,7 @@ impl Channel for WebSocketChannel {
                     frame: bytes,
                 };
                 if self.registry.push(&out.receiver, &item).accepted > 0 {
-                    Ok(Accepted::Sent { provider_id: None })
+                    Ok(Accepted::Queued)
                 } else {
                     Ok(Accepted::Held)
                 }

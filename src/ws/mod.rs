@@ -171,7 +171,12 @@ async fn run_session(
             Some((GOING_AWAY, "ping timeout"))
         }
         End::StoreFailed => Some((INTERNAL, "storage unavailable")),
-        End::ClientClosed | End::WriteFailed => None,
+        End::ClientClosed => {
+            // The close reply is queued by the protocol layer; send it.
+            let _ = tokio::time::timeout(Duration::from_secs(1), socket.flush()).await;
+            None
+        }
+        End::WriteFailed => None,
     };
     if let Some((code, reason)) = close {
         let frame = Message::Close(Some(CloseFrame {
@@ -198,8 +203,8 @@ impl Session<'_> {
             server_time: rfc3339(now_ms()),
         }
         .to_json();
-        if !self.write(Message::Text(welcome.into()), true).await {
-            return End::WriteFailed;
+        if let Err(end) = self.write(Message::Text(welcome.into()), true).await {
+            return end;
         }
         let mut replayed = match self.replay().await {
             Ok(ids) => Some(ids),
@@ -213,6 +218,9 @@ impl Session<'_> {
         let (ping_interval, pong_timeout) = (ws.ping_interval, ws.pong_timeout);
         let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
         let mut last_seen = Instant::now();
+        // Fires at `last_seen + pong_timeout`; moved forward lazily when it fires early.
+        let dead = tokio::time::sleep(pong_timeout);
+        tokio::pin!(dead);
         let shutdown = self.app.shutdown.clone();
         loop {
             tokio::select! {
@@ -221,8 +229,8 @@ impl Session<'_> {
                 _ = self.handle.kicked() => return End::SlowConsumer,
                 item = self.rx.recv() => {
                     let Some(item) = item else { return End::WriteFailed };
-                    if !self.write_live(item, &mut replayed).await {
-                        return End::WriteFailed;
+                    if let Err(end) = self.write_live(item, &mut replayed).await {
+                        return end;
                     }
                 }
                 msg = self.socket.recv() => {
@@ -234,13 +242,14 @@ impl Session<'_> {
                     last_seen = Instant::now();
                     match msg {
                         Message::Text(text) => {
-                            if !self.on_text(&text).await {
-                                return End::WriteFailed;
+                            if let Err(end) = self.on_text(&text).await {
+                                return end;
                             }
                         }
                         Message::Binary(_) => {
-                            if !self.error_frame("binary frames are not supported; send JSON text").await {
-                                return End::WriteFailed;
+                            let reason = "binary frames are not supported; send JSON text";
+                            if let Err(end) = self.error_frame(reason).await {
+                                return end;
                             }
                         }
                         Message::Close(_) => return End::ClientClosed,
@@ -248,12 +257,16 @@ impl Session<'_> {
                     }
                 }
                 _ = ping.tick() => {
-                    if last_seen.elapsed() > pong_timeout {
+                    if let Err(end) = self.write(Message::Ping(Default::default()), true).await {
+                        return end;
+                    }
+                }
+                _ = &mut dead => {
+                    let deadline = last_seen + pong_timeout;
+                    if Instant::now() >= deadline {
                         return End::DeadPeer;
                     }
-                    if !self.write(Message::Ping(Default::default()), true).await {
-                        return End::WriteFailed;
-                    }
+                    dead.as_mut().reset(deadline);
                 }
             }
         }
@@ -285,17 +298,11 @@ impl Session<'_> {
                 if self.app.dispatcher.is_deleted(&item.id) {
                     continue;
                 }
-                if !self
-                    .write(Message::Text(replay_frame(item).into()), false)
-                    .await
-                {
-                    return Err(End::WriteFailed);
-                }
+                self.write(Message::Text(replay_frame(item).into()), false)
+                    .await?;
                 ids.insert(item.id.clone());
             }
-            if !self.flush().await {
-                return Err(End::WriteFailed);
-            }
+            self.flush().await?;
             self.app
                 .metrics
                 .replayed
@@ -310,26 +317,25 @@ impl Session<'_> {
         Ok(ids)
     }
 
-    /// Write a live frame and whatever else is queued (one flush for the lot).
+    /// Write a live frame and whatever else is queued (one flush for the lot), then record
+    /// `sent` for what was written.
     async fn write_live(
         &mut self,
         first: Outbound,
         replayed: &mut Option<HashSet<String>>,
-    ) -> bool {
+    ) -> Result<(), End> {
         let mut item = Some(first);
-        let mut written = 0u64;
+        let mut written = Vec::new();
         while let Some(it) = item.take() {
             let skip = replayed
                 .as_ref()
                 .is_some_and(|r| r.contains(&it.message.id))
                 || self.app.dispatcher.is_deleted(&it.message.id);
             if !skip {
-                if !self.write(Message::Text(it.frame), false).await {
-                    return false;
-                }
-                written += 1;
+                self.write(Message::Text(it.frame), false).await?;
+                written.push(it.delivery_id);
             }
-            if written < 64 {
+            if written.len() < 64 {
                 item = self.rx.try_recv().ok();
             }
         }
@@ -337,11 +343,18 @@ impl Session<'_> {
             // Everything queued during the replay has been seen: duplicates are over.
             *replayed = None;
         }
-        self.app.metrics.frames_sent.fetch_add(written, Relaxed);
-        self.flush().await
+        self.flush().await?;
+        self.app
+            .metrics
+            .frames_sent
+            .fetch_add(written.len() as u64, Relaxed);
+        for delivery_id in written {
+            self.record_sent(delivery_id).await;
+        }
+        Ok(())
     }
 
-    async fn on_text(&mut self, text: &str) -> bool {
+    async fn on_text(&mut self, text: &str) -> Result<(), End> {
         match frame::decode(text) {
             Ok(ClientFrame::Ping) => {
                 self.write(Message::Text(ServerFrame::Pong.to_json().into()), true)
@@ -349,11 +362,11 @@ impl Session<'_> {
             }
             Ok(ClientFrame::Ack { id }) => {
                 self.receipt(id, Status::Delivered).await;
-                true
+                Ok(())
             }
             Ok(ClientFrame::Read { id }) => {
                 self.receipt(id, Status::Read).await;
-                true
+                Ok(())
             }
             Err(reason) => self.error_frame(&reason).await,
         }
@@ -380,31 +393,45 @@ impl Session<'_> {
         self.app.dispatcher.record(WEBSOCKET, change).await;
     }
 
-    async fn error_frame(&mut self, reason: &str) -> bool {
+    async fn error_frame(&mut self, reason: &str) -> Result<(), End> {
         let text = ServerFrame::Error { error: reason }.to_json();
         self.write(Message::Text(text.into()), true).await
     }
 
-    /// Write one frame (buffered unless `flush`), bounded by the write timeout.
-    async fn write(&mut self, msg: Message, flush: bool) -> bool {
-        let fut = async {
+    /// Write one frame (buffered unless `flush`), bounded by the write timeout. A session
+    /// kicked as a slow consumer stops waiting at once.
+    async fn write(&mut self, msg: Message, flush: bool) -> Result<(), End> {
+        let socket = &mut *self.socket;
+        let io = async {
             if flush {
-                self.socket.send(msg).await
+                socket.send(msg).await
             } else {
-                self.socket.feed(msg).await
+                socket.feed(msg).await
             }
         };
-        matches!(
-            tokio::time::timeout(self.write_timeout, fut).await,
-            Ok(Ok(()))
-        )
+        bounded(self.handle, self.write_timeout, io).await
     }
 
-    async fn flush(&mut self) -> bool {
-        matches!(
-            tokio::time::timeout(self.write_timeout, self.socket.flush()).await,
-            Ok(Ok(()))
-        )
+    async fn flush(&mut self) -> Result<(), End> {
+        bounded(self.handle, self.write_timeout, self.socket.flush()).await
+    }
+}
+
+/// Run a socket write bounded by `timeout` and by the session being kicked.
+async fn bounded(
+    handle: &SessionHandle,
+    timeout: Duration,
+    io: impl std::future::Future<Output = Result<(), axum::Error>>,
+) -> Result<(), End> {
+    if handle.is_kicked() {
+        return Err(End::SlowConsumer);
+    }
+    tokio::select! {
+        r = tokio::time::timeout(timeout, io) => match r {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(End::WriteFailed),
+        },
+        _ = handle.kicked() => Err(End::SlowConsumer),
     }
 }
 

@@ -206,6 +206,9 @@ pub enum Accepted {
     /// Presence channels only: the receiver is not reachable now; the delivery stays
     /// `pending` and is handed over again when the receiver comes back.
     Held,
+    /// Presence channels only: queued on the receiver's live session(s); the core records
+    /// `sent` when a frame is actually written to a socket.
+    Queued,
 }
 
 /// How a failure should be treated. One classification per provider (`classify()`).

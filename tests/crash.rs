@@ -1,0 +1,138 @@
+//! The real binary as a child process: nothing accepted is lost across `kill -9`, SIGTERM is
+//! graceful, and `herald token` mints tokens the server accepts.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::*;
+use reqwest::StatusCode;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+const USERS: usize = 10;
+const MESSAGES: usize = 200;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_accepted_message() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut server = spawn_process_with_secrets(dir.path()).await;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..MESSAGES {
+        let client = server.client.clone();
+        let url = format!("{}/api/v1/messages", server.base);
+        let user = format!("user-{}", i % USERS);
+        tasks.spawn(async move {
+            let body = json!({"title": format!("crash {i}"), "content": format!("payload {i}"), "receivers": [user]});
+            let resp = client
+                .post(url)
+                .bearer_auth(PROC_API_KEY)
+                .json(&body)
+                .send()
+                .await
+                .expect("send to herald process");
+            let (status, resp) = read_response(resp).await;
+            assert_eq!(status, StatusCode::ACCEPTED, "message {i}: {resp}");
+            let id = resp["id"].as_str().expect("id").to_owned();
+            (user, id)
+        });
+    }
+    let mut expected: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (user, id) = joined.expect("send task");
+        expected.entry(user).or_default().insert(id);
+    }
+    assert_eq!(
+        expected.values().map(BTreeSet::len).sum::<usize>(),
+        MESSAGES,
+        "ids must be unique"
+    );
+
+    // No grace: the moment the last 202 arrived.
+    server.kill9();
+
+    let server = spawn_process_with_secrets(dir.path()).await;
+    for (user, ids) in &expected {
+        let mut ws = ws_connect_url(&server.ws_url(&proc_token(user))).await;
+        ws.welcome().await;
+        ws.receive_ids(user, ids).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_websockets_with_1001_and_exits_0() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut server = spawn_process_with_secrets(dir.path()).await;
+
+    let mut alice = ws_connect_url(&server.ws_url(&proc_token("alice"))).await;
+    alice.welcome().await;
+    let (status, resp) = server
+        .send(&json!({"title": "t", "content": "for later", "receivers": ["bob"]}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{resp}");
+    let pending = resp["id"].as_str().expect("id").to_owned();
+
+    server.sigterm();
+    let close = alice.expect_close().await.expect("close frame with a code");
+    assert_eq!(
+        close.code,
+        CloseCode::Away,
+        "close code must be 1001, got {close:?}"
+    );
+    let status = server.wait_exit(Duration::from_secs(20)).await;
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        server.log_text()
+    );
+    assert_eq!(status.code(), Some(0));
+
+    // Nothing accepted is lost.
+    let server = spawn_process_with_secrets(dir.path()).await;
+    let mut bob = ws_connect_url(&server.ws_url(&proc_token("bob"))).await;
+    bob.welcome().await;
+    assert_eq!(bob.next_message().await["id"], pending.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_printed_by_cli_is_accepted_by_server_from_same_dir() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // No secrets configured: the server generates them beside the database.
+    let server = spawn_process(dir.path(), free_port(), &[]).await;
+
+    let out = herald_command(dir.path(), &[])
+        .args([
+            "token", "--user", "alice", "--name", "Alice", "--device", "cli", "--ttl", "1h",
+        ])
+        .output()
+        .expect("run herald token");
+    assert!(
+        out.status.success(),
+        "herald token failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf-8 token");
+    let token = stdout
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .expect("a token on stdout");
+    assert_eq!(token.split('.').count(), 3, "not a JWT: {token:?}");
+
+    let mut ws = ws_connect_url(&server.ws_url(token)).await;
+    let welcome = ws.welcome().await;
+    assert_eq!(welcome["userId"], "alice", "{welcome}");
+
+    // A token from a different secret is still refused by this server.
+    let foreign = proc_token("alice");
+    match ws_try_connect(&server.ws_url(&foreign)).await {
+        Ok(_) => panic!("a token signed with another secret was accepted"),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED)
+        }
+        Err(e) => panic!("expected HTTP 401, got {e}"),
+    }
+}
