@@ -165,7 +165,7 @@ pub async fn start_with(
     })?;
     let shutdown_timeout = settings.http.shutdown_timeout;
     let app = AppState::new(state::Inner {
-        node: settings.node(),
+        node: Arc::from(settings.node()),
         settings,
         store: store.clone(),
         registry,
@@ -177,6 +177,7 @@ pub async fn start_with(
         sessions: TaskTracker::new(),
     });
     let router = api::router(app.clone());
+    let heartbeat = tokio::spawn(ws::heartbeat(app.clone()));
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
         let serve = axum::serve(
@@ -187,7 +188,8 @@ pub async fn start_with(
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "HTTP server failed");
         }
-        // Sessions saw the cancellation and are closing with 1001.
+        // The heartbeat raised SHUTDOWN on every session: they are closing with 1001.
+        let _ = heartbeat.await;
         app.sessions.close();
         if tokio::time::timeout(shutdown_timeout, app.sessions.wait())
             .await

@@ -27,7 +27,7 @@ pub struct Inner {
     pub shutdown: CancellationToken,
     /// Session tasks, awaited (with a bound) at shutdown.
     pub sessions: TaskTracker,
-    pub node: String,
+    pub node: Arc<str>,
 }
 
 impl AppState {

@@ -227,8 +227,8 @@ impl From<SessionInfo> for ClientDto {
             device: s.device,
             status: "online".into(),
             login_time: rfc3339(s.login_time_ms),
-            remote_addr: s.remote_addr,
-            node: s.node,
+            remote_addr: s.remote_addr.to_string(),
+            node: s.node.to_string(),
         }
     }
 }

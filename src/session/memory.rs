@@ -112,6 +112,10 @@ impl SessionRegistry for MemoryRegistry {
     fn local_count(&self) -> usize {
         self.count.load(Ordering::Relaxed)
     }
+
+    fn for_each_local(&self, f: &mut dyn FnMut(&Arc<SessionHandle>)) {
+        self.each_shard(|m| m.values().flatten().for_each(&mut *f));
+    }
 }
 
 #[cfg(test)]
@@ -126,7 +130,7 @@ mod tests {
             login_name: None,
             device: None,
             login_time_ms: 0,
-            remote_addr: "127.0.0.1:1".into(),
+            remote_addr: "127.0.0.1:1".parse().unwrap(),
             node: "n".into(),
         }
     }
@@ -149,9 +153,9 @@ mod tests {
     #[tokio::test]
     async fn register_push_unregister() {
         let reg = MemoryRegistry::default();
-        let (a, mut ra) = SessionHandle::new(info("a", "42"), 4);
-        let (b, mut rb) = SessionHandle::new(info("b", "42"), 4);
-        let (c, mut rc) = SessionHandle::new(info("c", "7"), 4);
+        let a = SessionHandle::new(info("a", "42"), 4);
+        let b = SessionHandle::new(info("b", "42"), 4);
+        let c = SessionHandle::new(info("c", "7"), 4);
         reg.register(a.clone());
         reg.register(b.clone());
         reg.register(c.clone());
@@ -161,8 +165,8 @@ mod tests {
             vec!["42".to_string(), "7".to_string()]
         );
         assert_eq!(reg.push("42", &item()).accepted, 2);
-        assert!(ra.try_recv().is_ok() && rb.try_recv().is_ok());
-        assert!(rc.try_recv().is_err());
+        assert!(a.try_next().is_some() && b.try_next().is_some());
+        assert!(c.try_next().is_none());
         reg.unregister(&a);
         assert_eq!(reg.push("42", &item()).accepted, 1);
         assert_eq!(reg.list().await.len(), 2);
@@ -175,8 +179,8 @@ mod tests {
     #[tokio::test]
     async fn full_queue_kicks_only_that_session() {
         let reg = MemoryRegistry::default();
-        let (slow, _keep_slow) = SessionHandle::new(info("slow", "1"), 2);
-        let (fast, mut rf) = SessionHandle::new(info("fast", "1"), 8);
+        let slow = SessionHandle::new(info("slow", "1"), 2);
+        let fast = SessionHandle::new(info("fast", "1"), 8);
         reg.register(slow.clone());
         reg.register(fast.clone());
         assert_eq!(reg.push("1", &item()).accepted, 2);
@@ -190,12 +194,17 @@ mod tests {
             }
         );
         assert!(slow.is_kicked() && !fast.is_kicked());
-        // The kicked session's task is woken.
-        tokio::time::timeout(std::time::Duration::from_secs(1), slow.kicked())
+        // The kicked session's task is woken and sees the signal.
+        tokio::time::timeout(std::time::Duration::from_secs(1), slow.woken())
             .await
             .unwrap();
+        assert_ne!(slow.take_signals() & crate::session::signal::KICKED, 0);
         for _ in 0..3 {
-            assert!(rf.try_recv().is_ok());
+            assert!(fast.try_next().is_some());
         }
+        assert!(fast.try_next().is_none());
+        let mut visited = 0;
+        reg.for_each_local(&mut |_| visited += 1);
+        assert_eq!(visited, 2);
     }
 }

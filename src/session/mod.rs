@@ -4,14 +4,21 @@
 //! session's queue is full the session is *kicked* (closed as a slow consumer) and its
 //! messages stay undelivered, to be replayed on reconnect. A slow session therefore never
 //! delays anyone else.
+//!
+//! An idle session must be cheap (thousands per node): its queue allocates nothing until a
+//! frame is queued, and it owns no timers — one heartbeat task per node raises the `PING`
+//! and `DEAD` signals on every session (see `ws::heartbeat`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
 use herald_channel::MessageView;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 pub mod memory;
 
@@ -23,8 +30,8 @@ pub struct SessionInfo {
     pub login_name: Option<String>,
     pub device: Option<String>,
     pub login_time_ms: i64,
-    pub remote_addr: String,
-    pub node: String,
+    pub remote_addr: SocketAddr,
+    pub node: Arc<str>,
 }
 
 /// One frame queued for a session.
@@ -36,59 +43,128 @@ pub struct Outbound {
     pub frame: Utf8Bytes,
 }
 
+/// Signals raised on a session; the session task handles them when woken.
+pub mod signal {
+    /// Its queue overflowed: close as a slow consumer.
+    pub const KICKED: u8 = 1;
+    /// Time to send a WebSocket ping.
+    pub const PING: u8 = 2;
+    /// Nothing received for longer than the pong timeout.
+    pub const DEAD: u8 = 4;
+    /// The server is shutting down.
+    pub const SHUTDOWN: u8 = 8;
+}
+
 /// The registry's handle on a live session.
 pub struct SessionHandle {
     pub info: SessionInfo,
-    tx: mpsc::Sender<Outbound>,
+    queue: Mutex<VecDeque<Outbound>>,
+    capacity: usize,
+    signals: AtomicU8,
+    /// Sticky: once kicked, offers are refused until the session is gone.
     kicked: AtomicBool,
-    kick: Notify,
+    /// Milliseconds since [`SessionHandle::epoch`] at which the client was last heard from.
+    last_seen: AtomicI64,
+    epoch: Instant,
+    wake: Notify,
 }
 
 impl SessionHandle {
-    /// A handle and the receiving end of its outbound queue.
-    pub fn new(
-        info: SessionInfo,
-        capacity: usize,
-    ) -> (Arc<SessionHandle>, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(capacity);
-        let handle = Arc::new(SessionHandle {
+    pub fn new(info: SessionInfo, capacity: usize) -> Arc<SessionHandle> {
+        Arc::new(SessionHandle {
             info,
-            tx,
+            queue: Mutex::new(VecDeque::new()),
+            capacity,
+            signals: AtomicU8::new(0),
             kicked: AtomicBool::new(false),
-            kick: Notify::new(),
-        });
-        (handle, rx)
+            last_seen: AtomicI64::new(0),
+            epoch: Instant::now(),
+            wake: Notify::new(),
+        })
     }
 
     /// Queue a frame without waiting. A full queue kicks the session and returns `false`.
     pub fn offer(&self, item: Outbound) -> bool {
-        if self.kicked.load(Ordering::Relaxed) {
+        if self.is_kicked() {
             return false;
         }
-        match self.tx.try_send(item) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.kick();
-                false
+        {
+            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if q.len() >= self.capacity {
+                drop(q);
+                self.raise(signal::KICKED);
+                return false;
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            q.push_back(item);
+        }
+        self.wake.notify_one();
+        true
+    }
+
+    /// Take the next queued frame, if any.
+    pub fn try_next(&self) -> Option<Outbound> {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let item = q.pop_front();
+        if q.is_empty() && q.capacity() > 16 {
+            // Give a burst's memory back: idle sessions stay small.
+            *q = VecDeque::new();
+        }
+        item
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.lock().map(|q| q.is_empty()).unwrap_or(true)
+    }
+
+    /// Raise signals and wake the session task.
+    pub fn raise(&self, bits: u8) {
+        if bits & signal::KICKED != 0 {
+            self.kicked.store(true, Ordering::Release);
+        }
+        self.signals.fetch_or(bits, Ordering::AcqRel);
+        self.wake.notify_one();
+    }
+
+    /// Take (and clear) the raised signals; `KICKED` is reported for as long as it holds.
+    pub fn take_signals(&self) -> u8 {
+        let bits = self.signals.swap(0, Ordering::AcqRel);
+        if self.is_kicked() {
+            bits | signal::KICKED
+        } else {
+            bits
         }
     }
 
-    /// Ask the session to close as a slow consumer.
-    pub fn kick(&self) {
-        if !self.kicked.swap(true, Ordering::Relaxed) {
-            self.kick.notify_one();
-        }
+    /// The raised signals, without clearing them.
+    pub fn peek_signals(&self) -> u8 {
+        self.signals.load(Ordering::Acquire)
+    }
+
+    /// Wake the session task again (hand a consumed wake-up on).
+    pub fn rewake(&self) {
+        self.wake.notify_one();
     }
 
     pub fn is_kicked(&self) -> bool {
-        self.kicked.load(Ordering::Relaxed)
+        self.kicked.load(Ordering::Acquire)
     }
 
-    /// Resolves once the session has been kicked.
-    pub async fn kicked(&self) {
-        self.kick.notified().await
+    /// Resolves when a frame is queued or a signal is raised (a wake-up that came while
+    /// nobody waited is kept, so none is lost).
+    pub async fn woken(&self) {
+        self.wake.notified().await
+    }
+
+    /// Record that the client was heard from now.
+    pub fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as i64;
+        self.last_seen.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long since the client was last heard from.
+    pub fn silent_for(&self) -> std::time::Duration {
+        let ms = self.epoch.elapsed().as_millis() as i64 - self.last_seen.load(Ordering::Relaxed);
+        std::time::Duration::from_millis(ms.max(0) as u64)
     }
 }
 
@@ -113,4 +189,7 @@ pub trait SessionRegistry: Send + Sync + 'static {
     async fn list(&self) -> Vec<SessionInfo>;
     /// Sessions on this node.
     fn local_count(&self) -> usize;
+    /// Visit every session on this node (heartbeat, shutdown). Called under short locks:
+    /// `f` must not block.
+    fn for_each_local(&self, f: &mut dyn FnMut(&Arc<SessionHandle>));
 }

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use crate::api::error::ApiError;
 use crate::auth::UserIdentity;
 use crate::model::{now_ms, rfc3339, InboxItem, Status, StatusChange};
-use crate::session::{Outbound, SessionHandle, SessionInfo};
+use crate::session::{signal, Outbound, SessionHandle, SessionInfo};
 use crate::state::AppState;
 
 pub mod channel;
@@ -136,13 +136,18 @@ async fn run_session(
         login_name: identity.name,
         device: identity.device,
         login_time_ms: now_ms(),
-        remote_addr: remote.to_string(),
+        remote_addr: remote,
         node: app.node.clone(),
     };
-    let (handle, rx) = SessionHandle::new(info, app.settings.websocket.queue_capacity);
+    let handle = SessionHandle::new(info, app.settings.websocket.queue_capacity);
+    handle.touch();
     // Register before replaying: a message committed meanwhile is either in the replay or
     // queued live (or both: the replay set removes that duplicate).
     app.registry.register(handle.clone());
+    // Registered before this check, so a shutdown either sees this session or is seen here.
+    if app.shutdown.is_cancelled() {
+        handle.raise(signal::SHUTDOWN);
+    }
     app.metrics.connections.fetch_add(1, Relaxed);
     app.metrics.connections_total.fetch_add(1, Relaxed);
     tracing::debug!(session = %handle.info.session_id, "session opened");
@@ -151,7 +156,6 @@ async fn run_session(
         app: &app,
         socket: &mut socket,
         handle: &handle,
-        rx,
         write_timeout: app.settings.websocket.write_timeout,
     };
     let end = session.run().await;
@@ -187,11 +191,42 @@ async fn run_session(
     }
 }
 
+/// One task per node raises `PING` on every session each `ping_interval` and `DEAD` on
+/// sessions silent for longer than `pong_timeout`; sessions own no timers of their own.
+/// On shutdown it raises `SHUTDOWN` everywhere.
+pub async fn heartbeat(app: AppState) {
+    let ws = &app.settings.websocket;
+    let (ping_every, pong_timeout) = (ws.ping_interval, ws.pong_timeout);
+    // Check often enough that a dead peer is closed within ~10 % of the timeout.
+    let period = (pong_timeout / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_ping = Instant::now();
+    loop {
+        tokio::select! {
+            _ = app.shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let ping = last_ping.elapsed() >= ping_every;
+        if ping {
+            last_ping = Instant::now();
+        }
+        app.registry.for_each_local(&mut |h| {
+            if h.silent_for() > pong_timeout {
+                h.raise(signal::DEAD);
+            } else if ping {
+                h.raise(signal::PING);
+            }
+        });
+    }
+    app.registry
+        .for_each_local(&mut |h| h.raise(signal::SHUTDOWN));
+}
+
 struct Session<'a> {
     app: &'a AppState,
     socket: &'a mut WebSocket,
     handle: &'a Arc<SessionHandle>,
-    rx: tokio::sync::mpsc::Receiver<Outbound>,
     write_timeout: Duration,
 }
 
@@ -213,33 +248,33 @@ impl Session<'_> {
         if replayed.as_ref().is_some_and(HashSet::is_empty) {
             replayed = None;
         }
-
-        let ws = &self.app.settings.websocket;
-        let (ping_interval, pong_timeout) = (ws.ping_interval, ws.pong_timeout);
-        let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
-        let mut last_seen = Instant::now();
-        // Fires at `last_seen + pong_timeout`; moved forward lazily when it fires early.
-        let dead = tokio::time::sleep(pong_timeout);
-        tokio::pin!(dead);
-        let shutdown = self.app.shutdown.clone();
         loop {
+            // Signals first: a kicked, dead or stopping session writes nothing more.
+            let signals = self.handle.take_signals();
+            if let Some(end) = fatal(signals) {
+                return end;
+            }
+            if signals & signal::PING != 0 {
+                if let Err(end) = self.write(Message::Ping(Default::default()), true).await {
+                    return end;
+                }
+            }
+            if let Some(item) = self.handle.try_next() {
+                if let Err(end) = self.write_live(item, &mut replayed).await {
+                    return end;
+                }
+                continue;
+            }
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return End::Shutdown,
-                _ = self.handle.kicked() => return End::SlowConsumer,
-                item = self.rx.recv() => {
-                    let Some(item) = item else { return End::WriteFailed };
-                    if let Err(end) = self.write_live(item, &mut replayed).await {
-                        return end;
-                    }
-                }
+                _ = self.handle.woken() => {}
                 msg = self.socket.recv() => {
                     let msg = match msg {
                         None => return End::ClientClosed,
                         Some(Err(e)) => return if is_too_big(e) { End::TooBig } else { End::ClientClosed },
                         Some(Ok(msg)) => msg,
                     };
-                    last_seen = Instant::now();
+                    self.handle.touch();
                     match msg {
                         Message::Text(text) => {
                             if let Err(end) = self.on_text(&text).await {
@@ -255,18 +290,6 @@ impl Session<'_> {
                         Message::Close(_) => return End::ClientClosed,
                         Message::Ping(_) | Message::Pong(_) => {}
                     }
-                }
-                _ = ping.tick() => {
-                    if let Err(end) = self.write(Message::Ping(Default::default()), true).await {
-                        return end;
-                    }
-                }
-                _ = &mut dead => {
-                    let deadline = last_seen + pong_timeout;
-                    if Instant::now() >= deadline {
-                        return End::DeadPeer;
-                    }
-                    dead.as_mut().reset(deadline);
                 }
             }
         }
@@ -317,8 +340,8 @@ impl Session<'_> {
         Ok(ids)
     }
 
-    /// Write a live frame and whatever else is queued (one flush for the lot), then record
-    /// `sent` for what was written.
+    /// Write a live frame and whatever else is queued (one flush for up to 64), then
+    /// record `sent` for what was written.
     async fn write_live(
         &mut self,
         first: Outbound,
@@ -336,10 +359,10 @@ impl Session<'_> {
                 written.push(it.delivery_id);
             }
             if written.len() < 64 {
-                item = self.rx.try_recv().ok();
+                item = self.handle.try_next();
             }
         }
-        if self.rx.is_empty() {
+        if self.handle.is_empty() {
             // Everything queued during the replay has been seen: duplicates are over.
             *replayed = None;
         }
@@ -399,7 +422,7 @@ impl Session<'_> {
     }
 
     /// Write one frame (buffered unless `flush`), bounded by the write timeout. A session
-    /// kicked as a slow consumer stops waiting at once.
+    /// kicked as a slow consumer (or a server shutting down) stops waiting at once.
     async fn write(&mut self, msg: Message, flush: bool) -> Result<(), End> {
         let socket = &mut *self.socket;
         let io = async {
@@ -417,21 +440,43 @@ impl Session<'_> {
     }
 }
 
-/// Run a socket write bounded by `timeout` and by the session being kicked.
+/// Run a socket write bounded by `timeout` and by the session being kicked, found dead or
+/// stopped (checked whenever the session is woken during the write).
 async fn bounded(
     handle: &SessionHandle,
     timeout: Duration,
     io: impl std::future::Future<Output = Result<(), axum::Error>>,
 ) -> Result<(), End> {
-    if handle.is_kicked() {
-        return Err(End::SlowConsumer);
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(io, deadline);
+    let mut woken = false;
+    let result = loop {
+        if let Some(end) = fatal(handle.peek_signals()) {
+            break Err(end);
+        }
+        tokio::select! {
+            r = &mut io => break r.map_err(|_| End::WriteFailed),
+            _ = &mut deadline => break Err(End::WriteFailed),
+            _ = handle.woken() => woken = true,
+        }
+    };
+    if woken {
+        // Pass the wake-up on: the session loop must still see frames queued meanwhile.
+        handle.rewake();
     }
-    tokio::select! {
-        r = tokio::time::timeout(timeout, io) => match r {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(End::WriteFailed),
-        },
-        _ = handle.kicked() => Err(End::SlowConsumer),
+    result
+}
+
+/// Signals that end a session, in order of precedence.
+fn fatal(signals: u8) -> Option<End> {
+    if signals & signal::SHUTDOWN != 0 {
+        Some(End::Shutdown)
+    } else if signals & signal::KICKED != 0 {
+        Some(End::SlowConsumer)
+    } else if signals & signal::DEAD != 0 {
+        Some(End::DeadPeer)
+    } else {
+        None
     }
 }
 
