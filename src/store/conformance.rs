@@ -85,6 +85,17 @@ async fn insert_and_get(s: &dyn Store) {
         .iter()
         .all(|d| d.status == Status::Pending && d.attempts == 0));
     assert!(s.get_message("nope").await.unwrap().is_none());
+
+    // A broadcast-sized insert: every returned id belongs to its own receiver.
+    let names: Vec<String> = (0..600).map(|i| format!("b{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (id, dids) = insert(s, msg(&refs, "websocket")).await;
+    let m = s.get_message(&id).await.unwrap().unwrap();
+    assert_eq!(m.deliveries.len(), 600);
+    for (i, did) in dids.iter().enumerate() {
+        let d = m.deliveries.iter().find(|d| d.id == *did).unwrap();
+        assert_eq!(d.receiver, names[i]);
+    }
 }
 
 async fn idempotency(s: &dyn Store) {

@@ -26,6 +26,9 @@ use crate::model::{
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// Rows per multi-row INSERT (7 parameters each; SQLite allows 32,766).
+const INSERT_CHUNK: usize = 256;
+
 /// How long an idempotency key is remembered.
 const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
 
@@ -337,23 +340,42 @@ async fn insert(
     .execute(&mut *conn)
     .await?
     .last_insert_rowid();
-    let mut ids = Vec::with_capacity(msg.deliveries.len());
-    for d in &msg.deliveries {
-        let id = sqlx::query(
-            "INSERT INTO deliveries (message_seq, receiver, channel, status, last_error, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(seq)
-        .bind(&d.receiver)
-        .bind(&d.channel)
-        .bind(d.status.code())
-        .bind(&d.error)
-        .bind(msg.created_at_ms)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?
-        .last_insert_rowid();
-        ids.push(id);
+    // Multi-row inserts (a broadcast has thousands of deliveries). RETURNING maps each row
+    // back to its (receiver, channel), unique within a message.
+    let index: HashMap<(&str, &str), usize> = msg
+        .deliveries
+        .iter()
+        .enumerate()
+        .map(|(i, d)| ((d.receiver.as_str(), d.channel.as_str()), i))
+        .collect();
+    let mut ids = vec![0i64; msg.deliveries.len()];
+    for chunk in msg.deliveries.chunks(INSERT_CHUNK) {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO deliveries (message_seq, receiver, channel, status, last_error, created_at, updated_at) ",
+        );
+        qb.push_values(chunk, |mut row, d| {
+            row.push_bind(seq)
+                .push_bind(d.receiver.as_str())
+                .push_bind(d.channel.as_str())
+                .push_bind(d.status.code())
+                .push_bind(d.error.as_deref())
+                .push_bind(msg.created_at_ms)
+                .push_bind(now);
+        });
+        qb.push(" RETURNING id, receiver, channel");
+        for row in qb.build().fetch_all(&mut *conn).await? {
+            let id: i64 = row.try_get(0)?;
+            let receiver: String = row.try_get(1)?;
+            let channel: String = row.try_get(2)?;
+            if let Some(&i) = index.get(&(receiver.as_str(), channel.as_str())) {
+                ids[i] = id;
+            }
+        }
+    }
+    if ids.contains(&0) {
+        return Err(StoreError::Corrupt(
+            "a delivery row was not returned".into(),
+        ));
     }
     if let Some(idem) = &msg.idempotency {
         sqlx::query(
