@@ -417,9 +417,76 @@ async fn apply_status(
          WHERE message_seq = (SELECT seq FROM messages WHERE id = ?3) \
            AND receiver = ?4 AND channel = ?5 AND {MOVES_FORWARD}"
     );
-    let mut applied = Vec::with_capacity(changes.len());
-    for change in changes {
+    let mut applied = vec![false; changes.len()];
+    // `sent` without an error is by far the most common change (every written frame): apply
+    // those in bulk, `IN (…)` chunks, instead of one statement each.
+    let mut bulk: Vec<(usize, i64)> = Vec::new();
+    for (i, change) in changes.iter().enumerate() {
+        if let StatusChange::Delivery {
+            delivery_id,
+            status: Status::Sent,
+            error: None,
+            count_attempt: true,
+        } = change
+        {
+            bulk.push((i, *delivery_id));
+        }
+    }
+    for chunk in bulk.chunks(500) {
+        // Re-sends first (already `sent`: count the attempt), then `pending` → `sent`.
+        let mut resend = QueryBuilder::<Sqlite>::new(
+            "UPDATE deliveries SET attempts = attempts + 1, updated_at = ",
+        );
+        resend.push_bind(now).push(" WHERE status = 1 AND id IN (");
+        let mut sep = resend.separated(", ");
+        for (_, id) in chunk {
+            sep.push_bind(*id);
+        }
+        resend.push(")");
+        resend.build().execute(&mut *conn).await?;
+
+        let mut forward = QueryBuilder::<Sqlite>::new(
+            "UPDATE deliveries SET status = 1, attempts = attempts + 1, updated_at = ",
+        );
+        forward.push_bind(now).push(" WHERE status = 0 AND id IN (");
+        let mut sep = forward.separated(", ");
+        for (_, id) in chunk {
+            sep.push_bind(*id);
+        }
+        forward.push(") RETURNING id");
+        let moved: std::collections::HashSet<i64> = forward
+            .build()
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<i64, _>(0))
+            .collect::<Result<_, _>>()?;
+        // A delivery listed twice in one batch (two sessions of one user) moves once but
+        // counts every hand-over as an attempt.
+        let mut seen: HashMap<i64, i64> = HashMap::with_capacity(chunk.len());
+        for (i, id) in chunk {
+            let n = seen.entry(*id).or_insert(0);
+            *n += 1;
+            applied[*i] = *n == 1 && moved.contains(id);
+        }
+        for (id, n) in seen.into_iter().filter(|(_, n)| *n > 1) {
+            sqlx::query(
+                "UPDATE deliveries SET attempts = attempts + ? WHERE id = ? AND status = 1",
+            )
+            .bind(n - 1)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    for (i, change) in changes.iter().enumerate() {
         let moved = match change {
+            StatusChange::Delivery {
+                status: Status::Sent,
+                error: None,
+                count_attempt: true,
+                ..
+            } => continue, // applied in bulk above
             StatusChange::Delivery {
                 delivery_id,
                 status,
@@ -464,7 +531,7 @@ async fn apply_status(
                     > 0
             }
         };
-        applied.push(moved);
+        applied[i] = moved;
     }
     Ok(applied)
 }
