@@ -53,6 +53,8 @@ pub mod signal {
     pub const DEAD: u8 = 4;
     /// The server is shutting down.
     pub const SHUTDOWN: u8 = 8;
+    /// A socket write has taken longer than the write timeout.
+    pub const STALLED: u8 = 16;
 }
 
 /// The registry's handle on a live session.
@@ -65,6 +67,8 @@ pub struct SessionHandle {
     kicked: AtomicBool,
     /// Milliseconds since [`SessionHandle::epoch`] at which the client was last heard from.
     last_seen: AtomicI64,
+    /// Milliseconds since `epoch` at which the current socket write began; -1 when idle.
+    write_started: AtomicI64,
     epoch: Instant,
     wake: Notify,
 }
@@ -78,6 +82,7 @@ impl SessionHandle {
             signals: AtomicU8::new(0),
             kicked: AtomicBool::new(false),
             last_seen: AtomicI64::new(0),
+            write_started: AtomicI64::new(-1),
             epoch: Instant::now(),
             wake: Notify::new(),
         })
@@ -159,6 +164,26 @@ impl SessionHandle {
     pub fn touch(&self) {
         let ms = self.epoch.elapsed().as_millis() as i64;
         self.last_seen.store(ms, Ordering::Relaxed);
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.epoch.elapsed().as_millis() as i64
+    }
+
+    /// A socket write begins (the heartbeat enforces the write timeout).
+    pub fn begin_write(&self) {
+        self.write_started.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn end_write(&self) {
+        self.write_started.store(-1, Ordering::Relaxed);
+    }
+
+    /// How long the current socket write has taken, if one is under way.
+    pub fn writing_for(&self) -> Option<std::time::Duration> {
+        let started = self.write_started.load(Ordering::Relaxed);
+        (started >= 0)
+            .then(|| std::time::Duration::from_millis((self.now_ms() - started).max(0) as u64))
     }
 
     /// How long since the client was last heard from.

@@ -124,12 +124,14 @@ enum End {
     StoreFailed,
 }
 
-async fn run_session(
+/// The session task. Set-up runs synchronously here; the returned future holds only the
+/// [`Session`] and its loop, which keeps every idle session's task small.
+fn run_session(
     app: AppState,
-    mut socket: WebSocket,
+    socket: WebSocket,
     identity: UserIdentity,
     remote: SocketAddr,
-) {
+) -> impl std::future::Future<Output = ()> + Send {
     let info = SessionInfo {
         session_id: uuid::Uuid::now_v7().simple().to_string(),
         user_id: identity.user_id,
@@ -153,31 +155,38 @@ async fn run_session(
     tracing::debug!(session = %handle.info.session_id, "session opened");
 
     let mut session = Session {
-        app: &app,
-        socket: &mut socket,
-        handle: &handle,
-        write_timeout: app.settings.websocket.write_timeout,
+        app,
+        socket,
+        handle,
     };
-    let end = session.run().await;
-    app.registry.unregister(&handle);
-    app.metrics.connections.fetch_sub(1, Relaxed);
-    tracing::debug!(session = %handle.info.session_id, reason = ?end, "session closed");
+    async move {
+        let end = session.run().await;
+        session.app.registry.unregister(&session.handle);
+        session.app.metrics.connections.fetch_sub(1, Relaxed);
+        tracing::debug!(session = %session.handle.info.session_id, reason = ?end, "session closed");
+        // Boxed: this runs once, at the end; inline it would enlarge every idle session.
+        Box::pin(close(session, end)).await;
+    }
+}
 
+/// Say goodbye with the close code that fits why the session ended.
+async fn close(mut session: Session, end: End) {
+    let metrics = &session.app.metrics;
     let close = match end {
         End::Shutdown => Some((GOING_AWAY, "server shutting down")),
         End::SlowConsumer => {
-            app.metrics.slow_consumers.fetch_add(1, Relaxed);
+            metrics.slow_consumers.fetch_add(1, Relaxed);
             Some((POLICY, "slow consumer: outbound queue full"))
         }
         End::TooBig => Some((TOO_BIG, "frame too large")),
         End::DeadPeer => {
-            app.metrics.dead_peers.fetch_add(1, Relaxed);
+            metrics.dead_peers.fetch_add(1, Relaxed);
             Some((GOING_AWAY, "ping timeout"))
         }
         End::StoreFailed => Some((INTERNAL, "storage unavailable")),
         End::ClientClosed => {
             // The close reply is queued by the protocol layer; send it.
-            let _ = tokio::time::timeout(Duration::from_secs(1), socket.flush()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), session.socket.flush()).await;
             None
         }
         End::WriteFailed => None,
@@ -187,7 +196,7 @@ async fn run_session(
             code,
             reason: Utf8Bytes::from_static(reason),
         }));
-        let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(frame)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), session.socket.send(frame)).await;
     }
 }
 
@@ -196,9 +205,11 @@ async fn run_session(
 /// On shutdown it raises `SHUTDOWN` everywhere.
 pub async fn heartbeat(app: AppState) {
     let ws = &app.settings.websocket;
-    let (ping_every, pong_timeout) = (ws.ping_interval, ws.pong_timeout);
+    let (ping_every, pong_timeout, write_timeout) =
+        (ws.ping_interval, ws.pong_timeout, ws.write_timeout);
     // Check often enough that a dead peer is closed within ~10 % of the timeout.
-    let period = (pong_timeout / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let period = (pong_timeout.min(write_timeout) / 10)
+        .clamp(Duration::from_millis(10), Duration::from_secs(1));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_ping = Instant::now();
@@ -212,7 +223,9 @@ pub async fn heartbeat(app: AppState) {
             last_ping = Instant::now();
         }
         app.registry.for_each_local(&mut |h| {
-            if h.silent_for() > pong_timeout {
+            if h.writing_for().is_some_and(|d| d > write_timeout) {
+                h.raise(signal::STALLED);
+            } else if h.silent_for() > pong_timeout {
                 h.raise(signal::DEAD);
             } else if ping {
                 h.raise(signal::PING);
@@ -223,14 +236,13 @@ pub async fn heartbeat(app: AppState) {
         .for_each_local(&mut |h| h.raise(signal::SHUTDOWN));
 }
 
-struct Session<'a> {
-    app: &'a AppState,
-    socket: &'a mut WebSocket,
-    handle: &'a Arc<SessionHandle>,
-    write_timeout: Duration,
+struct Session {
+    app: AppState,
+    socket: WebSocket,
+    handle: Arc<SessionHandle>,
 }
 
-impl Session<'_> {
+impl Session {
     async fn run(&mut self) -> End {
         let welcome = ServerFrame::Welcome {
             session_id: &self.handle.info.session_id,
@@ -241,7 +253,9 @@ impl Session<'_> {
         if let Err(end) = self.write(Message::Text(welcome.into()), true).await {
             return end;
         }
-        let mut replayed = match self.replay().await {
+        // Boxed: the replay runs once, and its state would otherwise enlarge every idle
+        // session's future for its whole life.
+        let mut replayed = match Box::pin(self.replay()).await {
             Ok(ids) => Some(ids),
             Err(end) => return end,
         };
@@ -260,7 +274,7 @@ impl Session<'_> {
                 }
             }
             if let Some(item) = self.handle.try_next() {
-                if let Err(end) = self.write_live(item, &mut replayed).await {
+                if let Err(end) = Box::pin(self.write_live(item, &mut replayed)).await {
                     return end;
                 }
                 continue;
@@ -277,7 +291,7 @@ impl Session<'_> {
                     self.handle.touch();
                     match msg {
                         Message::Text(text) => {
-                            if let Err(end) = self.on_text(&text).await {
+                            if let Err(end) = Box::pin(self.on_text(&text)).await {
                                 return end;
                             }
                         }
@@ -424,7 +438,7 @@ impl Session<'_> {
     /// Write one frame (buffered unless `flush`), bounded by the write timeout. A session
     /// kicked as a slow consumer (or a server shutting down) stops waiting at once.
     async fn write(&mut self, msg: Message, flush: bool) -> Result<(), End> {
-        let socket = &mut *self.socket;
+        let socket = &mut self.socket;
         let io = async {
             if flush {
                 socket.send(msg).await
@@ -432,34 +446,34 @@ impl Session<'_> {
                 socket.feed(msg).await
             }
         };
-        bounded(self.handle, self.write_timeout, io).await
+        bounded(&self.handle, io).await
     }
 
     async fn flush(&mut self) -> Result<(), End> {
-        bounded(self.handle, self.write_timeout, self.socket.flush()).await
+        bounded(&self.handle, self.socket.flush()).await
     }
 }
 
-/// Run a socket write bounded by `timeout` and by the session being kicked, found dead or
-/// stopped (checked whenever the session is woken during the write).
+/// Run a socket write until it completes or the session is kicked, found dead, stalled
+/// or stopped (checked whenever the session is woken during the write). The write timeout
+/// is enforced by the heartbeat (`STALLED`), so a write needs no timer of its own.
 async fn bounded(
     handle: &SessionHandle,
-    timeout: Duration,
     io: impl std::future::Future<Output = Result<(), axum::Error>>,
 ) -> Result<(), End> {
-    let deadline = tokio::time::sleep(timeout);
-    tokio::pin!(io, deadline);
+    tokio::pin!(io);
     let mut woken = false;
+    handle.begin_write();
     let result = loop {
         if let Some(end) = fatal(handle.peek_signals()) {
             break Err(end);
         }
         tokio::select! {
             r = &mut io => break r.map_err(|_| End::WriteFailed),
-            _ = &mut deadline => break Err(End::WriteFailed),
             _ = handle.woken() => woken = true,
         }
     };
+    handle.end_write();
     if woken {
         // Pass the wake-up on: the session loop must still see frames queued meanwhile.
         handle.rewake();
@@ -475,6 +489,8 @@ fn fatal(signals: u8) -> Option<End> {
         Some(End::SlowConsumer)
     } else if signals & signal::DEAD != 0 {
         Some(End::DeadPeer)
+    } else if signals & signal::STALLED != 0 {
+        Some(End::WriteFailed)
     } else {
         None
     }
