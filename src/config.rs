@@ -162,7 +162,7 @@ impl Default for WsSettings {
             queue_capacity: 256,
             write_timeout: Duration::from_secs(10),
             replay_batch: 200,
-            read_buffer_size: 4 * 1024,
+            read_buffer_size: 512,
             write_buffer_size: 4 * 1024,
         }
     }

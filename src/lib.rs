@@ -147,6 +147,13 @@ pub async fn start_with(
         settings.dispatch.status_batch,
     );
 
+    dispatcher
+        .load_pending(store.as_ref())
+        .await
+        .map_err(|source| StartError::Store {
+            url: redact_url(&settings.database_url),
+            source,
+        })?;
     let auth = auth.unwrap_or_else(|| {
         Arc::new(JwtAuthenticator::new(
             secrets.jwt_secret.expose().as_bytes(),

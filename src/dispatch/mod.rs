@@ -18,6 +18,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use tokio_util::task::TaskTracker;
 
+pub mod pending;
+use pending::PendingIndex;
+
 use crate::metrics::Metrics;
 use crate::model::{InboxItem, Status, StatusChange};
 use crate::store::{Store, StoreError};
@@ -64,6 +67,8 @@ struct Inner {
     store: Arc<dyn Store>,
     /// Provider hand-overs in flight; shutdown waits for them.
     in_flight: TaskTracker,
+    /// Receivers that may have undelivered presence deliveries (replay on connect).
+    pending: PendingIndex,
 }
 
 impl Dispatcher {
@@ -91,6 +96,7 @@ impl Dispatcher {
                 metrics,
                 store,
                 in_flight: TaskTracker::new(),
+                pending: PendingIndex::default(),
             }),
         };
         (d, task)
@@ -108,6 +114,32 @@ impl Dispatcher {
         &self.inner.metrics
     }
 
+    /// Load the receivers with undelivered presence deliveries (start-up).
+    pub async fn load_pending(&self, store: &dyn Store) -> Result<(), StoreError> {
+        for instance in self
+            .inner
+            .instances
+            .values()
+            .filter(|i| i.descriptor.presence)
+        {
+            for user in store.receivers_with_undelivered(&instance.name).await? {
+                self.inner.pending.add(&user);
+            }
+        }
+        Ok(())
+    }
+
+    /// `Some(version)` when `user` may have undelivered presence deliveries (so a new
+    /// session must replay); `None` when certainly not.
+    pub fn pending_version(&self, user: &str) -> Option<u64> {
+        self.inner.pending.check(user)
+    }
+
+    /// A replay that started at `version` found nothing for `user`.
+    pub fn replay_found_nothing(&self, user: &str, version: u64) {
+        self.inner.pending.clear(user, version);
+    }
+
     /// Hand the deliveries of a freshly committed message to their channels.
     pub async fn dispatch(
         &self,
@@ -115,6 +147,17 @@ impl Dispatcher {
         accepted_at: Instant,
         planned: Vec<Planned>,
     ) {
+        // Before any push: a session that connects from now on replays (see `pending`).
+        for p in &planned {
+            if self
+                .inner
+                .instances
+                .get(&p.channel)
+                .is_some_and(|i| i.descriptor.presence)
+            {
+                self.inner.pending.add(&p.receiver);
+            }
+        }
         let mut by_channel: HashMap<&str, Vec<Outgoing>> = HashMap::new();
         for p in &planned {
             by_channel

@@ -220,6 +220,8 @@ async fn undelivered_and_collect(s: &dyn Store) {
         vec![&ids[3], &ids[4]]
     );
 
+    let pending = s.receivers_with_undelivered("websocket").await.unwrap();
+    assert!(pending.contains(&"u1".to_string()), "{pending:?}");
     let inbox = s.inbox("u1", "websocket", true, page(1, 10)).await.unwrap();
     assert_eq!(inbox.total, 4);
     assert_eq!(inbox.items[0].id, ids[4], "newest first");

@@ -61,6 +61,9 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<InboxItem>, StoreError>;
 
+    /// Every receiver with at least one undelivered delivery on `channel` (start-up).
+    async fn receivers_with_undelivered(&self, channel: &str) -> Result<Vec<String>, StoreError>;
+
     /// A receiver's messages on `channel`, newest first.
     async fn inbox(
         &self,

@@ -790,6 +790,18 @@ impl Store for SqliteStore {
         rows.iter().map(inbox_item).collect()
     }
 
+    async fn receivers_with_undelivered(&self, channel: &str) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT receiver FROM deliveries WHERE channel = ? AND status < 2",
+        )
+        .bind(channel)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter()
+            .map(|r| r.try_get(0).map_err(StoreError::from))
+            .collect()
+    }
+
     async fn inbox(
         &self,
         receiver: &str,

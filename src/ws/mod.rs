@@ -315,6 +315,11 @@ impl Session {
         let user = self.handle.info.user_id.clone();
         let mut after = 0;
         let mut ids = HashSet::new();
+        // Most connections have nothing to replay: skip the query when certainly so.
+        let Some(version) = self.app.dispatcher.pending_version(&user) else {
+            return Ok(ids);
+        };
+        let mut found = false;
         loop {
             let page = match self
                 .app
@@ -329,6 +334,7 @@ impl Session {
                 }
             };
             let Some(last) = page.last() else { break };
+            found = true;
             after = last.seq;
             let full = page.len() as u32 == batch;
             for item in &page {
@@ -350,6 +356,9 @@ impl Session {
             if !full {
                 break;
             }
+        }
+        if !found {
+            self.app.dispatcher.replay_found_nothing(&user, version);
         }
         Ok(ids)
     }

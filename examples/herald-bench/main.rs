@@ -1,0 +1,814 @@
+//! `herald_bench`: a load generator for Herald (and, for comparison, nginx + nchan).
+//!
+//! ```text
+//! cargo run --release --example herald-bench -- idle      --conns 10000 [--procs 2]
+//! cargo run --release --example herald-bench -- fanout    --conns 10000 --rate 10 --duration 10s
+//! cargo run --release --example herald-bench -- saturate  --conns 10000
+//! cargo run --release --example herald-bench -- targeted  --conns 1000 --rate 2000 --duration 10s
+//! cargo run --release --example herald-bench -- smoke     (tiny; used by CI)
+//! ```
+//! Options: `--target herald|nchan`, `--ws`, `--api`, `--api-key`, `--jwt-secret`,
+//! `--server-pid PID` (RSS and CPU from /proc). Prints one JSON line on stdout; progress
+//! goes to stderr. Loopback only; every phase is bounded in time.
+//!
+//! Each message's content is `"<seq> <unix-nanos at send>"`: receivers compute latency
+//! (send → frame received) and count losses and duplicates per connection. Client sockets
+//! are bound to 127.0.0.2…254 in turn so 19k connections don't exhaust ephemeral ports.
+//! Big runs use `--procs K` child processes (a process holds < 20,000 sockets here); the
+//! parent sends, the children receive, and the parent merges their results.
+
+use std::io::{BufRead, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, ValueEnum};
+use futures_util::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Scenario {
+    Idle,
+    Fanout,
+    Saturate,
+    Targeted,
+    Smoke,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Target {
+    Herald,
+    Nchan,
+}
+
+#[derive(Debug, Parser, Clone)]
+struct Args {
+    #[arg(value_enum)]
+    scenario: Scenario,
+    #[arg(long, value_enum, default_value = "herald")]
+    target: Target,
+    #[arg(long, default_value = "1000")]
+    conns: usize,
+    /// Messages per second (`max`: as fast as `--concurrency` allows; targeted only).
+    #[arg(long, default_value = "10")]
+    rate: String,
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    hold: Duration,
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    step_duration: Duration,
+    #[arg(long, default_value = "64")]
+    concurrency: usize,
+    #[arg(long, default_value = "512")]
+    connect_concurrency: usize,
+    #[arg(long, default_value = "1")]
+    procs: usize,
+    #[arg(long)]
+    ws: Option<String>,
+    #[arg(long)]
+    api: Option<String>,
+    #[arg(long, default_value = "bench-key")]
+    api_key: String,
+    #[arg(long, default_value = "bench-secret")]
+    jwt_secret: String,
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Spread client sockets over this many source addresses (127.0.0.2 …) so very large
+    /// runs don't exhaust ephemeral ports (and port search stays cheap); 1 lets the kernel
+    /// choose.
+    #[arg(long, default_value = "253")]
+    source_ips: usize,
+    /// Ack every message (herald; always on for targeted).
+    #[arg(long)]
+    ack: bool,
+    /// Hard deadline for the whole run.
+    #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+    deadline: Duration,
+    /// Internal: this process is child `shard` of `shards`.
+    #[arg(long, hide = true)]
+    shard: Option<usize>,
+    #[arg(long, hide = true, default_value = "1")]
+    shards: usize,
+}
+
+impl Args {
+    fn ws_base(&self) -> String {
+        self.ws.clone().unwrap_or_else(|| match self.target {
+            Target::Herald => "ws://127.0.0.1:8080".into(),
+            Target::Nchan => "ws://127.0.0.1:8081".into(),
+        })
+    }
+    fn api_base(&self) -> String {
+        self.api.clone().unwrap_or_else(|| match self.target {
+            Target::Herald => "http://127.0.0.1:8080".into(),
+            Target::Nchan => "http://127.0.0.1:8081".into(),
+        })
+    }
+}
+
+fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Latency histogram: 10 µs buckets up to 2 s, then one overflow bucket.
+const BUCKET_US: u64 = 10;
+const BUCKETS: usize = 200_000;
+
+#[derive(Clone, Serialize, Deserialize)]
+struct Histogram {
+    counts: Vec<u64>,
+    max_us: u64,
+}
+
+impl Histogram {
+    fn new() -> Self {
+        Histogram {
+            counts: vec![0; BUCKETS + 1],
+            max_us: 0,
+        }
+    }
+    fn record(&mut self, us: u64) {
+        let i = ((us / BUCKET_US) as usize).min(BUCKETS);
+        self.counts[i] += 1;
+        self.max_us = self.max_us.max(us);
+    }
+    fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.max_us = self.max_us.max(other.max_us);
+    }
+    fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+    fn percentile_ms(&self, p: f64) -> f64 {
+        let total = self.total();
+        if total == 0 {
+            return 0.0;
+        }
+        let want = ((total as f64) * p).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= want {
+                return ((i as u64 + 1) * BUCKET_US) as f64 / 1000.0;
+            }
+        }
+        self.max_us as f64 / 1000.0
+    }
+    /// Sparse form for the child → parent protocol.
+    fn sparse(&self) -> Vec<(u32, u64)> {
+        self.counts
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c > 0)
+            .map(|(i, c)| (i as u32, *c))
+            .collect()
+    }
+    fn from_sparse(s: &[(u32, u64)], max_us: u64) -> Self {
+        let mut h = Histogram::new();
+        for (i, c) in s {
+            h.counts[*i as usize] += c;
+        }
+        h.max_us = max_us;
+        h
+    }
+}
+
+/// What one process measured on its receiving side.
+#[derive(Default, Serialize, Deserialize)]
+struct ChildReport {
+    connected: usize,
+    failed_connects: usize,
+    connect_start_ns: u64,
+    connect_end_ns: u64,
+    received: u64,
+    duplicates: u64,
+    /// Per broadcast seq: how many connections got it (broadcast scenarios).
+    per_seq: Vec<u64>,
+    hist: Vec<(u32, u64)>,
+    max_us: u64,
+    /// Per-step histograms for saturate: (step index, sparse histogram, max).
+    closed_early: usize,
+}
+
+struct Shared {
+    hist: Mutex<Histogram>,
+    received: AtomicU64,
+    duplicates: AtomicU64,
+    per_seq: Mutex<Vec<u64>>,
+    closed_early: AtomicUsize,
+}
+
+fn source_addr(i: usize) -> SocketAddr {
+    // 127.0.0.2 … 127.0.0.254
+    let host = 2 + (i % 253) as u8;
+    SocketAddr::from((Ipv4Addr::new(127, 0, 0, host), 0))
+}
+
+fn user_of(i: usize) -> String {
+    format!("u{i}")
+}
+
+/// Open connection `i` and run its receive loop until `stop` fires.
+async fn connection(
+    args: Arc<Args>,
+    i: usize,
+    shared: Arc<Shared>,
+    ready: tokio::sync::mpsc::Sender<bool>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let ack = args.ack || args.scenario == Scenario::Targeted;
+    let url = match args.target {
+        Target::Herald => {
+            let exp = (unix_nanos() / 1_000_000_000) as i64 + 3600;
+            let token =
+                herald::auth::mint_token(args.jwt_secret.as_bytes(), &user_of(i), None, None, exp);
+            format!("{}/websocket/{token}", args.ws_base())
+        }
+        Target::Nchan => format!("{}/sub/bcast", args.ws_base()),
+    };
+    let connect = async {
+        let server: SocketAddr = url
+            .trim_start_matches("ws://")
+            .split('/')
+            .next()
+            .and_then(|h| h.parse().ok())
+            .ok_or("bad ws url")?;
+        let sock = tokio::net::TcpSocket::new_v4().map_err(|_| "socket")?;
+        if args.source_ips > 1 {
+            sock.bind(source_addr(i % args.source_ips))
+                .map_err(|_| "bind")?;
+        }
+        let stream = sock.connect(server).await.map_err(|_| "connect")?;
+        stream.set_nodelay(true).map_err(|_| "nodelay")?;
+        let (mut ws, _) = tokio_tungstenite::client_async(url.as_str(), stream)
+            .await
+            .map_err(|_| "upgrade")?;
+        if args.target == Target::Herald {
+            // A completed connect includes the welcome frame (token verified, registered).
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Text(t))) if t.contains("\"welcome\"") => break,
+                    Some(Ok(_)) => continue,
+                    _ => return Err("no welcome"),
+                }
+            }
+        }
+        Ok::<_, &'static str>(ws)
+    };
+    let mut ws = match tokio::time::timeout(Duration::from_secs(30), connect).await {
+        Ok(Ok(ws)) => ws,
+        _ => {
+            let _ = ready.send(false).await;
+            return;
+        }
+    };
+    let _ = ready.send(true).await;
+    drop(ready);
+    let mut seen: Vec<u64> = Vec::new(); // bitset of received seqs
+    let mut lat: Vec<u64> = Vec::new();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            msg = ws.next() => {
+                let text = match msg {
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(_)) => continue,
+                    _ => { shared.closed_early.fetch_add(1, Relaxed); break; }
+                };
+                let now = unix_nanos();
+                let (content, id) = match args.target {
+                    Target::Nchan => (text.as_str().to_owned(), None),
+                    Target::Herald => match serde_json::from_str::<Frame>(&text) {
+                        Ok(f) if f.t == "message" => (f.content.unwrap_or_default(), f.id.map(str::to_owned)),
+                        _ => continue,
+                    },
+                };
+                let mut parts = content.split(' ');
+                let (Some(seq), Some(ts)) = (parts.next().and_then(|s| s.parse::<usize>().ok()), parts.next().and_then(|s| s.parse::<u64>().ok())) else { continue };
+                let (word, bit) = (seq / 64, seq % 64);
+                if seen.len() <= word { seen.resize(word + 1, 0); }
+                if seen[word] & (1 << bit) != 0 {
+                    shared.duplicates.fetch_add(1, Relaxed);
+                } else {
+                    seen[word] |= 1 << bit;
+                    shared.received.fetch_add(1, Relaxed);
+                    lat.push(now.saturating_sub(ts) / 1000);
+                    if args.scenario != Scenario::Targeted {
+                            let mut per = shared.per_seq.lock().unwrap();
+                        if per.len() <= seq { per.resize(seq + 1, 0); }
+                        per[seq] += 1;
+                        drop(per);
+                    }
+                }
+                if ack {
+                    if let Some(id) = id {
+                        let _ = ws.send(Message::Text(format!(r#"{{"type":"ack","id":"{id}"}}"#).into())).await;
+                    }
+                }
+                if lat.len() >= 256 {
+                    let mut h = shared.hist.lock().unwrap();
+                    for us in lat.drain(..) { h.record(us); }
+                    drop(h);
+                }
+            }
+        }
+    }
+    {
+        let mut h = shared.hist.lock().unwrap();
+        for us in lat.drain(..) {
+            h.record(us);
+        }
+    }
+    let _ = ws.close(None).await;
+}
+
+#[derive(Deserialize)]
+struct Frame<'a> {
+    #[serde(rename = "type")]
+    t: &'a str,
+    id: Option<&'a str>,
+    content: Option<String>,
+}
+
+/// The receiving side of one process: connect this shard's connections, report ready, wait
+/// for the stop signal, report.
+async fn receive(
+    args: Arc<Args>,
+    shard: usize,
+    shards: usize,
+    go: impl std::future::Future<Output = ()>,
+) -> ChildReport {
+    let shared = Arc::new(Shared {
+        hist: Mutex::new(Histogram::new()),
+        received: AtomicU64::new(0),
+        duplicates: AtomicU64::new(0),
+        per_seq: Mutex::new(Vec::new()),
+        closed_early: AtomicUsize::new(0),
+    });
+    let mine: Vec<usize> = (0..args.conns).filter(|i| i % shards == shard).collect();
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(1024);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let sem = Arc::new(Semaphore::new(args.connect_concurrency));
+    let start_ns = unix_nanos();
+    let mut report = ChildReport {
+        connect_start_ns: start_ns,
+        ..Default::default()
+    };
+    let spawner = {
+        let args = args.clone();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            for i in mine {
+                let permit = sem.clone().acquire_owned().await.unwrap();
+                let (args, shared, ready, stop) = (
+                    args.clone(),
+                    shared.clone(),
+                    ready_tx.clone(),
+                    stop_rx.clone(),
+                );
+                tokio::spawn(async move {
+                    let (inner_tx, mut inner_rx) = tokio::sync::mpsc::channel(1);
+                    let task = tokio::spawn(connection(args, i, shared, inner_tx, stop));
+                    let ok = inner_rx.recv().await.unwrap_or(false);
+                    drop(permit);
+                    let _ = ready.send(ok).await;
+                    let _ = task.await;
+                });
+            }
+        })
+    };
+    let expected = (0..args.conns).filter(|i| i % shards == shard).count();
+    for _ in 0..expected {
+        match ready_rx.recv().await {
+            Some(true) => report.connected += 1,
+            Some(false) => report.failed_connects += 1,
+            None => break,
+        }
+    }
+    report.connect_end_ns = unix_nanos();
+    let _ = spawner.await;
+    eprintln!(
+        "shard {shard}: {} connected, {} failed in {:.2}s",
+        report.connected,
+        report.failed_connects,
+        (report.connect_end_ns - start_ns) as f64 / 1e9
+    );
+    go.await;
+    let _ = stop_tx.send(true);
+    // Give connection tasks a moment to flush their histograms.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Arc::strong_count(&shared) > 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let h = shared.hist.lock().unwrap().clone();
+    report.hist = h.sparse();
+    report.max_us = h.max_us;
+    report.received = shared.received.load(Relaxed);
+    report.duplicates = shared.duplicates.load(Relaxed);
+    report.per_seq = shared.per_seq.lock().unwrap().clone();
+    report.closed_early = shared.closed_early.load(Relaxed);
+    report
+}
+
+/// Server resource use from /proc.
+#[derive(Clone, Copy, Default)]
+struct ProcSample {
+    rss_kib: u64,
+    cpu_ticks: u64,
+}
+
+fn sample(pid: Option<u32>) -> ProcSample {
+    let Some(pid) = pid else {
+        return ProcSample::default();
+    };
+    let rss_kib = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0);
+    let cpu_ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    ProcSample { rss_kib, cpu_ticks }
+}
+
+/// The sending side: one send per tick at `rate`/s for `duration`, each POST in its own task.
+struct Sender {
+    args: Arc<Args>,
+    client: reqwest::Client,
+    seq: AtomicUsize,
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+}
+
+impl Sender {
+    fn new(args: Arc<Args>) -> Arc<Self> {
+        Arc::new(Sender {
+            args,
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(256)
+                .build()
+                .unwrap(),
+            seq: AtomicUsize::new(0),
+            accepted: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+        })
+    }
+
+    async fn send_one(self: Arc<Self>, receiver: Option<String>) {
+        let seq = self.seq.fetch_add(1, Relaxed);
+        let content = format!("{seq} {}", unix_nanos());
+        let req = match self.args.target {
+            Target::Herald => {
+                let mut body = json!({"title": "bench", "content": content});
+                if let Some(r) = receiver {
+                    body["receivers"] = json!([r]);
+                }
+                self.client
+                    .post(format!("{}/api/v1/messages", self.args.api_base()))
+                    .bearer_auth(&self.args.api_key)
+                    .json(&body)
+            }
+            Target::Nchan => self
+                .client
+                .post(format!("{}/pub/bcast", self.args.api_base()))
+                .body(content),
+        };
+        match req.timeout(Duration::from_secs(30)).send().await {
+            Ok(r) if r.status().is_success() => {
+                self.accepted.fetch_add(1, Relaxed);
+            }
+            Ok(r) => {
+                self.rejected.fetch_add(1, Relaxed);
+                eprintln!("send {seq}: HTTP {}", r.status());
+            }
+            Err(e) => {
+                self.rejected.fetch_add(1, Relaxed);
+                eprintln!("send {seq}: {e}");
+            }
+        }
+    }
+
+    /// Paced sends for `duration`; returns when every send has been answered.
+    async fn paced(self: &Arc<Self>, rate: f64, duration: Duration, targeted: bool) {
+        let total = (rate * duration.as_secs_f64()).round() as usize;
+        let period = Duration::from_secs_f64(1.0 / rate);
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 0..total {
+            tick.tick().await;
+            let receiver = targeted.then(|| user_of(n % self.args.conns));
+            tasks.spawn(self.clone().send_one(receiver));
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// As many sends as `concurrency` allows, for `duration`.
+    async fn flat_out(self: &Arc<Self>, duration: Duration) {
+        let end = Instant::now() + duration;
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..self.args.concurrency {
+            let me = self.clone();
+            tasks.spawn(async move {
+                let mut n = 0usize;
+                while Instant::now() < end {
+                    let r = user_of((n * 7919 + me.seq.load(Relaxed)) % me.args.conns);
+                    me.clone().send_one(Some(r)).await;
+                    n += 1;
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let deadline = args.deadline;
+    let result = rt.block_on(async move {
+        match tokio::time::timeout(deadline, run(Arc::new(args))).await {
+            Ok(v) => v,
+            Err(_) => json!({"error": "deadline exceeded"}),
+        }
+    });
+    println!("{result}");
+    // Don't wait for lingering connection tasks.
+    std::process::exit(if result.get("error").is_some() { 1 } else { 0 });
+}
+
+async fn run(args: Arc<Args>) -> serde_json::Value {
+    if let Some(shard) = args.shard {
+        return child(args, shard).await;
+    }
+    let mut args_owned = (*args).clone();
+    if args.scenario == Scenario::Smoke {
+        args_owned.conns = args.conns.min(50);
+        args_owned.rate = "5".into();
+        args_owned.duration = Duration::from_secs(1);
+        args_owned.hold = Duration::from_millis(200);
+    }
+    let args = Arc::new(args_owned);
+
+    // Spawn children (or receive in-process when --procs 1).
+    let before = sample(args.server_pid);
+    let mut children = Vec::new();
+    if args.procs > 1 {
+        let exe = std::env::current_exe().expect("current exe");
+        for shard in 0..args.procs {
+            let mut cmd = Command::new(&exe);
+            cmd.args(std::env::args().skip(1))
+                .arg("--shard")
+                .arg(shard.to_string())
+                .arg("--shards")
+                .arg(args.procs.to_string())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit());
+            children.push(cmd.spawn().expect("spawn child"));
+        }
+    }
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+    let local = if args.procs <= 1 {
+        let a = args.clone();
+        Some(tokio::spawn(async move {
+            let go = async move {
+                let _ = ready_tx.send(());
+                let _ = go_rx.await;
+            };
+            receive(a, 0, 1, go).await
+        }))
+    } else {
+        // Children print READY on stdout once connected.
+        let mut readers = Vec::new();
+        for c in &mut children {
+            let out = c.stdout.take().expect("child stdout");
+            readers.push(std::io::BufReader::new(out));
+        }
+        let readers = tokio::task::spawn_blocking(move || {
+            for r in &mut readers {
+                let mut line = String::new();
+                let _ = r.read_line(&mut line);
+            }
+            readers
+        })
+        .await
+        .expect("join");
+        let _ = ready_tx.send(());
+        let children_rx = readers;
+        // Keep the readers for the final reports.
+        CHILD_READERS.lock().unwrap().replace(children_rx);
+        None
+    };
+    let _ = ready_rx.await;
+    let connected_at = Instant::now();
+    tokio::time::sleep(args.hold.min(Duration::from_secs(1))).await;
+    let after_connect = sample(args.server_pid);
+
+    // Send phase.
+    let sender = Sender::new(args.clone());
+    let send_start = Instant::now();
+    let mut steps = Vec::new();
+    match args.scenario {
+        Scenario::Idle => {
+            tokio::time::sleep(args.hold.saturating_sub(Duration::from_secs(1))).await
+        }
+        Scenario::Fanout | Scenario::Smoke => {
+            let rate: f64 = args.rate.parse().unwrap_or(10.0);
+            sender.paced(rate, args.duration, false).await;
+        }
+        Scenario::Targeted => {
+            if args.rate == "max" {
+                sender.flat_out(args.duration).await;
+            } else {
+                let rate: f64 = args.rate.parse().unwrap_or(1000.0);
+                sender.paced(rate, args.duration, true).await;
+            }
+        }
+        Scenario::Saturate => {
+            let mut rate = 10.0;
+            loop {
+                let before_seq = sender.seq.load(Relaxed);
+                let t0 = Instant::now();
+                sender.paced(rate, args.step_duration, false).await;
+                let sent = sender.seq.load(Relaxed) - before_seq;
+                let elapsed = t0.elapsed().as_secs_f64();
+                let offered = sent as f64 * args.conns as f64 / elapsed;
+                steps.push(json!({"rate": rate, "messages": sent, "offered_deliveries_per_s": offered.round(), "elapsed_s": elapsed}));
+                eprintln!(
+                    "saturate: {rate}/s → {offered:.0} deliveries/s offered in {elapsed:.1}s"
+                );
+                // A step that can't keep its pace means the server is saturated.
+                if elapsed > args.step_duration.as_secs_f64() * 1.5 || rate >= 640.0 {
+                    break;
+                }
+                rate *= 2.0;
+            }
+        }
+    }
+    let send_elapsed = send_start.elapsed();
+    // Drain: let the last frames arrive.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after_send = sample(args.server_pid);
+    let _ = go_tx.send(());
+
+    let mut reports: Vec<ChildReport> = Vec::new();
+    if let Some(local) = local {
+        reports.push(local.await.expect("receiver"));
+    } else {
+        for c in &mut children {
+            if let Some(mut stdin) = c.stdin.take() {
+                let _ = writeln!(stdin, "GO");
+            }
+        }
+        let readers = CHILD_READERS.lock().unwrap().take().unwrap_or_default();
+        let parsed = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            for mut r in readers {
+                let mut line = String::new();
+                let _ = r.read_line(&mut line);
+                if let Ok(rep) = serde_json::from_str::<ChildReport>(&line) {
+                    out.push(rep);
+                }
+            }
+            out
+        })
+        .await
+        .expect("join");
+        reports = parsed;
+        for mut c in children {
+            let _ = c.wait();
+        }
+    }
+    summarize(
+        &args,
+        reports,
+        before,
+        after_connect,
+        after_send,
+        connected_at,
+        send_elapsed,
+        &sender,
+        steps,
+    )
+}
+
+static CHILD_READERS: Mutex<Option<Vec<std::io::BufReader<std::process::ChildStdout>>>> =
+    Mutex::new(None);
+
+async fn child(args: Arc<Args>, shard: usize) -> serde_json::Value {
+    let go = async {
+        println!("READY");
+        let _ = std::io::stdout().flush();
+        let _ = tokio::task::spawn_blocking(|| {
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+        })
+        .await;
+    };
+    let report = receive(args.clone(), shard, args.shards, go).await;
+    serde_json::to_value(&report).unwrap_or_default()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn summarize(
+    args: &Args,
+    reports: Vec<ChildReport>,
+    before: ProcSample,
+    after_connect: ProcSample,
+    after_send: ProcSample,
+    _connected_at: Instant,
+    send_elapsed: Duration,
+    sender: &Sender,
+    steps: Vec<serde_json::Value>,
+) -> serde_json::Value {
+    let mut hist = Histogram::new();
+    let (mut connected, mut failed, mut received, mut dups, mut closed) = (0, 0, 0u64, 0u64, 0);
+    let (mut start, mut end) = (u64::MAX, 0u64);
+    let mut per_seq: Vec<u64> = Vec::new();
+    for r in &reports {
+        hist.merge(&Histogram::from_sparse(&r.hist, r.max_us));
+        connected += r.connected;
+        failed += r.failed_connects;
+        received += r.received;
+        dups += r.duplicates;
+        closed += r.closed_early;
+        start = start.min(r.connect_start_ns);
+        end = end.max(r.connect_end_ns);
+        if per_seq.len() < r.per_seq.len() {
+            per_seq.resize(r.per_seq.len(), 0);
+        }
+        for (i, n) in r.per_seq.iter().enumerate() {
+            per_seq[i] += n;
+        }
+    }
+    let connect_secs = end.saturating_sub(start) as f64 / 1e9;
+    let accepted = sender.accepted.load(Relaxed);
+    let expected = match args.scenario {
+        Scenario::Targeted => accepted,
+        Scenario::Idle => 0,
+        _ => accepted * connected as u64,
+    };
+    let lost = expected.saturating_sub(received);
+    let ticks = after_send.cpu_ticks.saturating_sub(after_connect.cpu_ticks) as f64 / 100.0;
+    let send_secs = send_elapsed.as_secs_f64().max(1e-9);
+    json!({
+        "scenario": format!("{:?}", args.scenario).to_lowercase(),
+        "target": format!("{:?}", args.target).to_lowercase(),
+        "conns": args.conns,
+        "procs": args.procs,
+        "connected": connected,
+        "failed_connects": failed,
+        "closed_early": closed,
+        "connect_seconds": (connect_secs * 1000.0).round() / 1000.0,
+        "connects_per_s": (connected as f64 / connect_secs.max(1e-9)).round(),
+        "server_rss_kib_before": before.rss_kib,
+        "server_rss_kib_connected": after_connect.rss_kib,
+        "server_rss_kib_end": after_send.rss_kib,
+        "kib_per_conn": if connected > 0 { ((after_connect.rss_kib as f64 - before.rss_kib as f64) / connected as f64 * 100.0).round() / 100.0 } else { 0.0 },
+        "server_cpu_seconds_send": ticks,
+        "server_cpu_percent_send": (ticks / send_secs * 100.0).round(),
+        "sends_accepted": accepted,
+        "sends_rejected": sender.rejected.load(Relaxed),
+        "accepted_sends_per_s": (accepted as f64 / send_secs).round(),
+        "expected_deliveries": expected,
+        "received": received,
+        "lost": lost,
+        "duplicates": dups,
+        "deliveries_per_s": (received as f64 / send_secs).round(),
+        "latency_ms": {
+            "p50": hist.percentile_ms(0.50),
+            "p90": hist.percentile_ms(0.90),
+            "p99": hist.percentile_ms(0.99),
+            "max": hist.max_us as f64 / 1000.0,
+        },
+        "send_seconds": (send_secs * 1000.0).round() / 1000.0,
+        "steps": steps,
+    })
+}
