@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Reproduce BENCHMARKS.md: every scenario against Herald (release build) and the same
 # broadcast scenarios against nginx + nchan, in one session, one JSON line per run in
-# benches/results/<date>.jsonl. Loopback only; every run is bounded in time.
+# benches/results/<date>.jsonl. Loopback only; every run is bounded in time. Each run gets
+# a fresh server (and an empty database).
 #
-#   benches/run.sh            # all scenarios (~10 minutes)
-#   benches/run.sh idle       # only the scenarios whose name matches
+#   benches/run.sh              # everything (~10 minutes)
+#   benches/run.sh fanout       # only the runs whose name contains "fanout"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 only="${1:-}"
 out="benches/results/$(date -u +%Y-%m-%dT%H%M).jsonl"
 mkdir -p benches/results
-cargo build --release --bin herald --example herald_bench
-BENCH=target/release/examples/herald_bench
+cargo build --release --bin herald --example herald-bench
+BENCH=target/release/examples/herald-bench
+HERALD=$PWD/target/release/herald
 KEY=bench-key
 SECRET=bench-secret
 ulimit -n "$(ulimit -Hn)"
@@ -21,59 +23,50 @@ want() { [[ -z "$only" || "$1" == *"$only"* ]]; }
 herald_up() {
   data=$(mktemp -d)
   (cd "$data" && HERALD_API_KEY=$KEY HERALD_JWT_SECRET=$SECRET HERALD_LOG__FILTER=warn \
-     exec "$OLDPWD/target/release/herald" serve --bind 127.0.0.1:8080) &
-  HERALD_PID=$!
+     exec "$HERALD" serve --bind 127.0.0.1:8080 >"$data/log" 2>&1) &
+  SERVER_PID=$!
   for _ in $(seq 100); do curl -sf http://127.0.0.1:8080/healthz >/dev/null && return; sleep 0.1; done
   echo "herald did not start" >&2; exit 1
 }
-herald_down() { kill -TERM "$HERALD_PID"; wait "$HERALD_PID" || true; rm -rf "$data"; }
+herald_down() { kill -9 "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; rm -rf "$data"; }
 
 nchan_up() {
   mkdir -p /tmp/nchan-peer
   nginx -c "$PWD/benches/nchan.conf" -p /tmp/nchan-peer/
   for _ in $(seq 50); do [[ -s /tmp/nchan-peer/nginx.pid ]] && break; sleep 0.1; done
-  # The worker process holds the connections.
-  NCHAN_PID=$(pgrep -P "$(cat /tmp/nchan-peer/nginx.pid)" | head -1)
+  sleep 0.5
+  SERVER_PID=$(pgrep -P "$(cat /tmp/nchan-peer/nginx.pid)" | head -1) # the worker holds the sockets
 }
-nchan_down() { kill -QUIT "$(cat /tmp/nchan-peer/nginx.pid)"; sleep 1; }
+nchan_down() { kill -QUIT "$(cat /tmp/nchan-peer/nginx.pid)"; while pgrep -x nginx >/dev/null; do sleep 0.1; done; }
 
-run() { # name, target args…
-  local name=$1; shift
+run() { # name, up, down, generator args…
+  local name=$1 up=$2 down=$3; shift 3
+  want "$name" || return 0
   echo "== $name" >&2
-  line=$("$BENCH" "$@")
+  $up
+  line=$("$BENCH" "$@" --server-pid "$SERVER_PID")
+  $down
   echo "{\"run\":\"$name\",\"result\":$line}" | tee -a "$out"
 }
 
-H="--target herald --api-key $KEY --jwt-secret $SECRET"
-for n in 1000 10000 19000; do
-  if want "idle-$n"; then
-    herald_up
-    procs=$(( n > 15000 ? 2 : 1 ))
-    run "herald idle $n" idle --conns "$n" --procs "$procs" $H --server-pid "$HERALD_PID"
-    herald_down
+has_nchan() { command -v nginx >/dev/null && [[ -f /usr/lib/nginx/modules/ngx_nchan_module.so ]]; }
+H=(--target herald --api-key "$KEY" --jwt-secret "$SECRET")
+N=(--target nchan)
+
+for t in herald nchan; do
+  if [[ $t == nchan ]] && ! has_nchan; then
+    echo "nginx with nchan is not installed: apt-get install -y nginx-light libnginx-mod-nchan" >&2
+    break
   fi
-done
-if want fanout; then
-  herald_up; run "herald fanout 10k x 10/s" fanout --conns 10000 --rate 10 --duration 10s $H --server-pid "$HERALD_PID"; herald_down
-fi
-if want saturate; then
-  herald_up; run "herald saturate 10k" saturate --conns 10000 $H --server-pid "$HERALD_PID"; herald_down
-fi
-if want targeted; then
-  herald_up; run "herald targeted 2k/s" targeted --conns 1000 --rate 2000 --duration 10s $H --server-pid "$HERALD_PID"; herald_down
-  herald_up; run "herald targeted max" targeted --conns 1000 --rate max --duration 10s $H --server-pid "$HERALD_PID"; herald_down
-fi
-if command -v nginx >/dev/null && [[ -f /usr/lib/nginx/modules/ngx_nchan_module.so ]]; then
-  N="--target nchan"
+  if [[ $t == herald ]]; then up=herald_up; down=herald_down; args=("${H[@]}"); else up=nchan_up; down=nchan_down; args=("${N[@]}"); fi
   for n in 1000 10000 19000; do
-    if want "idle-$n"; then
-      nchan_up; procs=$(( n > 15000 ? 2 : 1 ))
-      run "nchan idle $n" idle --conns "$n" --procs "$procs" $N --server-pid "$NCHAN_PID"; nchan_down
-    fi
+    run "$t idle $n" $up $down idle --conns "$n" --hold 3s "${args[@]}"
   done
-  if want fanout; then nchan_up; run "nchan fanout 10k x 10/s" fanout --conns 10000 --rate 10 --duration 10s $N --server-pid "$NCHAN_PID"; nchan_down; fi
-  if want saturate; then nchan_up; run "nchan saturate 10k" saturate --conns 10000 $N --server-pid "$NCHAN_PID"; nchan_down; fi
-else
-  echo "nginx with nchan is not installed: apt-get install -y nginx-light libnginx-mod-nchan" >&2
-fi
+  # Fan-out, then saturation: raise the broadcast rate until deliveries/s stop growing.
+  for rate in 10 2 5 20 40; do
+    run "$t fanout 10000 x $rate/s" $up $down fanout --conns 10000 --rate "$rate" --duration 10s "${args[@]}"
+  done
+done
+run "herald targeted 2000/s" herald_up herald_down targeted --conns 1000 --rate 2000 --duration 10s "${H[@]}"
+run "herald targeted max" herald_up herald_down targeted --conns 1000 --rate max --concurrency 64 --duration 10s "${H[@]}"
 echo "results: $out" >&2

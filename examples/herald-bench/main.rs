@@ -3,7 +3,6 @@
 //! ```text
 //! cargo run --release --example herald-bench -- idle      --conns 10000 [--procs 2]
 //! cargo run --release --example herald-bench -- fanout    --conns 10000 --rate 10 --duration 10s
-//! cargo run --release --example herald-bench -- saturate  --conns 10000
 //! cargo run --release --example herald-bench -- targeted  --conns 1000 --rate 2000 --duration 10s
 //! cargo run --release --example herald-bench -- smoke     (tiny; used by CI)
 //! ```
@@ -35,7 +34,6 @@ use tokio_tungstenite::tungstenite::Message;
 enum Scenario {
     Idle,
     Fanout,
-    Saturate,
     Targeted,
     Smoke,
 }
@@ -61,8 +59,6 @@ struct Args {
     duration: Duration,
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     hold: Duration,
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    step_duration: Duration,
     #[arg(long, default_value = "64")]
     concurrency: usize,
     #[arg(long, default_value = "512")]
@@ -87,6 +83,9 @@ struct Args {
     /// Ack every message (herald; always on for targeted).
     #[arg(long)]
     ack: bool,
+    /// After the last send, wait this long for frames still in flight.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    drain: Duration,
     /// Hard deadline for the whole run.
     #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
     deadline: Duration,
@@ -119,9 +118,9 @@ fn unix_nanos() -> u64 {
         .unwrap_or(0)
 }
 
-/// Latency histogram: 10 µs buckets up to 2 s, then one overflow bucket.
-const BUCKET_US: u64 = 10;
-const BUCKETS: usize = 200_000;
+/// Latency histogram: 20 µs buckets up to 20 s, then one overflow bucket.
+const BUCKET_US: u64 = 20;
+const BUCKETS: usize = 1_000_000;
 
 #[derive(Clone, Serialize, Deserialize)]
 struct Histogram {
@@ -193,19 +192,18 @@ struct ChildReport {
     connect_end_ns: u64,
     received: u64,
     duplicates: u64,
-    /// Per broadcast seq: how many connections got it (broadcast scenarios).
-    per_seq: Vec<u64>,
     hist: Vec<(u32, u64)>,
     max_us: u64,
-    /// Per-step histograms for saturate: (step index, sparse histogram, max).
     closed_early: usize,
+    last_recv_ns: u64,
 }
 
 struct Shared {
+    /// Unix nanos of the last frame received (for deliveries/s over the real span).
+    last_recv_ns: AtomicU64,
     hist: Mutex<Histogram>,
     received: AtomicU64,
     duplicates: AtomicU64,
-    per_seq: Mutex<Vec<u64>>,
     closed_early: AtomicUsize,
 }
 
@@ -287,12 +285,16 @@ async fn connection(
                     _ => { shared.closed_early.fetch_add(1, Relaxed); break; }
                 };
                 let now = unix_nanos();
+                shared.last_recv_ns.fetch_max(now, Relaxed);
+                // Cheap field extraction: this runs for every delivery and the generator
+                // must cost less than the server it measures.
                 let (content, id) = match args.target {
-                    Target::Nchan => (text.as_str().to_owned(), None),
-                    Target::Herald => match serde_json::from_str::<Frame>(&text) {
-                        Ok(f) if f.t == "message" => (f.content.unwrap_or_default(), f.id.map(str::to_owned)),
-                        _ => continue,
-                    },
+                    Target::Nchan => (text.as_str(), None),
+                    Target::Herald => {
+                        if !text.starts_with(r#"{"type":"message""#) { continue; }
+                        let Some(content) = field(&text, r#""content":""#) else { continue };
+                        (content, field(&text, r#""id":""#))
+                    }
                 };
                 let mut parts = content.split(' ');
                 let (Some(seq), Some(ts)) = (parts.next().and_then(|s| s.parse::<usize>().ok()), parts.next().and_then(|s| s.parse::<u64>().ok())) else { continue };
@@ -304,12 +306,6 @@ async fn connection(
                     seen[word] |= 1 << bit;
                     shared.received.fetch_add(1, Relaxed);
                     lat.push(now.saturating_sub(ts) / 1000);
-                    if args.scenario != Scenario::Targeted {
-                            let mut per = shared.per_seq.lock().unwrap();
-                        if per.len() <= seq { per.resize(seq + 1, 0); }
-                        per[seq] += 1;
-                        drop(per);
-                    }
                 }
                 if ack {
                     if let Some(id) = id {
@@ -333,12 +329,11 @@ async fn connection(
     let _ = ws.close(None).await;
 }
 
-#[derive(Deserialize)]
-struct Frame<'a> {
-    #[serde(rename = "type")]
-    t: &'a str,
-    id: Option<&'a str>,
-    content: Option<String>,
+/// The string value after `key` (e.g. `"id":"`) in a frame, up to the next quote. Ids
+/// are UUIDs and benchmark contents are digits and a space: nothing is escaped.
+fn field<'a>(json: &'a str, key: &str) -> Option<&'a str> {
+    let rest = &json[json.find(key)? + key.len()..];
+    Some(&rest[..rest.find('"')?])
 }
 
 /// The receiving side of one process: connect this shard's connections, report ready, wait
@@ -350,10 +345,10 @@ async fn receive(
     go: impl std::future::Future<Output = ()>,
 ) -> ChildReport {
     let shared = Arc::new(Shared {
+        last_recv_ns: AtomicU64::new(0),
         hist: Mutex::new(Histogram::new()),
         received: AtomicU64::new(0),
         duplicates: AtomicU64::new(0),
-        per_seq: Mutex::new(Vec::new()),
         closed_early: AtomicUsize::new(0),
     });
     let mine: Vec<usize> = (0..args.conns).filter(|i| i % shards == shard).collect();
@@ -416,8 +411,8 @@ async fn receive(
     report.max_us = h.max_us;
     report.received = shared.received.load(Relaxed);
     report.duplicates = shared.duplicates.load(Relaxed);
-    report.per_seq = shared.per_seq.lock().unwrap().clone();
     report.closed_early = shared.closed_early.load(Relaxed);
+    report.last_recv_ns = shared.last_recv_ns.load(Relaxed);
     report
 }
 
@@ -627,14 +622,13 @@ async fn run(args: Arc<Args>) -> serde_json::Value {
         None
     };
     let _ = ready_rx.await;
-    let connected_at = Instant::now();
     tokio::time::sleep(args.hold.min(Duration::from_secs(1))).await;
     let after_connect = sample(args.server_pid);
 
     // Send phase.
     let sender = Sender::new(args.clone());
     let send_start = Instant::now();
-    let mut steps = Vec::new();
+    let send_start_ns = unix_nanos();
     match args.scenario {
         Scenario::Idle => {
             tokio::time::sleep(args.hold.saturating_sub(Duration::from_secs(1))).await
@@ -651,30 +645,10 @@ async fn run(args: Arc<Args>) -> serde_json::Value {
                 sender.paced(rate, args.duration, true).await;
             }
         }
-        Scenario::Saturate => {
-            let mut rate = 10.0;
-            loop {
-                let before_seq = sender.seq.load(Relaxed);
-                let t0 = Instant::now();
-                sender.paced(rate, args.step_duration, false).await;
-                let sent = sender.seq.load(Relaxed) - before_seq;
-                let elapsed = t0.elapsed().as_secs_f64();
-                let offered = sent as f64 * args.conns as f64 / elapsed;
-                steps.push(json!({"rate": rate, "messages": sent, "offered_deliveries_per_s": offered.round(), "elapsed_s": elapsed}));
-                eprintln!(
-                    "saturate: {rate}/s → {offered:.0} deliveries/s offered in {elapsed:.1}s"
-                );
-                // A step that can't keep its pace means the server is saturated.
-                if elapsed > args.step_duration.as_secs_f64() * 1.5 || rate >= 640.0 {
-                    break;
-                }
-                rate *= 2.0;
-            }
-        }
     }
     let send_elapsed = send_start.elapsed();
     // Drain: let the last frames arrive.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(args.drain).await;
     let after_send = sample(args.server_pid);
     let _ = go_tx.send(());
 
@@ -712,10 +686,9 @@ async fn run(args: Arc<Args>) -> serde_json::Value {
         before,
         after_connect,
         after_send,
-        connected_at,
+        send_start_ns,
         send_elapsed,
         &sender,
-        steps,
     )
 }
 
@@ -743,15 +716,13 @@ fn summarize(
     before: ProcSample,
     after_connect: ProcSample,
     after_send: ProcSample,
-    _connected_at: Instant,
+    send_start_ns: u64,
     send_elapsed: Duration,
     sender: &Sender,
-    steps: Vec<serde_json::Value>,
 ) -> serde_json::Value {
     let mut hist = Histogram::new();
     let (mut connected, mut failed, mut received, mut dups, mut closed) = (0, 0, 0u64, 0u64, 0);
-    let (mut start, mut end) = (u64::MAX, 0u64);
-    let mut per_seq: Vec<u64> = Vec::new();
+    let (mut start, mut end, mut last_recv) = (u64::MAX, 0u64, 0u64);
     for r in &reports {
         hist.merge(&Histogram::from_sparse(&r.hist, r.max_us));
         connected += r.connected;
@@ -760,13 +731,8 @@ fn summarize(
         dups += r.duplicates;
         closed += r.closed_early;
         start = start.min(r.connect_start_ns);
+        last_recv = last_recv.max(r.last_recv_ns);
         end = end.max(r.connect_end_ns);
-        if per_seq.len() < r.per_seq.len() {
-            per_seq.resize(r.per_seq.len(), 0);
-        }
-        for (i, n) in r.per_seq.iter().enumerate() {
-            per_seq[i] += n;
-        }
     }
     let connect_secs = end.saturating_sub(start) as f64 / 1e9;
     let accepted = sender.accepted.load(Relaxed);
@@ -801,7 +767,8 @@ fn summarize(
         "received": received,
         "lost": lost,
         "duplicates": dups,
-        "deliveries_per_s": (received as f64 / send_secs).round(),
+        // Over the real span: first send → last frame received.
+        "deliveries_per_s": (received as f64 / (last_recv.saturating_sub(send_start_ns) as f64 / 1e9).max(1e-9)).round(),
         "latency_ms": {
             "p50": hist.percentile_ms(0.50),
             "p90": hist.percentile_ms(0.90),
@@ -809,6 +776,5 @@ fn summarize(
             "max": hist.max_us as f64 / 1000.0,
         },
         "send_seconds": (send_secs * 1000.0).round() / 1000.0,
-        "steps": steps,
     })
 }

@@ -33,8 +33,8 @@ CREATE TABLE deliveries (
 CREATE INDEX deliveries_receiver ON deliveries (receiver, channel, message_seq);
 -- Replay and collect read only undelivered rows: keep that index small.
 CREATE INDEX deliveries_undelivered ON deliveries (receiver, channel, message_seq) WHERE status < 2;
-CREATE INDEX deliveries_status ON deliveries (status, message_seq);
-CREATE INDEX deliveries_channel ON deliveries (channel, message_seq);
+-- Deliberately no index on status or channel alone: listings filter deliveries through
+-- the (message_seq, …) unique index, and every index costs each of a broadcast's rows.
 
 -- Idempotency-Key → the message it created (kept 24 h).
 CREATE TABLE idempotency_keys (

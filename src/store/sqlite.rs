@@ -214,7 +214,17 @@ async fn run_batch(conn: &mut SqliteConnection, batch: &mut Vec<WriteOp>) {
     };
     let now = now_ms();
     for op in batch.drain(..) {
-        // Each operation in its own savepoint: a failing one is rolled back alone.
+        // Status changes are idempotent, forward-only updates: a batch that fails half-way
+        // may keep its first half. They need no savepoint (the hottest write path).
+        let op = match op {
+            WriteOp::Status(changes, reply) => {
+                let r = apply_status(&mut tx, &changes, now).await;
+                done.push(Done::Status(reply, r));
+                continue;
+            }
+            other => other,
+        };
+        // Every other operation in its own savepoint: a failing one is rolled back alone.
         let mut sp = match (*tx).begin().await {
             Ok(sp) => sp,
             Err(e) => {
@@ -237,6 +247,7 @@ async fn run_batch(conn: &mut SqliteConnection, batch: &mut Vec<WriteOp>) {
                 (r.is_ok(), Done::Delete(reply, r))
             }
             WriteOp::Status(changes, reply) => {
+                // Handled above, without a savepoint.
                 let r = apply_status(&mut sp, &changes, now).await;
                 (r.is_ok(), Done::Status(reply, r))
             }
@@ -340,15 +351,10 @@ async fn insert(
     .execute(&mut *conn)
     .await?
     .last_insert_rowid();
-    // Multi-row inserts (a broadcast has thousands of deliveries). RETURNING maps each row
-    // back to its (receiver, channel), unique within a message.
-    let index: HashMap<(&str, &str), usize> = msg
-        .deliveries
-        .iter()
-        .enumerate()
-        .map(|(i, d)| ((d.receiver.as_str(), d.channel.as_str()), i))
-        .collect();
-    let mut ids = vec![0i64; msg.deliveries.len()];
+    // Multi-row inserts (a broadcast has thousands of deliveries). This connection is the
+    // database's only writer and one INSERT stores its rows in order with consecutive
+    // rowids, so the chunk's ids are the `n` ids ending at `last_insert_rowid`.
+    let mut ids = Vec::with_capacity(msg.deliveries.len());
     for chunk in msg.deliveries.chunks(INSERT_CHUNK) {
         let mut qb = QueryBuilder::<Sqlite>::new(
             "INSERT INTO deliveries (message_seq, receiver, channel, status, last_error, created_at, updated_at) ",
@@ -362,21 +368,11 @@ async fn insert(
                 .push_bind(msg.created_at_ms)
                 .push_bind(now);
         });
-        qb.push(" RETURNING id, receiver, channel");
-        for row in qb.build().fetch_all(&mut *conn).await? {
-            let id: i64 = row.try_get(0)?;
-            let receiver: String = row.try_get(1)?;
-            let channel: String = row.try_get(2)?;
-            if let Some(&i) = index.get(&(receiver.as_str(), channel.as_str())) {
-                ids[i] = id;
-            }
-        }
+        let last = qb.build().execute(&mut *conn).await?.last_insert_rowid();
+        let first = last - chunk.len() as i64 + 1;
+        ids.extend(first..=last);
     }
-    if ids.contains(&0) {
-        return Err(StoreError::Corrupt(
-            "a delivery row was not returned".into(),
-        ));
-    }
+
     if let Some(idem) = &msg.idempotency {
         sqlx::query(
             "INSERT OR REPLACE INTO idempotency_keys (key, request_hash, message_id, deliveries, created_at) \
@@ -435,7 +431,7 @@ async fn apply_status(
     for chunk in bulk.chunks(500) {
         // Re-sends first (already `sent`: count the attempt), then `pending` → `sent`.
         let mut resend = QueryBuilder::<Sqlite>::new(
-            "UPDATE deliveries SET attempts = attempts + 1, updated_at = ",
+            "UPDATE OR FAIL deliveries SET attempts = attempts + 1, updated_at = ",
         );
         resend.push_bind(now).push(" WHERE status = 1 AND id IN (");
         let mut sep = resend.separated(", ");
@@ -446,7 +442,7 @@ async fn apply_status(
         resend.build().execute(&mut *conn).await?;
 
         let mut forward = QueryBuilder::<Sqlite>::new(
-            "UPDATE deliveries SET status = 1, attempts = attempts + 1, updated_at = ",
+            "UPDATE OR FAIL deliveries SET status = 1, attempts = attempts + 1, updated_at = ",
         );
         forward.push_bind(now).push(" WHERE status = 0 AND id IN (");
         let mut sep = forward.separated(", ");
