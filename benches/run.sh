@@ -20,7 +20,14 @@ ulimit -n "$(ulimit -Hn)"
 
 want() { [[ -z "$only" || "$1" == *"$only"* ]]; }
 
+port_free() {
+  if curl -s -o /dev/null "http://127.0.0.1:$1/"; then
+    echo "something already listens on 127.0.0.1:$1; stop it first" >&2; exit 1
+  fi
+}
+
 herald_up() {
+  port_free 8080
   data=$(mktemp -d)
   (cd "$data" && HERALD_API_KEY=$KEY HERALD_JWT_SECRET=$SECRET HERALD_LOG__FILTER=warn \
      exec "$HERALD" serve --bind 127.0.0.1:8080 >"$data/log" 2>&1) &
@@ -28,9 +35,15 @@ herald_up() {
   for _ in $(seq 100); do curl -sf http://127.0.0.1:8080/healthz >/dev/null && return; sleep 0.1; done
   echo "herald did not start" >&2; exit 1
 }
-herald_down() { kill -9 "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; rm -rf "$data"; }
+herald_down() {
+  kill -9 "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+  while curl -s -o /dev/null http://127.0.0.1:8080/; do sleep 0.1; done
+  rm -rf "$data"
+}
 
 nchan_up() {
+  port_free 8081
   mkdir -p /tmp/nchan-peer
   nginx -c "$PWD/benches/nchan.conf" -p /tmp/nchan-peer/
   for _ in $(seq 50); do [[ -s /tmp/nchan-peer/nginx.pid ]] && break; sleep 0.1; done
