@@ -171,131 +171,128 @@ async fn writer_loop(
     }
 }
 
-/// Results waiting for the commit.
-enum Done {
-    Insert(Reply<Inserted>, Result<Inserted, StoreError>),
-    Delete(Reply<bool>, Result<bool, StoreError>),
-    Status(Reply<Vec<bool>>, Result<Vec<bool>, StoreError>),
-    Collect(Reply<Vec<InboxItem>>, Result<Vec<InboxItem>, StoreError>),
-    Recipient(Reply<bool>, Result<bool, StoreError>),
+/// What an operation produced, before its caller is answered.
+enum Outcome {
+    Inserted(Inserted),
+    Flag(bool),
+    Applied(Vec<bool>),
+    Items(Vec<InboxItem>),
 }
 
-impl Done {
-    fn send(self, commit: &Result<(), String>) {
-        fn pick<T>(r: Result<T, StoreError>, commit: &Result<(), String>) -> Result<T, StoreError> {
-            match commit {
-                Ok(()) => r,
-                Err(e) => Err(StoreError::Corrupt(format!("commit failed: {e}"))),
-            }
+/// Run one operation inside the current transaction (by reference: it may run again).
+async fn apply(conn: &mut SqliteConnection, op: &WriteOp, now: i64) -> Result<Outcome, StoreError> {
+    Ok(match op {
+        WriteOp::Insert(msg, _) => Outcome::Inserted(insert(conn, msg, now).await?),
+        WriteOp::Delete(id, _) => Outcome::Flag(
+            sqlx::query("DELETE FROM messages WHERE id = ?")
+                .bind(id)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected()
+                > 0,
+        ),
+        WriteOp::Status(changes, _) => Outcome::Applied(apply_status(conn, changes, now).await?),
+        WriteOp::Collect {
+            receiver,
+            channel,
+            limit,
+            ..
+        } => Outcome::Items(collect(conn, receiver, channel, *limit, now).await?),
+        WriteOp::PutRecipient(rec, _) => Outcome::Flag(put_recipient(conn, rec, now).await?),
+        WriteOp::DeleteRecipient(user, _) => Outcome::Flag(
+            sqlx::query("DELETE FROM recipients WHERE user_id = ?")
+                .bind(user)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected()
+                > 0,
+        ),
+        WriteOp::Close(_) => Outcome::Flag(true),
+    })
+}
+
+/// Answer an operation's caller (after its transaction committed, or with the error).
+fn answer(op: WriteOp, result: Result<Outcome, StoreError>) {
+    fn reply<T>(
+        tx: Reply<T>,
+        r: Result<Outcome, StoreError>,
+        pick: impl FnOnce(Outcome) -> Option<T>,
+    ) {
+        let r =
+            r.and_then(|o| pick(o).ok_or_else(|| StoreError::Corrupt("mismatched outcome".into())));
+        let _ = tx.send(r); // a dropped receiver means the caller went away
+    }
+    match op {
+        WriteOp::Insert(_, tx) => reply(tx, result, |o| match o {
+            Outcome::Inserted(i) => Some(i),
+            _ => None,
+        }),
+        WriteOp::Delete(_, tx) | WriteOp::PutRecipient(_, tx) | WriteOp::DeleteRecipient(_, tx) => {
+            reply(tx, result, |o| match o {
+                Outcome::Flag(f) => Some(f),
+                _ => None,
+            })
         }
-        // A dropped receiver means the caller went away; nothing to do.
-        match self {
-            Done::Insert(tx, r) => drop(tx.send(pick(r, commit))),
-            Done::Delete(tx, r) => drop(tx.send(pick(r, commit))),
-            Done::Status(tx, r) => drop(tx.send(pick(r, commit))),
-            Done::Collect(tx, r) => drop(tx.send(pick(r, commit))),
-            Done::Recipient(tx, r) => drop(tx.send(pick(r, commit))),
+        WriteOp::Status(_, tx) => reply(tx, result, |o| match o {
+            Outcome::Applied(a) => Some(a),
+            _ => None,
+        }),
+        WriteOp::Collect { reply: tx, .. } => reply(tx, result, |o| match o {
+            Outcome::Items(i) => Some(i),
+            _ => None,
+        }),
+        WriteOp::Close(done) => {
+            let _ = done.send(());
         }
     }
 }
 
+/// Group commit. The fast path runs every queued operation in one transaction without
+/// savepoints (each costs a round trip to SQLite's thread). If any operation fails, or the
+/// commit does, everything is rolled back and each operation runs again alone, in its own
+/// transaction — so one bad operation never takes the others down, and a caller hears
+/// "done" only after its own work is committed.
 async fn run_batch(conn: &mut SqliteConnection, batch: &mut Vec<WriteOp>) {
-    let mut done = Vec::with_capacity(batch.len());
-    let mut tx = match conn.begin().await {
-        Ok(tx) => tx,
-        Err(e) => {
-            let msg = e.to_string();
-            tracing::error!(error = %msg, "SQLite: cannot begin a transaction");
-            for op in batch.drain(..) {
-                fail(op, &msg);
-            }
-            return;
-        }
-    };
     let now = now_ms();
-    for op in batch.drain(..) {
-        // Status changes are idempotent, forward-only updates: a batch that fails half-way
-        // may keep its first half. They need no savepoint (the hottest write path).
-        let op = match op {
-            WriteOp::Status(changes, reply) => {
-                let r = apply_status(&mut tx, &changes, now).await;
-                done.push(Done::Status(reply, r));
-                continue;
+    let ops: Vec<WriteOp> = std::mem::take(batch);
+    if ops.len() > 1 {
+        if let Ok(mut tx) = conn.begin().await {
+            let mut outcomes = Vec::with_capacity(ops.len());
+            let mut ok = true;
+            for op in &ops {
+                match apply(&mut tx, op, now).await {
+                    Ok(o) => outcomes.push(o),
+                    Err(_) => {
+                        ok = false;
+                        break;
+                    }
+                }
             }
-            other => other,
-        };
-        // Every other operation in its own savepoint: a failing one is rolled back alone.
-        let mut sp = match (*tx).begin().await {
-            Ok(sp) => sp,
-            Err(e) => {
-                fail(op, &e.to_string());
-                continue;
+            if ok && tx.commit().await.is_ok() {
+                for (op, o) in ops.into_iter().zip(outcomes) {
+                    answer(op, Ok(o));
+                }
+                return;
             }
-        };
-        let (result_ok, d) = match op {
-            WriteOp::Insert(msg, reply) => {
-                let r = insert(&mut sp, *msg, now).await;
-                (r.is_ok(), Done::Insert(reply, r))
-            }
-            WriteOp::Delete(id, reply) => {
-                let r = sqlx::query("DELETE FROM messages WHERE id = ?")
-                    .bind(&id)
-                    .execute(&mut *sp)
-                    .await
-                    .map(|r| r.rows_affected() > 0)
-                    .map_err(StoreError::from);
-                (r.is_ok(), Done::Delete(reply, r))
-            }
-            WriteOp::Status(changes, reply) => {
-                // Handled above, without a savepoint.
-                let r = apply_status(&mut sp, &changes, now).await;
-                (r.is_ok(), Done::Status(reply, r))
-            }
-            WriteOp::Collect {
-                receiver,
-                channel,
-                limit,
-                reply,
-            } => {
-                let r = collect(&mut sp, &receiver, &channel, limit, now).await;
-                (r.is_ok(), Done::Collect(reply, r))
-            }
-            WriteOp::PutRecipient(rec, reply) => {
-                let r = put_recipient(&mut sp, &rec, now).await;
-                (r.is_ok(), Done::Recipient(reply, r))
-            }
-            WriteOp::Close(done) => {
-                // Split off before a batch runs; answer anyway rather than panic.
-                let _ = done.send(());
-                drop(sp.rollback().await);
-                continue;
-            }
-            WriteOp::DeleteRecipient(user, reply) => {
-                let r = sqlx::query("DELETE FROM recipients WHERE user_id = ?")
-                    .bind(&user)
-                    .execute(&mut *sp)
-                    .await
-                    .map(|r| r.rows_affected() > 0)
-                    .map_err(StoreError::from);
-                (r.is_ok(), Done::Recipient(reply, r))
-            }
-        };
-        let sp_result = if result_ok {
-            sp.commit().await
-        } else {
-            sp.rollback().await
-        };
-        if let Err(e) = sp_result {
-            tracing::error!(error = %e, "SQLite: savepoint failed");
+            // Dropping an uncommitted transaction rolls it back; retry one by one below.
+            tracing::debug!("SQLite: batch failed; retrying its operations one by one");
         }
-        done.push(d);
     }
-    let commit = tx.commit().await.map_err(|e| e.to_string());
-    if let Err(e) = &commit {
-        tracing::error!(error = %e, "SQLite: commit failed; the batch is lost and its callers get an error");
-    }
-    for d in done {
-        d.send(&commit);
+    for op in ops {
+        let result = match conn.begin().await {
+            Err(e) => Err(StoreError::from(e)),
+            Ok(mut tx) => match apply(&mut tx, &op, now).await {
+                Ok(o) => tx.commit().await.map(|()| o).map_err(StoreError::from),
+                Err(e) => {
+                    let _ = tx.rollback().await;
+                    Err(e)
+                }
+            },
+        };
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "SQLite: write failed");
+        }
+        answer(op, result);
     }
 }
 
@@ -316,7 +313,7 @@ fn fail(op: WriteOp, msg: &str) {
 
 async fn insert(
     conn: &mut SqliteConnection,
-    msg: NewMessage,
+    msg: &NewMessage,
     now: i64,
 ) -> Result<Inserted, StoreError> {
     if let Some(idem) = &msg.idempotency {
@@ -981,6 +978,60 @@ mod tests {
         assert_eq!(items.len(), ok);
         assert_eq!(ok, 100);
         reopened.close().await;
+    }
+
+    fn new_msg(id: &str, receiver: &str) -> NewMessage {
+        NewMessage {
+            id: id.into(),
+            title: "t".into(),
+            content: "c".into(),
+            msg_type: 0,
+            sender: "s".into(),
+            created_at_ms: now_ms(),
+            deliveries: vec![NewDelivery {
+                receiver: receiver.into(),
+                channel: "websocket".into(),
+                status: Status::Pending,
+                error: None,
+                address: None,
+            }],
+            idempotency: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_write_does_not_take_its_batch_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(open(dir.path()).await);
+        store.insert_message(new_msg("dup", "a")).await.unwrap();
+        for round in 0..20 {
+            // Queued together, these usually share a batch: the duplicate id fails, the
+            // others must still commit.
+            let good1 = format!("good-{round}-1");
+            let good2 = format!("good-{round}-2");
+            let (bad, ok1, ok2) = tokio::join!(
+                store.insert_message(new_msg("dup", "b")),
+                store.insert_message(new_msg(&good1, "c")),
+                store.insert_message(new_msg(&good2, "c")),
+            );
+            assert!(bad.is_err(), "a duplicate message id must fail");
+            assert!(matches!(ok1, Ok(Inserted::New { .. })), "{ok1:?}");
+            assert!(matches!(ok2, Ok(Inserted::New { .. })), "{ok2:?}");
+            assert!(store.get_message(&good1).await.unwrap().is_some());
+            assert!(store.get_message(&good2).await.unwrap().is_some());
+        }
+        let dup = store.get_message("dup").await.unwrap().unwrap();
+        assert_eq!(dup.deliveries.len(), 1);
+        assert_eq!(
+            dup.deliveries[0].receiver, "a",
+            "the failed insert left nothing behind"
+        );
+        assert!(store
+            .undelivered("b", "websocket", 0, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        store.close().await;
     }
 
     #[tokio::test]
