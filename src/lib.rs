@@ -24,6 +24,7 @@ pub mod dispatch;
 pub mod metrics;
 pub mod model;
 pub mod session;
+pub mod sharded;
 pub mod state;
 pub mod store;
 pub mod ws;

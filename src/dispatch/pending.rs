@@ -7,35 +7,30 @@
 //! nothing *and* nothing was added for that user since the query began (version check).
 //! A false "maybe" costs one query; a false "no" cannot happen on a single node.
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 
-const SHARDS: usize = 64;
+use crate::sharded::ShardedMap;
 
 pub struct PendingIndex {
-    shards: Box<[Mutex<HashMap<String, u64>>]>,
+    users: ShardedMap<u64>,
     version: AtomicU64,
 }
 
 impl Default for PendingIndex {
     fn default() -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            users: ShardedMap::default(),
             version: AtomicU64::new(1),
         }
     }
 }
 
 impl PendingIndex {
-    fn shard(&self, user: &str) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
-        let mut h = DefaultHasher::new();
-        user.hash(&mut h);
-        self.shards[(h.finish() as usize) % SHARDS]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+    fn shard(
+        &self,
+        user: &str,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, u64>> {
+        self.users.shard(user)
     }
 
     /// `user` may have something undelivered.
@@ -65,10 +60,9 @@ impl PendingIndex {
     }
 
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
-            .sum()
+        let mut n = 0;
+        self.users.each_shard(|m| n += m.len());
+        n
     }
 
     pub fn is_empty(&self) -> bool {

@@ -3,64 +3,40 @@
 //! Sessions are kept per user in a sharded map: pushes for different users take different
 //! shard locks, each held only for a lookup (never across an `.await`).
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
 use super::{Outbound, Pushed, SessionHandle, SessionInfo, SessionRegistry};
+use crate::sharded::ShardedMap;
 
-const SHARDS: usize = 64;
-
-type Shard = Mutex<HashMap<String, Vec<Arc<SessionHandle>>>>;
-
+#[derive(Default)]
 pub struct MemoryRegistry {
-    shards: Box<[Shard]>,
+    users: ShardedMap<Vec<Arc<SessionHandle>>>,
     count: AtomicUsize,
 }
 
-impl Default for MemoryRegistry {
-    fn default() -> Self {
-        Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            count: AtomicUsize::new(0),
-        }
-    }
-}
-
 impl MemoryRegistry {
-    fn shard(&self, user: &str) -> &Shard {
-        let mut h = DefaultHasher::new();
-        user.hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
-    }
-
     /// Snapshot of one user's handles (taken under the shard lock, used outside it).
     fn handles(&self, user: &str) -> Vec<Arc<SessionHandle>> {
-        match self.shard(user).lock() {
-            Ok(map) => map.get(user).cloned().unwrap_or_default(),
-            Err(poisoned) => poisoned.into_inner().get(user).cloned().unwrap_or_default(),
-        }
+        self.users
+            .shard(user)
+            .get(user)
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn each_shard(&self, mut f: impl FnMut(&HashMap<String, Vec<Arc<SessionHandle>>>)) {
-        for shard in self.shards.iter() {
-            let map = shard.lock().unwrap_or_else(|p| p.into_inner());
-            f(&map);
-        }
+        self.users.each_shard(|m| f(m));
     }
 }
 
 #[async_trait]
 impl SessionRegistry for MemoryRegistry {
     fn register(&self, handle: Arc<SessionHandle>) {
-        let mut map = self
-            .shard(&handle.info.user_id)
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut map = self.users.shard(&handle.info.user_id);
         map.entry(handle.info.user_id.clone())
             .or_default()
             .push(handle);
@@ -69,7 +45,7 @@ impl SessionRegistry for MemoryRegistry {
 
     fn unregister(&self, handle: &Arc<SessionHandle>) {
         let user = &handle.info.user_id;
-        let mut map = self.shard(user).lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.users.shard(user);
         if let Some(list) = map.get_mut(user) {
             let before = list.len();
             list.retain(|h| !Arc::ptr_eq(h, handle));

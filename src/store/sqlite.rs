@@ -425,28 +425,34 @@ async fn apply_status(
             bulk.push((i, *delivery_id));
         }
     }
+    // `UPDATE … SET <set>, updated_at = now WHERE status = <from> AND id IN (chunk)<tail>`
+    let by_ids = |set: &str, from: i64, chunk: &[(usize, i64)], tail: &str| {
+        let mut qb = QueryBuilder::<Sqlite>::new(format!(
+            "UPDATE OR FAIL deliveries SET {set}, updated_at = "
+        ));
+        qb.push_bind(now)
+            .push(" WHERE status = ")
+            .push_bind(from)
+            .push(" AND id IN (");
+        let mut sep = qb.separated(", ");
+        for (_, id) in chunk {
+            sep.push_bind(*id);
+        }
+        qb.push(")").push(tail);
+        qb
+    };
     for chunk in bulk.chunks(500) {
         // Re-sends first (already `sent`: count the attempt), then `pending` → `sent`.
-        let mut resend = QueryBuilder::<Sqlite>::new(
-            "UPDATE OR FAIL deliveries SET attempts = attempts + 1, updated_at = ",
+        by_ids("attempts = attempts + 1", 1, chunk, "")
+            .build()
+            .execute(&mut *conn)
+            .await?;
+        let mut forward = by_ids(
+            "status = 1, attempts = attempts + 1",
+            0,
+            chunk,
+            " RETURNING id",
         );
-        resend.push_bind(now).push(" WHERE status = 1 AND id IN (");
-        let mut sep = resend.separated(", ");
-        for (_, id) in chunk {
-            sep.push_bind(*id);
-        }
-        resend.push(")");
-        resend.build().execute(&mut *conn).await?;
-
-        let mut forward = QueryBuilder::<Sqlite>::new(
-            "UPDATE OR FAIL deliveries SET status = 1, attempts = attempts + 1, updated_at = ",
-        );
-        forward.push_bind(now).push(" WHERE status = 0 AND id IN (");
-        let mut sep = forward.separated(", ");
-        for (_, id) in chunk {
-            sep.push_bind(*id);
-        }
-        forward.push(") RETURNING id");
         let moved: std::collections::HashSet<i64> = forward
             .build()
             .fetch_all(&mut *conn)
