@@ -2,9 +2,9 @@
 //!
 //! SQLite has one writer at a time, so Herald gives it exactly one: a writer task owns the
 //! only read-write connection and applies queued operations in batches — every operation
-//! waiting when a batch starts is committed in one transaction (group commit), each inside
-//! its own savepoint so one failure doesn't undo the others. Callers get their answer only
-//! after the commit. Reads go through a separate pool of read-only connections (WAL mode
+//! waiting when a batch starts is committed in one transaction (group commit); if any of
+//! them fails, the batch is rolled back and each runs again alone, so one failure doesn't
+//! undo the others. Callers get their answer only after their commit. Reads go through a separate pool of read-only connections (WAL mode
 //! lets them run beside the writer).
 
 use std::collections::HashMap;
