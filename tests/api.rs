@@ -1093,3 +1093,46 @@ async fn pending_messages_survive_a_restart() {
     ws.expect_no_message(QUIET).await;
     app.shutdown().await;
 }
+
+/// The OpenAPI document covers the seed-compatible routes too, and `/docs` renders it
+/// without any external resource (it must work offline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_lists_seed_routes_and_docs_page_is_self_contained() {
+    let app = spawn_app().await;
+    let doc: Value = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .expect("openapi")
+        .json()
+        .await
+        .expect("openapi json");
+    let paths = doc["paths"].as_object().expect("paths");
+    for p in [
+        "/message/sendMessage",
+        "/message/getMessagePage",
+        "/message/deleteMessageById",
+        "/message/getWebSocketClients",
+        "/message/collectMessage",
+        "/api/v1/recipients/{userId}",
+        "/api/v1/channels",
+        "/websocket",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
+        assert!(paths.contains_key(p), "{p} missing from /openapi.json");
+    }
+    let resp = app.client.get(app.url("/docs")).send().await.expect("docs");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let html = resp.text().await.expect("docs html");
+    assert!(
+        html.contains("/openapi.json"),
+        "docs page does not load the document"
+    );
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "docs page refers to an external resource"
+    );
+}
