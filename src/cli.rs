@@ -74,7 +74,37 @@ pub enum Command {
     },
 }
 
-/// Entry point for `main.rs`.
+/// The whole `herald` program: parse the process arguments, run the command, map the outcome
+/// to an exit code. A binary that links extra channel crates needs nothing else:
+///
+/// ```no_run
+/// // extern crate my_channel as _;   // registers its kinds
+/// fn main() -> std::process::ExitCode {
+///     herald::cli::run()
+/// }
+/// ```
+pub fn run() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("herald: cannot start the Tokio runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(main(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herald: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Run one parsed command.
 pub async fn main(cli: Cli) -> anyhow::Result<()> {
     let config = cli.config.as_deref();
     match cli.command {

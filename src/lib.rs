@@ -27,6 +27,7 @@ pub mod session;
 pub mod sharded;
 pub mod state;
 pub mod store;
+pub mod templates;
 pub mod ws;
 
 use auth::{Authenticator, JwtAuthenticator};

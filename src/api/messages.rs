@@ -181,6 +181,8 @@ pub async fn accept(
         msg_type: new.msg_type,
         sender: new.sender.clone(),
         created_at: rfc3339(created_at_ms),
+        template: None,
+        data: None,
     });
     let planned_deliveries = new.deliveries.clone();
     match app.store.insert_message(new).await? {

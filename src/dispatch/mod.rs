@@ -168,6 +168,8 @@ impl Dispatcher {
                     message: message.clone(),
                     receiver: p.receiver.clone(),
                     address: p.address.clone(),
+                    rendered: None,
+                    attempt: 1,
                 });
         }
         for (name, outs) in by_channel {

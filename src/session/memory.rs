@@ -121,6 +121,8 @@ mod tests {
                 msg_type: 0,
                 sender: "s".into(),
                 created_at: "x".into(),
+                template: None,
+                data: None,
             }),
             frame: "{}".into(),
         }

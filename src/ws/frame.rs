@@ -124,6 +124,8 @@ mod tests {
             msg_type: 2,
             sender: "lab".into(),
             created_at: "2026-11-28T00:00:00.000Z".into(),
+            template: None,
+            data: None,
         };
         let v: serde_json::Value = serde_json::from_str(&message_frame(&m)).unwrap();
         assert_eq!(

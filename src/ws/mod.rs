@@ -513,6 +513,8 @@ fn replay_frame(item: &InboxItem) -> String {
         msg_type: item.msg_type,
         sender: item.sender.clone(),
         created_at: rfc3339(item.created_at_ms),
+        template: None,
+        data: None,
     })
 }
 

@@ -184,6 +184,32 @@ pub struct MessageView {
     pub sender: String,
     /// RFC 3339.
     pub created_at: String,
+    /// The Herald template the message was sent with (`report_ready`), if any. Providers
+    /// that map Herald templates to vendor templates (SMS template codes, WeChat template
+    /// ids) key their configuration on it.
+    pub template: Option<String>,
+    /// The template data the sender gave (a JSON object), if any.
+    pub data: Option<serde_json::Value>,
+}
+
+/// A template rendered for one channel family: part name → text. The parts are the files
+/// `templates/<name>/<family>.<part>.j2` (e.g. `subject`, `html`, `txt` for `email`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rendered {
+    parts: std::collections::BTreeMap<String, String>,
+}
+
+impl Rendered {
+    pub fn new(parts: std::collections::BTreeMap<String, String>) -> Self {
+        Self { parts }
+    }
+    /// One part's text (`"subject"`, `"html"`, `"txt"`, `"json"` …).
+    pub fn part(&self, name: &str) -> Option<&str> {
+        self.parts.get(name).map(String::as_str)
+    }
+    pub fn parts(&self) -> &std::collections::BTreeMap<String, String> {
+        &self.parts
+    }
 }
 
 /// One delivery handed to a channel.
@@ -196,6 +222,11 @@ pub struct Outgoing {
     pub receiver: String,
     /// The address resolved from the recipient record for [`ChannelDescriptor::address`].
     pub address: Option<String>,
+    /// The message's template rendered for this channel's family, when it was sent with a
+    /// template. Without one, use `message.title` / `message.content`.
+    pub rendered: Option<Arc<Rendered>>,
+    /// 1 for the first attempt, 2 for the first retry, …
+    pub attempt: u32,
 }
 
 /// A successful hand-over.

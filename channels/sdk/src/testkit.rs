@@ -7,7 +7,45 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use crate::{async_trait, Accepted, Channel, ChannelError, Outgoing};
+use std::sync::Arc;
+
+use crate::{async_trait, Accepted, Channel, ChannelError, MessageView, Outgoing, Rendered};
+
+/// A message view for tests.
+pub fn message(title: &str, content: &str) -> Arc<MessageView> {
+    Arc::new(MessageView {
+        id: "0190f5c2-0000-7000-8000-000000000001".into(),
+        title: title.into(),
+        content: content.into(),
+        msg_type: 0,
+        sender: "test".into(),
+        created_at: "2026-01-01T00:00:00.000Z".into(),
+        template: None,
+        data: None,
+    })
+}
+
+/// A first-attempt delivery of `message` to `receiver` at `address`, for channel tests.
+pub fn outgoing(message: Arc<MessageView>, receiver: &str, address: Option<&str>) -> Outgoing {
+    Outgoing {
+        delivery_id: 1,
+        message,
+        receiver: receiver.into(),
+        address: address.map(str::to_owned),
+        rendered: None,
+        attempt: 1,
+    }
+}
+
+/// Rendered template parts from `(part, text)` pairs, for channel tests.
+pub fn rendered(parts: &[(&str, &str)]) -> Arc<Rendered> {
+    Arc::new(Rendered::new(
+        parts
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    ))
+}
 
 #[derive(Default)]
 pub struct ScriptedChannel {
@@ -46,23 +84,9 @@ impl Channel for ScriptedChannel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::MessageView;
-    use std::sync::Arc;
 
     fn out() -> Outgoing {
-        Outgoing {
-            delivery_id: 1,
-            message: Arc::new(MessageView {
-                id: "m".into(),
-                title: "t".into(),
-                content: "c".into(),
-                msg_type: 0,
-                sender: "s".into(),
-                created_at: "2026-01-01T00:00:00Z".into(),
-            }),
-            receiver: "42".into(),
-            address: None,
-        }
+        outgoing(message("t", "c"), "42", None)
     }
 
     #[test]

@@ -1,0 +1,1 @@
+//! E-mail channel (skeleton; being written).

@@ -1,0 +1,1 @@
+//! Example third-party channel (skeleton; being written).
