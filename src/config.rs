@@ -49,6 +49,7 @@ pub struct Settings {
     pub websocket: WsSettings,
     pub database: DatabaseSettings,
     pub dispatch: DispatchSettings,
+    pub templates: TemplateSettings,
     pub log: LogSettings,
     /// Channel instances by name: `[channels.<name>] kind = "…"`.
     pub channels: BTreeMap<String, toml::Table>,
@@ -113,6 +114,36 @@ pub struct DispatchSettings {
     pub status_queue: usize,
     /// Most status changes written in one transaction.
     pub status_batch: usize,
+    /// Provider channels (e-mail, SMS, push …): attempts per delivery before it fails with
+    /// `attempts_exhausted`. An instance can override it (`max_attempts` in its table).
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt (with ±20 % jitter) up to `retry_max`.
+    #[serde(with = "humantime_serde")]
+    pub retry_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// Time one provider `send` may take before it counts as a transient failure.
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
+    /// How long a worker holds a claimed delivery. A delivery whose worker died (crash,
+    /// kill -9) is claimed again when its lease runs out. Must exceed `send_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// Longest a worker waits before looking for due deliveries it was not told about
+    /// (retries come due; work left by a previous process).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Most deliveries one worker claims per query.
+    pub claim_batch: usize,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TemplateSettings {
+    /// Directory of `<name>/<family>.<part>.j2` files (relative paths: from the working
+    /// directory). Unset: `./templates` when it exists, else no templates. A directory set
+    /// explicitly must exist.
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -138,6 +169,7 @@ impl Default for Settings {
             websocket: WsSettings::default(),
             database: DatabaseSettings::default(),
             dispatch: DispatchSettings::default(),
+            templates: TemplateSettings::default(),
             log: LogSettings::default(),
             channels: BTreeMap::new(),
         }
@@ -183,6 +215,13 @@ impl Default for DispatchSettings {
         Self {
             status_queue: 65_536,
             status_batch: 2048,
+            max_attempts: 10,
+            retry_base: Duration::from_secs(2),
+            retry_max: Duration::from_secs(15 * 60),
+            send_timeout: Duration::from_secs(30),
+            lease: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(5),
+            claim_batch: 64,
         }
     }
 }
@@ -334,6 +373,27 @@ impl Settings {
         if self.dispatch.status_queue == 0 || self.dispatch.status_batch == 0 {
             return Err(ConfigError::Invalid(
                 "dispatch.status_queue and dispatch.status_batch: must be at least 1".into(),
+            ));
+        }
+        let d = &self.dispatch;
+        if d.max_attempts == 0 || d.claim_batch == 0 {
+            return Err(ConfigError::Invalid(
+                "dispatch.max_attempts and dispatch.claim_batch: must be at least 1".into(),
+            ));
+        }
+        if d.retry_base.is_zero() || d.retry_max < d.retry_base {
+            return Err(ConfigError::Invalid(
+                "dispatch.retry_base: must be > 0 and at most dispatch.retry_max".into(),
+            ));
+        }
+        if d.send_timeout.is_zero() || d.lease <= d.send_timeout {
+            return Err(ConfigError::Invalid(
+                "dispatch.lease: must be longer than dispatch.send_timeout (> 0), or a slow send could be claimed twice".into(),
+            ));
+        }
+        if d.poll_interval.is_zero() {
+            return Err(ConfigError::Invalid(
+                "dispatch.poll_interval: must be > 0".into(),
             ));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {

@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod dispatch;
 pub mod metrics;
@@ -56,6 +57,10 @@ pub enum StartError {
     DataDir(std::path::PathBuf, std::io::Error),
     #[error(transparent)]
     Channel(#[from] herald_channel::ConfigError),
+    #[error(transparent)]
+    Template(#[from] templates::TemplateError),
+    #[error("templates.dir: {0} does not exist")]
+    TemplateDir(std::path::PathBuf),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -66,6 +71,7 @@ pub enum StartError {
 /// A running server.
 pub struct Running {
     addr: SocketAddr,
+    dispatcher: Dispatcher,
     api_key: Secret,
     jwt_secret: Secret,
     shutdown: CancellationToken,
@@ -107,6 +113,11 @@ impl Running {
         }
     }
 
+    /// Ask the outbox workers to look for due work now (tests that move an injected clock).
+    pub fn wake_outbox(&self) {
+        self.dispatcher.wake_outbox();
+    }
+
     /// Resolves when the server has stopped by itself (it normally doesn't).
     pub async fn stopped(&mut self) {
         let _ = (&mut self.task).await;
@@ -115,7 +126,7 @@ impl Running {
 
 /// Start a server with the default (JWT) authenticator.
 pub async fn start(settings: Settings) -> Result<Running, StartError> {
-    start_with(settings, None).await
+    start_with_options(settings, StartOptions::default()).await
 }
 
 /// Start a server; `auth` replaces the default JWT authenticator (a deployment's own
@@ -124,7 +135,47 @@ pub async fn start_with(
     settings: Settings,
     auth: Option<Arc<dyn Authenticator>>,
 ) -> Result<Running, StartError> {
+    start_with_options(
+        settings,
+        StartOptions {
+            auth,
+            ..StartOptions::default()
+        },
+    )
+    .await
+}
+
+/// What an embedding program (or a test) can replace.
+#[derive(Default)]
+pub struct StartOptions {
+    /// Replaces the default JWT authenticator (a deployment's own account system).
+    pub auth: Option<Arc<dyn Authenticator>>,
+    /// Replaces the system clock of the outbox (due times, backoff) — tests move time.
+    pub clock: Option<Arc<dyn clock::Clock>>,
+}
+
+/// Load the templates: `templates.dir` when set (it must exist), else `./templates` when
+/// it exists, else none.
+pub fn load_templates(settings: &Settings) -> Result<templates::Templates, StartError> {
+    let dir = match &settings.templates.dir {
+        Some(dir) if !dir.is_dir() => return Err(StartError::TemplateDir(dir.clone())),
+        Some(dir) => dir.clone(),
+        None => std::path::PathBuf::from("templates"),
+    };
+    if !dir.is_dir() {
+        return Ok(templates::Templates::empty());
+    }
+    Ok(templates::Templates::load(&dir)?)
+}
+
+/// Start a server with [`StartOptions`].
+pub async fn start_with_options(
+    settings: Settings,
+    options: StartOptions,
+) -> Result<Running, StartError> {
+    let StartOptions { auth, clock } = options;
     settings.validate()?;
+    let templates = Arc::new(load_templates(&settings)?);
     let secrets = auth::resolve_secrets(&settings)?;
     if let Some(file) = &secrets.file {
         if secrets.generated.is_empty() {
@@ -147,7 +198,15 @@ pub async fn start_with(
         metrics.clone(),
         settings.dispatch.status_queue,
         settings.dispatch.status_batch,
+        clock.unwrap_or_else(|| Arc::new(clock::SystemClock)),
     );
+    let preferences = store
+        .any_preferences()
+        .await
+        .map_err(|source| StartError::Store {
+            url: redact_url(&settings.database_url),
+            source,
+        })?;
 
     dispatcher
         .load_pending(store.as_ref())
@@ -173,7 +232,12 @@ pub async fn start_with(
         source,
     })?;
     let shutdown_timeout = settings.http.shutdown_timeout;
+    // Outbox workers stop on their own token, after the HTTP server has stopped accepting.
+    let outbox_stop = CancellationToken::new();
+    let outbox = dispatcher.start_outbox(&settings.dispatch, &outbox_stop);
     let app = AppState::new(state::Inner {
+        templates,
+        preferences_present: std::sync::atomic::AtomicBool::new(preferences),
         node: Arc::from(settings.node()),
         settings,
         store: store.clone(),
@@ -186,6 +250,7 @@ pub async fn start_with(
         sessions: TaskTracker::new(),
     });
     let router = api::router(app.clone());
+    let wake_handle = dispatcher.clone();
     let heartbeat = tokio::spawn(ws::heartbeat(app.clone()));
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
@@ -206,6 +271,11 @@ pub async fn start_with(
         {
             tracing::warn!("some WebSocket sessions did not close in time");
         }
+        // Stop claiming; sends already started finish (bounded by dispatch.send_timeout).
+        outbox_stop.cancel();
+        for worker in outbox {
+            let _ = worker.await;
+        }
         // In-flight provider hand-overs and queued status changes.
         if tokio::time::timeout(shutdown_timeout, dispatcher.flush())
             .await
@@ -224,6 +294,7 @@ pub async fn start_with(
     tracing::info!(%addr, "listening");
     Ok(Running {
         addr,
+        dispatcher: wake_handle,
         api_key: secrets.api_key,
         jwt_secret: secrets.jwt_secret,
         shutdown,
@@ -279,6 +350,12 @@ pub fn build_instances(
             name: ws::WEBSOCKET.to_owned(),
             descriptor: ws,
             channel,
+            enabled: true,
+            limits: dispatch::outbox::Limits {
+                concurrency: 1,
+                rate: None,
+                max_attempts: settings.dispatch.max_attempts,
+            },
         },
     );
     for (name, table) in &settings.channels {
@@ -307,6 +384,7 @@ pub fn build_instances(
         };
         let mut rest = table.clone();
         rest.remove("kind");
+        let (enabled, limits) = core_keys(name, &mut rest, settings)?;
         let config = serde_json::to_value(rest).map_err(|e| {
             herald_channel::ConfigError::new(name, format!("invalid configuration: {e}"))
         })?;
@@ -321,10 +399,62 @@ pub fn build_instances(
                 name: name.clone(),
                 descriptor,
                 channel,
+                enabled,
+                limits,
             },
         );
     }
     Ok(out)
+}
+
+/// The keys of `[channels.<name>]` that belong to the core, not to the channel: `enabled`,
+/// `concurrency`, `rate_limit`, `max_attempts`. Removed from the table the builder sees.
+fn core_keys(
+    name: &str,
+    table: &mut toml::Table,
+    settings: &Settings,
+) -> Result<(bool, dispatch::outbox::Limits), StartError> {
+    let err = |key: &str, msg: &str| {
+        StartError::from(herald_channel::ConfigError::new(
+            name,
+            format!("{key}: {msg}"),
+        ))
+    };
+    let enabled = match table.remove("enabled") {
+        None => true,
+        Some(toml::Value::Boolean(b)) => b,
+        Some(_) => return Err(err("enabled", "must be true or false")),
+    };
+    let concurrency = match table.remove("concurrency") {
+        None => 8,
+        Some(toml::Value::Integer(n)) if (1..=10_000).contains(&n) => n as usize,
+        Some(_) => return Err(err("concurrency", "must be an integer from 1 to 10000")),
+    };
+    let rate = match table.remove("rate_limit") {
+        None => None,
+        Some(toml::Value::String(s)) => {
+            Some(dispatch::outbox::Rate::parse(&s).map_err(|m| err("rate_limit", &m))?)
+        }
+        Some(_) => {
+            return Err(err(
+                "rate_limit",
+                "must be a string like \"10/s\" or \"600/min\"",
+            ))
+        }
+    };
+    let max_attempts = match table.remove("max_attempts") {
+        None => settings.dispatch.max_attempts,
+        Some(toml::Value::Integer(n)) if (1..=1000).contains(&n) => n as u32,
+        Some(_) => return Err(err("max_attempts", "must be an integer from 1 to 1000")),
+    };
+    Ok((
+        enabled,
+        dispatch::outbox::Limits {
+            concurrency,
+            rate,
+            max_attempts,
+        },
+    ))
 }
 
 #[cfg(test)]

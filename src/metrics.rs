@@ -52,6 +52,8 @@ pub struct ChannelCounters {
     pub status: [AtomicU64; 5],
     /// Classified errors by kind: transient, rate_limited, bad_recipient, permanent, config.
     pub errors: [AtomicU64; 5],
+    /// Provider retries scheduled (outbox).
+    pub retries: AtomicU64,
     pub latency: Histogram,
 }
 
@@ -192,6 +194,17 @@ impl Metrics {
                     c.errors[i].load(Relaxed)
                 );
             }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP herald_delivery_retries_total Provider retries scheduled by channel instance.\n# TYPE herald_delivery_retries_total counter"
+        );
+        for (name, c) in &self.channels {
+            let _ = writeln!(
+                out,
+                "herald_delivery_retries_total{{channel=\"{name}\"}} {}",
+                c.retries.load(Relaxed)
+            );
         }
         let _ = writeln!(
             out,

@@ -1,6 +1,7 @@
 //! Domain types shared by the store, the dispatcher and the API. Wire formats live in
 //! `api/` and `ws/frame.rs`; these types don't derive `Serialize` just to be sent somewhere.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -101,7 +102,14 @@ pub struct NewMessage {
     pub deliveries: Vec<NewDelivery>,
     /// Deduplication of retried sends: the key and a hash of the request.
     pub idempotency: Option<Idempotency>,
+    /// The template it was sent with, its data, and what was rendered per channel family.
+    pub template: Option<String>,
+    pub data: Option<serde_json::Value>,
+    pub rendered: RenderedByFamily,
 }
+
+/// Rendered template parts per channel family: family → part → text.
+pub type RenderedByFamily = BTreeMap<String, BTreeMap<String, String>>;
 
 #[derive(Debug, Clone)]
 pub struct NewDelivery {
@@ -110,8 +118,11 @@ pub struct NewDelivery {
     /// Usually `Pending`; a delivery can be born `Failed` (e.g. `no_address`).
     pub status: Status,
     pub error: Option<String>,
-    /// The address resolved for the channel (not stored: looked up again on retries).
+    /// The address resolved for the channel (not stored: looked up again on every attempt).
     pub address: Option<String>,
+    /// A provider-channel delivery: it enters the outbox (due now) and is handed over by
+    /// the outbox workers, with retries.
+    pub outbox: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -131,6 +142,45 @@ pub enum Inserted {
     KeyConflict,
 }
 
+/// A provider delivery claimed by an outbox worker. The worker owns it until
+/// `lease_until_ms`; its outcome is applied only while that lease is still the row's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    pub delivery_id: i64,
+    pub message_seq: i64,
+    pub receiver: String,
+    pub channel: String,
+    /// Attempts including this one.
+    pub attempts: i64,
+    pub lease_until_ms: i64,
+}
+
+/// What an outbox worker needs of a message to hand its deliveries over.
+#[derive(Debug, Clone)]
+pub struct OutboxMessage {
+    pub seq: i64,
+    pub id: String,
+    pub title: String,
+    pub content: String,
+    pub msg_type: i64,
+    pub sender: String,
+    pub created_at_ms: i64,
+    pub template: Option<String>,
+    pub data: Option<serde_json::Value>,
+    pub rendered: RenderedByFamily,
+}
+
+/// The outcome of one provider attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// Accepted by the provider: `sent`.
+    Sent,
+    /// Try again at `at_ms`; the delivery stays `pending` with the error recorded.
+    Retry { at_ms: i64, error: String },
+    /// `failed` with the error.
+    Failed { error: String },
+}
+
 /// A stored message with its deliveries.
 #[derive(Debug, Clone)]
 pub struct Message {
@@ -141,6 +191,7 @@ pub struct Message {
     pub msg_type: i64,
     pub sender: String,
     pub created_at_ms: i64,
+    pub template: Option<String>,
     /// Deliveries (all of them, or the first N in listings).
     pub deliveries: Vec<Delivery>,
     /// Number of deliveries per status, indexed by [`Status::code`] (always complete).
@@ -214,6 +265,14 @@ pub enum StatusChange {
         status: Status,
         error: Option<String>,
         count_attempt: bool,
+    },
+    /// The outcome of an outbox attempt. Applied only if the row is still `pending` and
+    /// still held under `lease_until_ms` (a worker whose lease ran out and was taken over
+    /// changes nothing). The attempt was counted when the row was claimed.
+    Attempt {
+        delivery_id: i64,
+        lease_until_ms: i64,
+        outcome: AttemptOutcome,
     },
     /// A receiver's ack/read of a message on a channel, by public message id. Matches only
     /// that receiver's delivery: an ack for someone else's message changes nothing.

@@ -17,6 +17,11 @@ pub struct AppState(Arc<Inner>);
 
 pub struct Inner {
     pub settings: Settings,
+    /// Message templates, loaded at start.
+    pub templates: Arc<crate::templates::Templates>,
+    /// Some recipient has preferences (opt-outs): sends must look receivers up. Set at start
+    /// and on writes; never cleared while running (a stale `true` only costs a lookup).
+    pub preferences_present: std::sync::atomic::AtomicBool,
     pub store: Arc<dyn Store>,
     pub registry: Arc<dyn SessionRegistry>,
     pub dispatcher: Dispatcher,

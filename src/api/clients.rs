@@ -4,8 +4,12 @@ use axum::extract::State;
 use axum::Json;
 
 use super::dto::{ChannelDto, ClientDto};
-use super::error::ErrorBody;
+use super::error::{ApiError, ErrorBody};
 use super::extract::ApiKey;
+use std::sync::atomic::Ordering::Relaxed;
+
+use herald_channel::Health;
+
 use crate::model::Status;
 use crate::state::AppState;
 
@@ -36,7 +40,11 @@ pub async fn clients(State(app): State<AppState>, _key: ApiKey) -> Json<Vec<Clie
     responses((status = 200, body = Vec<ChannelDto>), (status = 401, body = ErrorBody)),
     security(("api_key" = []))
 )]
-pub async fn channels(State(app): State<AppState>, _key: ApiKey) -> Json<Vec<ChannelDto>> {
+pub async fn channels(
+    State(app): State<AppState>,
+    _key: ApiKey,
+) -> Result<Json<Vec<ChannelDto>>, ApiError> {
+    let outbox = app.store.outbox_counts().await?;
     let list = app
         .dispatcher
         .instances()
@@ -44,26 +52,36 @@ pub async fn channels(State(app): State<AppState>, _key: ApiKey) -> Json<Vec<Cha
             let counters = app.metrics.channel(&i.name);
             let get = |s: Status| counters.map(|c| c.get(s)).unwrap_or(0);
             let errors = counters
-                .map(|c| {
-                    c.errors
-                        .iter()
-                        .map(|e| e.load(std::sync::atomic::Ordering::Relaxed))
-                        .sum()
-                })
+                .map(|c| c.errors.iter().map(|e| e.load(Relaxed)).sum())
                 .unwrap_or(0);
+            let health = i.channel.health();
+            let health_detail = match &health {
+                Health::Ok => None,
+                Health::Degraded(d) | Health::Down(d) => Some(d.clone()),
+            };
+            let counts = outbox.get(&i.name).copied().unwrap_or_default();
+            let limits = app.dispatcher.limits(&i.name);
             ChannelDto {
                 name: i.name.clone(),
                 kind: i.descriptor.kind.to_owned(),
-                enabled: true,
+                enabled: i.enabled,
                 summary: i.descriptor.summary.to_owned(),
-                health: i.channel.health().as_str().to_owned(),
+                health: health.as_str().to_owned(),
+                health_detail,
                 sent: get(Status::Sent),
                 delivered: get(Status::Delivered),
                 read: get(Status::Read),
                 failed: get(Status::Failed),
                 errors,
+                retries: counters.map(|c| c.retries.load(Relaxed)).unwrap_or(0),
+                pending: counts.pending,
+                retrying: counts.retrying,
+                in_flight: app.dispatcher.in_flight(&i.name),
+                concurrency: limits.map(|l| l.concurrency),
+                rate_limit: limits.and_then(|l| l.rate).map(|r| r.to_string()),
+                max_attempts: limits.map(|l| l.max_attempts),
             }
         })
         .collect();
-    Json(list)
+    Ok(Json(list))
 }

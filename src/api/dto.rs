@@ -81,8 +81,14 @@ pub struct DeliveryDto {
     pub attempts: i64,
     /// RFC 3339.
     pub updated_at: String,
+    /// Last error: `no_address`, `opted_out`, `bad_recipient: …`, `permanent: …`,
+    /// `attempts_exhausted: …`; on a `pending` provider delivery, the error of the last
+    /// attempt (a retry is scheduled).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// When the next attempt is due (pending provider deliveries), RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
 }
 
 impl From<&Delivery> for DeliveryDto {
@@ -94,6 +100,10 @@ impl From<&Delivery> for DeliveryDto {
             attempts: d.attempts,
             updated_at: rfc3339(d.updated_at_ms),
             error: d.error.clone(),
+            next_attempt_at: match d.status {
+                crate::model::Status::Pending => d.next_attempt_ms.map(rfc3339),
+                _ => None,
+            },
         }
     }
 }
@@ -120,6 +130,9 @@ pub struct MessageDto {
     pub sender: String,
     /// RFC 3339.
     pub created_at: String,
+    /// The template it was sent with, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
     pub deliveries: Vec<DeliveryDto>,
     /// Counts over all deliveries.
     pub summary: DeliverySummary,
@@ -139,6 +152,7 @@ impl From<&Message> for MessageDto {
             msg_type: m.msg_type,
             sender: m.sender.clone(),
             created_at: rfc3339(m.created_at_ms),
+            template: m.template.clone(),
             deliveries: m.deliveries.iter().map(DeliveryDto::from).collect(),
             summary: DeliverySummary {
                 total,
@@ -234,19 +248,40 @@ impl From<SessionInfo> for ClientDto {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct ChannelDto {
+    /// Instance name, as used in a send's `channels`.
     pub name: String,
     pub kind: String,
     pub enabled: bool,
     pub summary: String,
     /// `ok`, `degraded` or `down`.
     pub health: String,
-    /// Counters since the server started.
+    /// Why the health is not `ok`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_detail: Option<String>,
+    /// Status changes counted since the server started.
     pub sent: u64,
     pub delivered: u64,
     pub read: u64,
     pub failed: u64,
+    /// Classified channel errors since start (every failed attempt counts).
     pub errors: u64,
+    /// Retries scheduled since start.
+    pub retries: u64,
+    /// Outbox deliveries waiting now (first attempt, retry or in flight); 0 for WebSocket.
+    pub pending: i64,
+    /// Of those, deliveries attempted at least once and waiting for a retry.
+    pub retrying: i64,
+    /// Sends in flight now.
+    pub in_flight: usize,
+    /// Outbox limits (provider channels).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
 }
 
 /// `PUT /api/v1/recipients/{userId}`

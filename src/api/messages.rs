@@ -15,10 +15,12 @@ use sha2::{Digest, Sha256};
 use super::dto::*;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiKey, JsonBody, Params};
+use super::recipients::Preferences;
+use crate::dispatch::outbox::address_of;
 use crate::dispatch::Planned;
 use crate::model::{
     new_message_id, now_ms, rfc3339, Idempotency, Inserted, MessageFilter, NewDelivery, NewMessage,
-    PageRequest, Recipient, Status, StatusFilter,
+    PageRequest, Recipient, RenderedByFamily, Status, StatusFilter,
 };
 use crate::state::AppState;
 use crate::store::LIST_DELIVERIES_PER_MESSAGE;
@@ -38,6 +40,7 @@ pub struct Send {
     pub receivers: Option<Vec<UserId>>,
     pub channels: Option<Vec<String>>,
     pub template: Option<String>,
+    pub data: Option<serde_json::Value>,
     pub sender: Option<String>,
 }
 
@@ -50,6 +53,7 @@ impl From<SendRequest> for Send {
             receivers: r.receivers,
             channels: r.channels,
             template: r.template,
+            data: r.data,
             sender: r.sender,
         }
     }
@@ -114,18 +118,15 @@ pub async fn accept(
     req: Send,
     idem: Option<Idempotency>,
 ) -> Result<Response, ApiError> {
-    if let Some(t) = &req.template {
-        return Err(ApiError::invalid(
-            "template",
-            format!("template `{t}` not found (no templates are loaded)"),
-        ));
-    }
-    let title = req
-        .title
-        .ok_or_else(|| ApiError::invalid("title", "missing field `title`"))?;
-    let content = req
-        .content
-        .ok_or_else(|| ApiError::invalid("content", "missing field `content`"))?;
+    let channels = resolve_channels(app, req.channels)?;
+    let rendered = render(app, req.template.as_deref(), req.data.as_ref(), &channels)?;
+    let (title, content) = title_and_content(
+        req.title,
+        req.content,
+        req.template.as_deref(),
+        req.data.as_ref(),
+        &rendered,
+    )?;
     if title.len() > MAX_TITLE_LEN {
         return Err(ApiError::invalid(
             "title",
@@ -135,7 +136,6 @@ pub async fn accept(
     let sender = req.sender.unwrap_or_else(|| "api".into());
     check_id("sender", &sender)?;
 
-    let channels = resolve_channels(app, req.channels)?;
     let explicit = req.receivers.filter(|r| !r.is_empty());
     let receivers: Vec<String> = match explicit {
         Some(list) => {
@@ -160,7 +160,7 @@ pub async fn accept(
         None => app.registry.online_users().await,
     };
 
-    let deliveries = plan(app, &receivers, &channels).await?;
+    let deliveries = plan(app, &receivers, &channels, req.msg_type).await?;
     let id = new_message_id();
     let created_at_ms = now_ms();
     let accepted_at = Instant::now();
@@ -173,6 +173,12 @@ pub async fn accept(
         created_at_ms,
         deliveries,
         idempotency: idem,
+        template: req.template.clone(),
+        data: req
+            .template
+            .as_ref()
+            .map(|_| req.data.clone().unwrap_or_else(|| serde_json::json!({}))),
+        rendered,
     };
     let view = Arc::new(MessageView {
         id: id.clone(),
@@ -181,8 +187,8 @@ pub async fn accept(
         msg_type: new.msg_type,
         sender: new.sender.clone(),
         created_at: rfc3339(created_at_ms),
-        template: None,
-        data: None,
+        template: new.template.clone(),
+        data: new.data.clone(),
     });
     let planned_deliveries = new.deliveries.clone();
     match app.store.insert_message(new).await? {
@@ -220,6 +226,111 @@ pub async fn accept(
     }
 }
 
+/// Render `template` for the family of every requested channel (API.md §8). A family
+/// without template files, or data the template cannot render, is a 422.
+fn render(
+    app: &AppState,
+    template: Option<&str>,
+    data: Option<&serde_json::Value>,
+    channels: &[String],
+) -> Result<RenderedByFamily, ApiError> {
+    let Some(name) = template else {
+        if data.is_some() {
+            return Err(ApiError::invalid(
+                "data",
+                "`data` is only used with `template`",
+            ));
+        }
+        return Ok(RenderedByFamily::new());
+    };
+    if name.is_empty() || name.len() > MAX_ID_LEN {
+        return Err(ApiError::invalid("template", "must be 1 to 128 characters"));
+    }
+    let families = app.templates.families(name);
+    if families.is_empty() {
+        let known = app.templates.names();
+        return Err(ApiError::invalid(
+            "template",
+            format!(
+                "template `{name}` not found (loaded: {})",
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        ));
+    }
+    let empty = serde_json::json!({});
+    let data = data.unwrap_or(&empty);
+    if !data.is_object() {
+        return Err(ApiError::invalid("data", "must be a JSON object"));
+    }
+    let mut out = RenderedByFamily::new();
+    for (i, c) in channels.iter().enumerate() {
+        let Some(instance) = app.dispatcher.instance(c) else {
+            continue;
+        };
+        let family = instance.descriptor.family();
+        if out.contains_key(family) {
+            continue;
+        }
+        if !app.templates.has(name, family) {
+            return Err(ApiError::invalid(
+                &format!("channels[{i}]"),
+                format!(
+                    "template `{name}` has nothing for channel `{c}` (expected {name}/{family}.<part>.j2; it has: {})",
+                    families.join(", ")
+                ),
+            ));
+        }
+        let parts = app
+            .templates
+            .render(name, family, data)
+            .map_err(|e| ApiError::invalid("data", e.to_string()))?;
+        out.insert(family.to_owned(), parts);
+    }
+    Ok(out)
+}
+
+/// The stored title and content: given ones win; else the WebSocket rendering
+/// (`websocket.json.j2` → `{"title","content"}`); else the e-mail subject and text; else
+/// the template name and the data as JSON text.
+fn title_and_content(
+    title: Option<String>,
+    content: Option<String>,
+    template: Option<&str>,
+    data: Option<&serde_json::Value>,
+    rendered: &RenderedByFamily,
+) -> Result<(String, String), ApiError> {
+    let Some(name) = template else {
+        let title = title.ok_or_else(|| ApiError::invalid("title", "missing field `title`"))?;
+        let content =
+            content.ok_or_else(|| ApiError::invalid("content", "missing field `content`"))?;
+        return Ok((title, content));
+    };
+    let ws = rendered
+        .get(WEBSOCKET)
+        .and_then(|p| p.get("json"))
+        .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok());
+    let ws_field = |f: &str| -> Option<String> {
+        ws.as_ref()?.get(f).map(|v| match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+    };
+    let email = rendered.get("email");
+    let title = title
+        .or_else(|| ws_field("title"))
+        .or_else(|| email.and_then(|p| p.get("subject").cloned()))
+        .unwrap_or_else(|| name.to_owned());
+    let content = content
+        .or_else(|| ws_field("content"))
+        .or_else(|| email.and_then(|p| p.get("txt").cloned()))
+        .unwrap_or_else(|| data.map(|d| d.to_string()).unwrap_or_default());
+    Ok((title, content))
+}
+
 fn check_id(field: &str, id: &str) -> Result<(), ApiError> {
     if id.is_empty() || id.len() > MAX_ID_LEN || id.chars().any(char::is_control) {
         return Err(ApiError::invalid(
@@ -245,6 +356,12 @@ fn resolve_channels(
     }
     let mut out: Vec<String> = Vec::with_capacity(list.len());
     for (i, name) in list.into_iter().enumerate() {
+        if app.dispatcher.instance(&name).is_some_and(|i| !i.enabled) {
+            return Err(ApiError::invalid(
+                &format!("channels[{i}]"),
+                format!("channel instance `{name}` is disabled (enabled = false)"),
+            ));
+        }
         if app.dispatcher.instance(&name).is_none() {
             let known: Vec<&str> = app
                 .dispatcher
@@ -267,45 +384,50 @@ fn resolve_channels(
 }
 
 /// One delivery per receiver × channel. Channels that need an address get it from the
-/// recipient record; without one the delivery is born `failed` with `no_address`.
+/// recipient record; without one the delivery is born `failed` with `no_address`. A
+/// receiver who opted out of the channel or of the message type gets a `failed` delivery
+/// with `opted_out` (recorded, not dropped).
 async fn plan(
     app: &AppState,
     receivers: &[String],
     channels: &[String],
+    msg_type: i64,
 ) -> Result<Vec<NewDelivery>, ApiError> {
     let mut out = Vec::with_capacity(receivers.len() * channels.len());
-    let mut records: HashMap<&str, Option<Recipient>> = HashMap::new();
-    for r in receivers {
-        for c in channels {
-            let kind = app
-                .dispatcher
+    let prefs = app.preferences_present.load(Relaxed);
+    let needs_records = prefs
+        || channels.iter().any(|c| {
+            app.dispatcher
                 .instance(c)
-                .map(|i| i.descriptor.address)
-                .unwrap_or(AddressKind::None);
-            if kind == AddressKind::None {
-                out.push(NewDelivery {
-                    receiver: r.clone(),
-                    channel: c.clone(),
-                    status: Status::Pending,
-                    error: None,
-                    address: None,
-                });
+                .is_some_and(|i| i.descriptor.address != AddressKind::None)
+        });
+    let mut records: HashMap<&str, Option<Recipient>> = HashMap::new();
+    if needs_records {
+        for r in receivers {
+            records.insert(r, app.store.get_recipient(r).await?);
+        }
+    }
+    for r in receivers {
+        let rec = records.get(r.as_str()).and_then(Option::as_ref);
+        let prefs = rec.map(Preferences::of);
+        let opted_out_of_type = prefs.as_ref().is_some_and(|p| p.mutes_type(msg_type));
+        for c in channels {
+            let Some(instance) = app.dispatcher.instance(c) else {
                 continue;
-            }
-            if !records.contains_key(r.as_str()) {
-                let rec = app.store.get_recipient(r).await?;
-                records.insert(r, rec);
-            }
-            let rec = records.get(r.as_str()).and_then(Option::as_ref);
-            let address = rec.and_then(|rec| match kind {
-                AddressKind::Email => rec.email.clone(),
-                AddressKind::Phone => rec.phone.clone(),
-                AddressKind::WechatOpenId => rec.wechat_open_id.clone(),
-                AddressKind::Device(_) | AddressKind::None => None,
-            });
-            let (status, error) = match address {
-                Some(_) => (Status::Pending, None),
-                None => (Status::Failed, Some("no_address".to_owned())),
+            };
+            let kind = instance.descriptor.address;
+            let outbox = !instance.descriptor.presence;
+            let opted_out = opted_out_of_type
+                || prefs
+                    .as_ref()
+                    .is_some_and(|p| p.mutes_channel(c, instance.descriptor.family()));
+            let address = rec.and_then(|rec| address_of(rec, kind));
+            let (status, error) = if opted_out {
+                (Status::Failed, Some("opted_out".to_owned()))
+            } else if kind != AddressKind::None && address.is_none() {
+                (Status::Failed, Some("no_address".to_owned()))
+            } else {
+                (Status::Pending, None)
             };
             out.push(NewDelivery {
                 receiver: r.clone(),
@@ -313,6 +435,7 @@ async fn plan(
                 status,
                 error,
                 address,
+                outbox,
             });
         }
     }

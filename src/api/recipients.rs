@@ -23,6 +23,90 @@ fn dto(r: Recipient) -> RecipientDto {
     }
 }
 
+/// A recipient's preferences: `{"optOutChannels": ["sms", "email"], "optOutTypes": [3]}`.
+/// A channel entry names an instance (`mail`) or a family (`email`: every e-mail instance).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Preferences {
+    pub opt_out_channels: Vec<String>,
+    pub opt_out_types: Vec<i64>,
+}
+
+const PREFERENCE_KEYS: [&str; 2] = ["optOutChannels", "optOutTypes"];
+
+impl Preferences {
+    /// Read from a stored record (validated when it was written; anything else is ignored).
+    pub fn of(r: &Recipient) -> Preferences {
+        let list = |key: &str| r.preferences.get(key).and_then(|v| v.as_array());
+        Preferences {
+            opt_out_channels: list("optOutChannels")
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            opt_out_types: list("optOutTypes")
+                .map(|a| a.iter().filter_map(serde_json::Value::as_i64).collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Check a `preferences` object from a request; the error names the offending field.
+    pub fn validate(p: &serde_json::Map<String, serde_json::Value>) -> Result<(), ApiError> {
+        for (key, value) in p {
+            let field = format!("preferences.{key}");
+            let Some(items) = value.as_array() else {
+                if PREFERENCE_KEYS.contains(&key.as_str()) {
+                    return Err(ApiError::invalid(&field, "must be an array"));
+                }
+                return Err(ApiError::invalid(
+                    &field,
+                    format!("unknown preference (known: {})", PREFERENCE_KEYS.join(", ")),
+                ));
+            };
+            match key.as_str() {
+                "optOutChannels" => {
+                    for (i, v) in items.iter().enumerate() {
+                        if !v.as_str().is_some_and(|s| !s.is_empty() && s.len() <= 128) {
+                            return Err(ApiError::invalid(
+                                &format!("{field}[{i}]"),
+                                "must be a channel instance or family name",
+                            ));
+                        }
+                    }
+                }
+                "optOutTypes" => {
+                    for (i, v) in items.iter().enumerate() {
+                        if v.as_i64().is_none() {
+                            return Err(ApiError::invalid(
+                                &format!("{field}[{i}]"),
+                                "must be an integer message type",
+                            ));
+                        }
+                    }
+                }
+                _ => {
+                    return Err(ApiError::invalid(
+                        &field,
+                        format!("unknown preference (known: {})", PREFERENCE_KEYS.join(", ")),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn mutes_type(&self, msg_type: i64) -> bool {
+        self.opt_out_types.contains(&msg_type)
+    }
+
+    pub fn mutes_channel(&self, instance: &str, family: &str) -> bool {
+        self.opt_out_channels
+            .iter()
+            .any(|c| c == instance || c == family)
+    }
+}
+
 fn check_user(user_id: &str) -> Result<(), ApiError> {
     if user_id.is_empty() || user_id.len() > 128 || user_id.chars().any(char::is_control) {
         return Err(ApiError::invalid("userId", "must be 1 to 128 characters"));
@@ -105,6 +189,14 @@ pub async fn put(
     }
     if b.name.as_ref().is_some_and(|n| n.len() > 256) {
         return Err(ApiError::invalid("name", "longer than 256 bytes"));
+    }
+    if let Some(p) = &b.preferences {
+        Preferences::validate(p)?;
+        if !p.is_empty() {
+            // Before the write: a send racing with it must already look receivers up.
+            app.preferences_present
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     }
     let rec = Recipient {
         user_id: user_id.clone(),

@@ -39,6 +39,7 @@ pub async fn send_message(
         receivers: b.receiver,
         channels: None,
         template: None,
+        data: None,
         sender: b.sender,
     };
     messages::accept(&app, req, idem).await

@@ -16,13 +16,18 @@ use herald_channel::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub mod outbox;
 pub mod pending;
+use outbox::{Limits, Worker, WorkerHandle};
 use pending::PendingIndex;
 
+use crate::clock::Clock;
+use crate::config::DispatchSettings;
 use crate::metrics::Metrics;
-use crate::model::{InboxItem, Status, StatusChange};
+use crate::model::{AttemptOutcome, InboxItem, Status, StatusChange};
 use crate::store::{Store, StoreError};
 
 /// A configured channel instance.
@@ -30,6 +35,10 @@ pub struct Instance {
     pub name: String,
     pub descriptor: &'static ChannelDescriptor,
     pub channel: Arc<dyn Channel>,
+    /// `enabled = false`: sends naming it are refused; its outbox is not worked.
+    pub enabled: bool,
+    /// Outbox limits (provider channels).
+    pub limits: Limits,
 }
 
 /// One delivery to hand over: (delivery id, receiver, channel instance name).
@@ -47,8 +56,6 @@ enum StatusItem {
     Flush(oneshot::Sender<()>),
 }
 
-/// How long a provider channel may take for one `send`.
-const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a deleted message id is remembered in memory (covers frames already queued).
 const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
 
@@ -69,6 +76,9 @@ struct Inner {
     in_flight: TaskTracker,
     /// Receivers that may have undelivered presence deliveries (replay on connect).
     pending: PendingIndex,
+    /// Outbox worker handles of the provider instances (wake-ups, limits, in-flight).
+    workers: HashMap<String, WorkerHandle>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Dispatcher {
@@ -80,12 +90,18 @@ impl Dispatcher {
         metrics: Arc<Metrics>,
         queue: usize,
         batch: usize,
+        clock: Arc<dyn Clock>,
     ) -> (Dispatcher, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(queue);
         let task = tokio::spawn(status_writer(store.clone(), rx, batch, metrics.clone()));
         let names = instances
             .keys()
             .map(|n| (n.clone(), Arc::from(n.as_str())))
+            .collect();
+        let workers = instances
+            .values()
+            .filter(|i| !i.descriptor.presence)
+            .map(|i| (i.name.clone(), WorkerHandle::new(i.limits.clone())))
             .collect();
         let d = Dispatcher {
             inner: Arc::new(Inner {
@@ -97,6 +113,8 @@ impl Dispatcher {
                 store,
                 in_flight: TaskTracker::new(),
                 pending: PendingIndex::default(),
+                workers,
+                clock,
             }),
         };
         (d, task)
@@ -112,6 +130,53 @@ impl Dispatcher {
 
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    /// Start one outbox worker per enabled provider instance; they stop when `shutdown` is
+    /// cancelled (sends already started finish; [`Dispatcher::flush`] waits for them).
+    pub fn start_outbox(
+        &self,
+        settings: &DispatchSettings,
+        shutdown: &CancellationToken,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        self.inner
+            .workers
+            .keys()
+            .filter(|name| self.inner.instances.get(*name).is_some_and(|i| i.enabled))
+            .map(|name| {
+                let worker = Worker {
+                    dispatcher: self.clone(),
+                    name: Arc::from(name.as_str()),
+                    settings: settings.clone(),
+                    shutdown: shutdown.clone(),
+                };
+                tokio::spawn(worker.run())
+            })
+            .collect()
+    }
+
+    /// Tell every outbox worker to look for due work now (new rows, a moved clock).
+    pub fn wake_outbox(&self) {
+        for w in self.inner.workers.values() {
+            w.notify.notify_one();
+        }
+    }
+
+    /// Sends in flight on a provider instance.
+    pub fn in_flight(&self, name: &str) -> usize {
+        self.inner
+            .workers
+            .get(name)
+            .map_or(0, WorkerHandle::in_flight)
+    }
+
+    /// The outbox limits of a provider instance.
+    pub fn limits(&self, name: &str) -> Option<&Limits> {
+        self.inner.workers.get(name).map(|w| &w.limits)
     }
 
     /// Load the receivers with undelivered presence deliveries (start-up).
@@ -181,22 +246,9 @@ impl Dispatcher {
                 // Presence channels only queue frames: fast, never blocking. Inline.
                 let results = instance.channel.send_batch(&outs).await;
                 self.record_results(name, &outs, results, accepted_at).await;
-            } else {
-                let this = self.clone();
-                let name = name.to_owned();
-                let channel = instance.channel.clone();
-                self.inner.in_flight.spawn(async move {
-                    let results =
-                        match tokio::time::timeout(SEND_TIMEOUT, channel.send_batch(&outs)).await {
-                            Ok(r) => r,
-                            Err(_) => outs
-                                .iter()
-                                .map(|_| Err(ChannelError::transient("send timed out")))
-                                .collect(),
-                        };
-                    this.record_results(&name, &outs, results, accepted_at)
-                        .await;
-                });
+            } else if let Some(w) = self.inner.workers.get(name) {
+                // The rows are committed and due: the instance's outbox worker takes them.
+                w.notify.notify_one();
             }
         }
     }
@@ -321,6 +373,11 @@ fn delivery(delivery_id: i64, status: Status, error: Option<String>) -> StatusCh
 fn change_status(change: &StatusChange) -> Status {
     match change {
         StatusChange::Delivery { status, .. } | StatusChange::Receiver { status, .. } => *status,
+        StatusChange::Attempt { outcome, .. } => match outcome {
+            AttemptOutcome::Sent => Status::Sent,
+            AttemptOutcome::Retry { .. } => Status::Pending,
+            AttemptOutcome::Failed { .. } => Status::Failed,
+        },
     }
 }
 

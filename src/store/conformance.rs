@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::OutboxCounts;
 use super::Store;
 use crate::model::*;
 
@@ -22,9 +23,13 @@ fn msg(receivers: &[&str], channel: &str) -> NewMessage {
                 status: Status::Pending,
                 error: None,
                 address: None,
+                outbox: false,
             })
             .collect(),
         idempotency: None,
+        template: None,
+        data: None,
+        rendered: Default::default(),
     }
 }
 
@@ -68,7 +73,180 @@ pub async fn run_all(store: Arc<dyn Store>) {
     recipients(s).await;
     concurrent_inserts_all_commit(store.clone()).await;
     listing(s).await;
+    outbox_claims_leases_and_outcomes(s).await;
     s.ready().await.unwrap();
+}
+
+fn outbox_msg(receivers: &[&str], channel: &str) -> NewMessage {
+    let mut m = msg(receivers, channel);
+    for d in &mut m.deliveries {
+        d.outbox = true;
+    }
+    m.template = Some("report_ready".into());
+    m.data = Some(serde_json::json!({"patient_name": "Li Lei"}));
+    m.rendered
+        .entry("email".into())
+        .or_default()
+        .insert("subject".into(), "Your report".into());
+    m
+}
+
+fn attempt(c: &Claimed, outcome: AttemptOutcome) -> StatusChange {
+    StatusChange::Attempt {
+        delivery_id: c.delivery_id,
+        lease_until_ms: c.lease_until_ms,
+        outcome,
+    }
+}
+
+async fn outbox_claims_leases_and_outcomes(s: &dyn Store) {
+    let now = now_ms();
+    let (id, dids) = insert(s, outbox_msg(&["a", "b", "c"], "mail")).await;
+    // WebSocket rows never enter the outbox.
+    insert(s, msg(&["a"], "websocket")).await;
+    assert_eq!(
+        s.claim_due("websocket", now + 1000, now + 60_000, 10)
+            .await
+            .unwrap(),
+        vec![]
+    );
+
+    let counts = s.outbox_counts().await.unwrap();
+    assert_eq!(
+        counts["mail"],
+        OutboxCounts {
+            pending: 3,
+            retrying: 0
+        }
+    );
+    assert!(s
+        .next_due("mail")
+        .await
+        .unwrap()
+        .is_some_and(|d| d <= now_ms()));
+
+    // Claim two: leased, an attempt counted each, oldest first.
+    let lease = now + 60_000;
+    let first = s.claim_due("mail", now_ms(), lease, 2).await.unwrap();
+    assert_eq!(first.len(), 2);
+    assert_eq!(first[0].delivery_id, dids[0]);
+    assert!(first
+        .iter()
+        .all(|c| c.attempts == 1 && c.lease_until_ms == lease));
+    // Leased rows are not claimable again until the lease ends …
+    let rest = s.claim_due("mail", now_ms(), lease, 10).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].delivery_id, dids[2]);
+    assert_eq!(
+        s.claim_due("mail", now_ms(), lease, 10).await.unwrap(),
+        vec![]
+    );
+    assert_eq!(s.next_due("mail").await.unwrap(), Some(lease));
+
+    // The messages of claimed rows, with template, data and renderings.
+    let msgs = s.outbox_messages(&[first[0].message_seq]).await.unwrap();
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].id, id);
+    assert_eq!(msgs[0].template.as_deref(), Some("report_ready"));
+    assert_eq!(msgs[0].data.as_ref().unwrap()["patient_name"], "Li Lei");
+    assert_eq!(msgs[0].rendered["email"]["subject"], "Your report");
+
+    // Outcomes: sent, retry later, failed.
+    let applied = s
+        .apply_status(vec![
+            attempt(&first[0], AttemptOutcome::Sent),
+            attempt(
+                &first[1],
+                AttemptOutcome::Retry {
+                    at_ms: now + 5_000,
+                    error: "transient: [451] try later".into(),
+                },
+            ),
+            attempt(
+                &rest[0],
+                AttemptOutcome::Failed {
+                    error: "bad_recipient: [550] no such user".into(),
+                },
+            ),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(applied, vec![true, false, true]);
+    let m = s.get_message(&id).await.unwrap().unwrap();
+    let d = |rid: i64| m.deliveries.iter().find(|d| d.id == rid).unwrap().clone();
+    assert_eq!(d(dids[0]).status, Status::Sent);
+    assert_eq!(d(dids[1]).status, Status::Pending);
+    assert_eq!(d(dids[1]).next_attempt_ms, Some(now + 5_000));
+    assert_eq!(
+        d(dids[1]).error.as_deref(),
+        Some("transient: [451] try later")
+    );
+    assert_eq!(d(dids[2]).status, Status::Failed);
+    assert_eq!(d(dids[2]).attempts, 1);
+    let counts = s.outbox_counts().await.unwrap();
+    assert_eq!(
+        counts["mail"],
+        OutboxCounts {
+            pending: 1,
+            retrying: 1
+        }
+    );
+
+    // Not due before its time; due after; the attempt count grows.
+    assert_eq!(
+        s.claim_due("mail", now + 4_999, now + 70_000, 10)
+            .await
+            .unwrap(),
+        vec![]
+    );
+    let again = s
+        .claim_due("mail", now + 5_000, now + 70_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempts, 2);
+
+    // Lease fencing: an outcome under a lease that was taken over changes nothing.
+    let stale = attempt(
+        &first[1],
+        AttemptOutcome::Failed {
+            error: "late".into(),
+        },
+    );
+    assert_eq!(s.apply_status(vec![stale]).await.unwrap(), vec![false]);
+    let m = s.get_message(&id).await.unwrap().unwrap();
+    assert_eq!(
+        m.deliveries
+            .iter()
+            .find(|x| x.id == dids[1])
+            .unwrap()
+            .status,
+        Status::Pending
+    );
+    // … and an expired lease makes the row claimable again (a crashed worker).
+    let taken = s
+        .claim_due("mail", now + 70_000, now + 130_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].attempts, 3);
+    assert_eq!(
+        s.apply_status(vec![attempt(&taken[0], AttemptOutcome::Sent)])
+            .await
+            .unwrap(),
+        vec![true]
+    );
+    assert_eq!(s.next_due("mail").await.unwrap(), None);
+    // Deleting the message removes its outbox rows.
+    insert(s, outbox_msg(&["z"], "mail2")).await;
+    let (gone, _) = insert(s, outbox_msg(&["y"], "mail3")).await;
+    assert!(s.delete_message(&gone).await.unwrap());
+    assert_eq!(
+        s.claim_due("mail3", now + 1_000_000, now + 2_000_000, 10)
+            .await
+            .unwrap(),
+        vec![]
+    );
 }
 
 async fn insert_and_get(s: &dyn Store) {

@@ -8,9 +8,11 @@
 
 use async_trait::async_trait;
 
+use std::collections::HashMap;
+
 use crate::model::{
-    InboxItem, Inserted, Message, MessageFilter, NewMessage, Page, PageRequest, Recipient,
-    StatusChange,
+    Claimed, InboxItem, Inserted, Message, MessageFilter, NewMessage, OutboxMessage, Page,
+    PageRequest, Recipient, StatusChange,
 };
 
 pub mod sqlite;
@@ -30,6 +32,15 @@ pub enum StoreError {
 /// How many deliveries a listing shows per message (a broadcast may have thousands; the
 /// message's own `GET` shows them all).
 pub const LIST_DELIVERIES_PER_MESSAGE: usize = 100;
+
+/// Outbox rows of one channel instance that are still `pending`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxCounts {
+    /// Waiting for their first attempt, for a retry, or in flight.
+    pub pending: i64,
+    /// Of those, deliveries that were attempted at least once.
+    pub retrying: i64,
+}
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -90,6 +101,28 @@ pub trait Store: Send + Sync + 'static {
     async fn put_recipient(&self, recipient: Recipient) -> Result<bool, StoreError>;
     async fn get_recipient(&self, user_id: &str) -> Result<Option<Recipient>, StoreError>;
     async fn delete_recipient(&self, user_id: &str) -> Result<bool, StoreError>;
+
+    /// Lease up to `limit` due outbox deliveries of `channel` until `lease_until_ms`
+    /// (counting an attempt for each). Oldest due first.
+    async fn claim_due(
+        &self,
+        channel: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<Claimed>, StoreError>;
+
+    /// When the next outbox delivery of `channel` is due (leased rows: when the lease ends).
+    async fn next_due(&self, channel: &str) -> Result<Option<i64>, StoreError>;
+
+    /// Outbox rows still pending, per channel instance.
+    async fn outbox_counts(&self) -> Result<HashMap<String, OutboxCounts>, StoreError>;
+
+    /// The messages (by `seq`) of claimed deliveries; deleted ones are absent.
+    async fn outbox_messages(&self, seqs: &[i64]) -> Result<Vec<OutboxMessage>, StoreError>;
+
+    /// Some recipient has non-empty preferences (opt-outs must be checked on sends).
+    async fn any_preferences(&self) -> Result<bool, StoreError>;
 
     /// The database answers and the migrations are applied.
     async fn ready(&self) -> Result<(), StoreError>;

@@ -17,16 +17,16 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Store, StoreError};
+use super::{OutboxCounts, Store, StoreError};
 use crate::config::{DatabaseSettings, Synchronous};
 use crate::model::{
-    now_ms, Delivery, InboxItem, Inserted, Message, MessageFilter, NewMessage, Page, PageRequest,
-    Recipient, Status, StatusChange, StatusFilter,
+    now_ms, AttemptOutcome, Claimed, Delivery, InboxItem, Inserted, Message, MessageFilter,
+    NewMessage, OutboxMessage, Page, PageRequest, Recipient, Status, StatusChange, StatusFilter,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
-/// Rows per multi-row INSERT (7 parameters each; SQLite allows 32,766).
+/// Rows per multi-row INSERT (8 parameters each; SQLite allows 32,766).
 const INSERT_CHUNK: usize = 256;
 
 /// How long an idempotency key is remembered.
@@ -46,6 +46,13 @@ enum WriteOp {
     },
     PutRecipient(Box<Recipient>, Reply<bool>),
     DeleteRecipient(String, Reply<bool>),
+    Claim {
+        channel: String,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+        reply: Reply<Vec<Claimed>>,
+    },
     /// Finish everything queued before it, close the connection, answer, stop.
     Close(oneshot::Sender<()>),
 }
@@ -177,6 +184,7 @@ enum Outcome {
     Flag(bool),
     Applied(Vec<bool>),
     Items(Vec<InboxItem>),
+    Claimed(Vec<Claimed>),
 }
 
 /// Run one operation inside the current transaction (by reference: it may run again).
@@ -207,6 +215,13 @@ async fn apply(conn: &mut SqliteConnection, op: &WriteOp, now: i64) -> Result<Ou
                 .rows_affected()
                 > 0,
         ),
+        WriteOp::Claim {
+            channel,
+            now,
+            lease_until,
+            limit,
+            ..
+        } => Outcome::Claimed(claim(conn, channel, *now, *lease_until, *limit).await?),
         WriteOp::Close(_) => Outcome::Flag(true),
     })
 }
@@ -239,6 +254,10 @@ fn answer(op: WriteOp, result: Result<Outcome, StoreError>) {
         }),
         WriteOp::Collect { reply: tx, .. } => reply(tx, result, |o| match o {
             Outcome::Items(i) => Some(i),
+            _ => None,
+        }),
+        WriteOp::Claim { reply: tx, .. } => reply(tx, result, |o| match o {
+            Outcome::Claimed(c) => Some(c),
             _ => None,
         }),
         WriteOp::Close(done) => {
@@ -303,6 +322,7 @@ fn fail(op: WriteOp, msg: &str) {
         WriteOp::Delete(_, r) => drop(r.send(Err(err()))),
         WriteOp::Status(_, r) => drop(r.send(Err(err()))),
         WriteOp::Collect { reply, .. } => drop(reply.send(Err(err()))),
+        WriteOp::Claim { reply, .. } => drop(reply.send(Err(err()))),
         WriteOp::PutRecipient(_, r) => drop(r.send(Err(err()))),
         WriteOp::DeleteRecipient(_, r) => drop(r.send(Err(err()))),
         WriteOp::Close(done) => {
@@ -337,7 +357,8 @@ async fn insert(
         }
     }
     let seq = sqlx::query(
-        "INSERT INTO messages (id, title, content, msg_type, sender, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO messages (id, title, content, msg_type, sender, created_at, template, data, rendered) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&msg.id)
     .bind(&msg.title)
@@ -345,6 +366,13 @@ async fn insert(
     .bind(msg.msg_type)
     .bind(&msg.sender)
     .bind(msg.created_at_ms)
+    .bind(&msg.template)
+    .bind(msg.data.as_ref().map(|d| d.to_string()))
+    .bind(if msg.rendered.is_empty() {
+        None
+    } else {
+        serde_json::to_string(&msg.rendered).ok()
+    })
     .execute(&mut *conn)
     .await?
     .last_insert_rowid();
@@ -354,14 +382,17 @@ async fn insert(
     let mut ids = Vec::with_capacity(msg.deliveries.len());
     for chunk in msg.deliveries.chunks(INSERT_CHUNK) {
         let mut qb = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO deliveries (message_seq, receiver, channel, status, last_error, created_at, updated_at) ",
+            "INSERT INTO deliveries (message_seq, receiver, channel, status, last_error, next_attempt_at, created_at, updated_at) ",
         );
         qb.push_values(chunk, |mut row, d| {
+            // Outbox rows are due at once.
+            let due = (d.outbox && d.status == Status::Pending).then_some(now);
             row.push_bind(seq)
                 .push_bind(d.receiver.as_str())
                 .push_bind(d.channel.as_str())
                 .push_bind(d.status.code())
                 .push_bind(d.error.as_deref())
+                .push_bind(due)
                 .push_bind(msg.created_at_ms)
                 .push_bind(now);
         });
@@ -512,6 +543,38 @@ async fn apply_status(
                 }
                 moved
             }
+            StatusChange::Attempt {
+                delivery_id,
+                lease_until_ms,
+                outcome,
+            } => {
+                let q = match outcome {
+                    AttemptOutcome::Sent => sqlx::query(
+                        "UPDATE deliveries SET status = 1, next_attempt_at = NULL, lease_until = NULL, \
+                           updated_at = ?1 WHERE id = ?2 AND status = 0 AND lease_until = ?3",
+                    )
+                    .bind(now),
+                    AttemptOutcome::Retry { .. } => sqlx::query(
+                        "UPDATE deliveries SET next_attempt_at = ?4, lease_until = NULL, last_error = ?5, \
+                           updated_at = ?1 WHERE id = ?2 AND status = 0 AND lease_until = ?3",
+                    )
+                    .bind(now),
+                    AttemptOutcome::Failed { .. } => sqlx::query(
+                        "UPDATE deliveries SET status = 4, next_attempt_at = NULL, lease_until = NULL, \
+                           last_error = ?4, updated_at = ?1 WHERE id = ?2 AND status = 0 AND lease_until = ?3",
+                    )
+                    .bind(now),
+                };
+                let q = q.bind(delivery_id).bind(lease_until_ms);
+                let q = match outcome {
+                    AttemptOutcome::Sent => q,
+                    AttemptOutcome::Retry { at_ms, error } => q.bind(at_ms).bind(error),
+                    AttemptOutcome::Failed { error } => q.bind(error),
+                };
+                let moved = q.execute(&mut *conn).await?.rows_affected() > 0;
+                // A retry keeps the status: "moved" means a status transition.
+                moved && !matches!(outcome, AttemptOutcome::Retry { .. })
+            }
             StatusChange::Receiver {
                 message_id,
                 receiver,
@@ -582,6 +645,45 @@ async fn collect(
     Ok(items)
 }
 
+/// Lease up to `limit` due outbox rows of `channel`: the lease end becomes the row's due
+/// time, so a row whose worker died is due again when the lease runs out.
+async fn claim(
+    conn: &mut SqliteConnection,
+    channel: &str,
+    now: i64,
+    lease_until: i64,
+    limit: u32,
+) -> Result<Vec<Claimed>, StoreError> {
+    let rows = sqlx::query(
+        "UPDATE deliveries SET next_attempt_at = ?1, lease_until = ?1, attempts = attempts + 1, updated_at = ?2 \
+         WHERE id IN (SELECT id FROM deliveries WHERE channel = ?3 AND status = 0 \
+                        AND next_attempt_at IS NOT NULL AND next_attempt_at <= ?2 \
+                      ORDER BY next_attempt_at LIMIT ?4) \
+         RETURNING id, message_seq, receiver, channel, attempts",
+    )
+    .bind(lease_until)
+    .bind(now)
+    .bind(channel)
+    .bind(i64::from(limit))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out = rows
+        .iter()
+        .map(|r| {
+            Ok(Claimed {
+                delivery_id: r.try_get(0)?,
+                message_seq: r.try_get(1)?,
+                receiver: r.try_get(2)?,
+                channel: r.try_get(3)?,
+                attempts: r.try_get(4)?,
+                lease_until_ms: lease_until,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    out.sort_by_key(|c| (c.message_seq, c.delivery_id));
+    Ok(out)
+}
+
 async fn put_recipient(
     conn: &mut SqliteConnection,
     r: &Recipient,
@@ -635,6 +737,7 @@ fn message_head(row: &sqlx::sqlite::SqliteRow) -> Result<Message, StoreError> {
         msg_type: row.try_get("msg_type")?,
         sender: row.try_get("sender")?,
         created_at_ms: row.try_get("created_at")?,
+        template: row.try_get("template")?,
         deliveries: Vec::new(),
         delivery_counts: [0; 5],
     })
@@ -677,7 +780,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_message(&self, id: &str) -> Result<Option<Message>, StoreError> {
-        let Some(row) = sqlx::query("SELECT * FROM messages WHERE id = ?")
+        let Some(row) = sqlx::query("SELECT seq, id, title, content, msg_type, sender, created_at, template FROM messages WHERE id = ?")
             .bind(id)
             .fetch_optional(&self.readers)
             .await?
@@ -709,7 +812,9 @@ impl Store for SqliteStore {
         push_filter(&mut count, filter);
         let total: i64 = count.build().fetch_one(&self.readers).await?.try_get(0)?;
 
-        let mut q = QueryBuilder::<Sqlite>::new("SELECT m.* FROM messages m");
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT m.seq, m.id, m.title, m.content, m.msg_type, m.sender, m.created_at, m.template FROM messages m",
+        );
         push_filter(&mut q, filter);
         q.push(" ORDER BY m.seq DESC LIMIT ")
             .push_bind(i64::from(page.size))
@@ -893,6 +998,103 @@ impl Store for SqliteStore {
         self.write(|r| WriteOp::DeleteRecipient(user, r)).await
     }
 
+    async fn claim_due(
+        &self,
+        channel: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let channel = channel.to_owned();
+        self.write(|reply| WriteOp::Claim {
+            channel,
+            now: now_ms,
+            lease_until: lease_until_ms,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    async fn next_due(&self, channel: &str) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query(
+            "SELECT min(next_attempt_at) FROM deliveries \
+             WHERE channel = ? AND status = 0 AND next_attempt_at IS NOT NULL",
+        )
+        .bind(channel)
+        .fetch_one(&self.readers)
+        .await?
+        .try_get(0)?)
+    }
+
+    async fn outbox_counts(&self) -> Result<HashMap<String, OutboxCounts>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT channel, count(*), sum(attempts > 0) FROM deliveries \
+             WHERE status = 0 AND next_attempt_at IS NOT NULL GROUP BY channel",
+        )
+        .fetch_all(&self.readers)
+        .await?;
+        let mut out = HashMap::new();
+        for r in &rows {
+            out.insert(
+                r.try_get::<String, _>(0)?,
+                OutboxCounts {
+                    pending: r.try_get(1)?,
+                    retrying: r.try_get::<Option<i64>, _>(2)?.unwrap_or(0),
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    async fn outbox_messages(&self, seqs: &[i64]) -> Result<Vec<OutboxMessage>, StoreError> {
+        let mut out = Vec::with_capacity(seqs.len());
+        for chunk in seqs.chunks(500) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "SELECT seq, id, title, content, msg_type, sender, created_at, template, data, rendered \
+                 FROM messages WHERE seq IN (",
+            );
+            let mut sep = qb.separated(", ");
+            for seq in chunk {
+                sep.push_bind(*seq);
+            }
+            qb.push(")");
+            for r in qb.build().fetch_all(&self.readers).await? {
+                let data: Option<String> = r.try_get(8)?;
+                let rendered: Option<String> = r.try_get(9)?;
+                out.push(OutboxMessage {
+                    seq: r.try_get(0)?,
+                    id: r.try_get(1)?,
+                    title: r.try_get(2)?,
+                    content: r.try_get(3)?,
+                    msg_type: r.try_get(4)?,
+                    sender: r.try_get(5)?,
+                    created_at_ms: r.try_get(6)?,
+                    template: r.try_get(7)?,
+                    data: data
+                        .map(|d| serde_json::from_str(&d))
+                        .transpose()
+                        .map_err(|e| StoreError::Corrupt(format!("messages.data: {e}")))?,
+                    rendered: rendered
+                        .map(|d| serde_json::from_str(&d))
+                        .transpose()
+                        .map_err(|e| StoreError::Corrupt(format!("messages.rendered: {e}")))?
+                        .unwrap_or_default(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn any_preferences(&self) -> Result<bool, StoreError> {
+        Ok(
+            sqlx::query("SELECT 1 FROM recipients WHERE preferences <> '{}' LIMIT 1")
+                .fetch_optional(&self.readers)
+                .await?
+                .is_some(),
+        )
+    }
+
     async fn ready(&self) -> Result<(), StoreError> {
         let applied: i64 = sqlx::query("SELECT count(*) FROM _sqlx_migrations WHERE success = 1")
             .fetch_one(&self.readers)
@@ -964,8 +1166,12 @@ mod tests {
                             status: Status::Pending,
                             error: None,
                             address: None,
+                            outbox: false,
                         }],
                         idempotency: None,
+                        template: None,
+                        data: None,
+                        rendered: Default::default(),
                     };
                     store.insert_message(m).await.is_ok()
                 })
@@ -1000,8 +1206,12 @@ mod tests {
                 status: Status::Pending,
                 error: None,
                 address: None,
+                outbox: false,
             }],
             idempotency: None,
+            template: None,
+            data: None,
+            rendered: Default::default(),
         }
     }
 
