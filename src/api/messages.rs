@@ -19,7 +19,7 @@ use super::recipients::Preferences;
 use crate::dispatch::outbox::address_of;
 use crate::dispatch::Planned;
 use crate::model::{
-    new_message_id, now_ms, rfc3339, Idempotency, Inserted, MessageFilter, NewDelivery, NewMessage,
+    new_message_id, rfc3339, Idempotency, Inserted, MessageFilter, NewDelivery, NewMessage,
     PageRequest, Recipient, RenderedByFamily, Status, StatusFilter,
 };
 use crate::state::AppState;
@@ -162,7 +162,8 @@ pub async fn accept(
 
     let deliveries = plan(app, &receivers, &channels, req.msg_type).await?;
     let id = new_message_id();
-    let created_at_ms = now_ms();
+    // The outbox's clock: the system clock, or the one a test injected.
+    let created_at_ms = app.dispatcher.clock().now_ms();
     let accepted_at = Instant::now();
     let new = NewMessage {
         id: id.clone(),

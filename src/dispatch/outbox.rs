@@ -140,7 +140,8 @@ impl Worker {
             .max(1);
         tracing::debug!(channel = %self.name, kind = instance.descriptor.kind, "outbox worker started");
         loop {
-            // Capacity first: one permit (and one rate cell) per row we claim.
+            // Capacity first: one permit (and, when rate limited, one rate cell) per row we
+            // claim, so a claimed row never waits while holding its lease.
             let first = tokio::select! {
                 p = handle.semaphore.clone().acquire_owned() => match p {
                     Ok(p) => p,
@@ -148,21 +149,38 @@ impl Worker {
                 },
                 () = self.shutdown.cancelled() => break,
             };
+            let mut permits = vec![first];
+            while permits.len() < batch {
+                match handle.semaphore.clone().try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
+                }
+            }
             if let Some(l) = &limiter {
+                // Take cells only for rows that are due (an idle poll must not spend them).
+                let now = clock.now_ms();
+                let due = match store.count_due(&self.name, now, permits.len() as u32).await {
+                    Ok(n) => n as usize,
+                    Err(e) => {
+                        tracing::warn!(channel = %self.name, error = %e, "outbox: counting due work failed");
+                        0
+                    }
+                };
+                if due == 0 {
+                    drop(permits);
+                    self.idle(handle, now).await;
+                    continue;
+                }
+                permits.truncate(due);
                 tokio::select! {
                     () = l.until_ready() => {}
                     () = self.shutdown.cancelled() => break,
                 }
-            }
-            let mut permits = vec![first];
-            while permits.len() < batch {
-                let Ok(p) = handle.semaphore.clone().try_acquire_owned() else {
-                    break;
-                };
-                if limiter.as_ref().is_some_and(|l| l.check().is_err()) {
-                    break;
+                let mut cells = 1;
+                while cells < permits.len() && l.check().is_ok() {
+                    cells += 1;
                 }
-                permits.push(p);
+                permits.truncate(cells);
             }
             let now = clock.now_ms();
             let claimed = match store

@@ -119,6 +119,9 @@ async fn outbox_claims_leases_and_outcomes(s: &dyn Store) {
             retrying: 0
         }
     );
+    assert_eq!(s.count_due("mail", now_ms(), 10).await.unwrap(), 3);
+    assert_eq!(s.count_due("mail", now_ms(), 2).await.unwrap(), 2);
+    assert_eq!(s.count_due("mail", now - 60_000, 10).await.unwrap(), 0);
     assert!(s
         .next_due("mail")
         .await

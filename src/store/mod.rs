@@ -112,6 +112,9 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<Claimed>, StoreError>;
 
+    /// How many outbox deliveries of `channel` are due at `now_ms` (counting stops at `limit`).
+    async fn count_due(&self, channel: &str, now_ms: i64, limit: u32) -> Result<u32, StoreError>;
+
     /// When the next outbox delivery of `channel` is due (leased rows: when the lease ends).
     async fn next_due(&self, channel: &str) -> Result<Option<i64>, StoreError>;
 

@@ -385,8 +385,8 @@ async fn insert(
             "INSERT INTO deliveries (message_seq, receiver, channel, status, last_error, next_attempt_at, created_at, updated_at) ",
         );
         qb.push_values(chunk, |mut row, d| {
-            // Outbox rows are due at once.
-            let due = (d.outbox && d.status == Status::Pending).then_some(now);
+            // Outbox rows are due at once (the message's own clock: tests inject one).
+            let due = (d.outbox && d.status == Status::Pending).then_some(msg.created_at_ms);
             row.push_bind(seq)
                 .push_bind(d.receiver.as_str())
                 .push_bind(d.channel.as_str())
@@ -1014,6 +1014,20 @@ impl Store for SqliteStore {
             reply,
         })
         .await
+    }
+
+    async fn count_due(&self, channel: &str, now_ms: i64, limit: u32) -> Result<u32, StoreError> {
+        let n: i64 = sqlx::query(
+            "SELECT count(*) FROM (SELECT 1 FROM deliveries WHERE channel = ? AND status = 0 \
+               AND next_attempt_at IS NOT NULL AND next_attempt_at <= ? LIMIT ?)",
+        )
+        .bind(channel)
+        .bind(now_ms)
+        .bind(i64::from(limit))
+        .fetch_one(&self.readers)
+        .await?
+        .try_get(0)?;
+        Ok(n.clamp(0, i64::from(u32::MAX)) as u32)
     }
 
     async fn next_due(&self, channel: &str) -> Result<Option<i64>, StoreError> {

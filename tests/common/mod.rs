@@ -53,6 +53,8 @@ pub struct TestApp {
     pub api_key: String,
     pub client: reqwest::Client,
     pub dir: TempDir,
+    /// The injected outbox clock, when the test moves time itself.
+    pub clock: Option<herald::clock::ManualClock>,
 }
 
 /// Start a server with the defaults of [`Settings::for_data_dir`] in a fresh temporary dir.
@@ -62,10 +64,18 @@ pub async fn spawn_app() -> TestApp {
 
 /// Like [`spawn_app`], with a closure that adjusts the settings first.
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_clock(tweak, None).await
+}
+
+/// Like [`spawn_app_with`], with an injected outbox clock (kept across restarts).
+pub async fn spawn_app_clock(
+    tweak: impl FnOnce(&mut Settings),
+    clock: Option<herald::clock::ManualClock>,
+) -> TestApp {
     let dir = tempfile::tempdir().expect("create temp dir");
     let mut settings = Settings::for_data_dir(dir.path());
     tweak(&mut settings);
-    let server = tokio::time::timeout(DEADLINE, herald::start(settings.clone()))
+    let server = tokio::time::timeout(DEADLINE, start(&settings, &clock))
         .await
         .expect("herald::start did not finish within the deadline")
         .expect("herald::start failed");
@@ -82,7 +92,24 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
             .build()
             .expect("build reqwest client"),
         dir,
+        clock,
     }
+}
+
+async fn start(
+    settings: &Settings,
+    clock: &Option<herald::clock::ManualClock>,
+) -> Result<herald::Running, herald::StartError> {
+    herald::start_with_options(
+        settings.clone(),
+        herald::StartOptions {
+            clock: clock
+                .clone()
+                .map(|c| std::sync::Arc::new(c) as std::sync::Arc<dyn herald::clock::Clock>),
+            ..Default::default()
+        },
+    )
+    .await
 }
 
 impl TestApp {
@@ -117,7 +144,7 @@ impl TestApp {
         tokio::time::timeout(DEADLINE, server.shutdown())
             .await
             .expect("graceful shutdown did not finish within the deadline");
-        let server = tokio::time::timeout(DEADLINE, herald::start(self.settings.clone()))
+        let server = tokio::time::timeout(DEADLINE, start(&self.settings, &self.clock))
             .await
             .expect("restart did not finish within the deadline")
             .expect("restart failed");
@@ -209,6 +236,49 @@ impl TestApp {
             }
         })
         .await;
+    }
+
+    /// Move the injected clock forward and wake the outbox workers.
+    pub fn advance(&self, by: Duration) {
+        self.clock
+            .as_ref()
+            .expect("spawned with a manual clock")
+            .advance(by);
+        self.running().wake_outbox();
+    }
+
+    /// `receiver`'s delivery of message `id` on channel instance `channel`.
+    pub async fn delivery(&self, id: &str, receiver: &str, channel: &str) -> Value {
+        let msg = self.message(id).await;
+        msg["deliveries"]
+            .as_array()
+            .unwrap_or_else(|| panic!("message without deliveries: {msg}"))
+            .iter()
+            .find(|d| d["receiver"] == receiver && d["channel"] == channel)
+            .unwrap_or_else(|| panic!("no {channel} delivery to {receiver} in {msg}"))
+            .clone()
+    }
+
+    /// Poll until the delivery satisfies `pred`; returns it.
+    pub async fn wait_delivery(
+        &self,
+        id: &str,
+        receiver: &str,
+        channel: &str,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let d = self.delivery(id, receiver, channel).await;
+            if pred(&d) {
+                return d;
+            }
+            if Instant::now() >= deadline {
+                panic!("timed out after {DEADLINE:?} waiting for {what}; last: {d}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// `GET /api/v1/messages` total.
