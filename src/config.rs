@@ -52,7 +52,47 @@ pub struct Settings {
     pub templates: TemplateSettings,
     pub log: LogSettings,
     /// Channel instances by name: `[channels.<name>] kind = "…"`.
-    pub channels: BTreeMap<String, toml::Table>,
+    pub channels: ChannelTables,
+}
+
+/// The `[channels.<name>]` tables, as given. They hold credentials, so `Debug` shows only
+/// each instance's name and kind.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct ChannelTables(pub BTreeMap<String, toml::Table>);
+
+impl fmt::Debug for ChannelTables {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(name, t)| {
+                (
+                    name,
+                    t.get("kind").and_then(toml::Value::as_str).unwrap_or("?"),
+                )
+            }))
+            .finish()
+    }
+}
+
+impl std::ops::Deref for ChannelTables {
+    type Target = BTreeMap<String, toml::Table>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ChannelTables {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a ChannelTables {
+    type Item = (&'a String, &'a toml::Table);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, toml::Table>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -171,7 +211,7 @@ impl Default for Settings {
             dispatch: DispatchSettings::default(),
             templates: TemplateSettings::default(),
             log: LogSettings::default(),
-            channels: BTreeMap::new(),
+            channels: ChannelTables::default(),
         }
     }
 }
@@ -531,6 +571,35 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, ConfigError::MissingFile(_)));
+    }
+
+    #[test]
+    fn the_example_file_loads_and_channel_secrets_come_from_the_environment() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/herald.toml");
+        let s = Settings::load_from(Some(&example), vec![], &Overrides::default()).unwrap();
+        s.validate().unwrap();
+        assert_eq!(s.dispatch.max_attempts, 10);
+        assert_eq!(s.dispatch.lease, Duration::from_secs(60));
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("h.toml");
+        std::fs::write(
+            &file,
+            "[channels.mail]\nkind = \"email.smtp\"\nhost = \"smtp.example.com\"\nconcurrency = 4\n",
+        )
+        .unwrap();
+        let env = vec![(
+            "HERALD_CHANNELS__MAIL__PASSWORD".to_owned(),
+            "s3cret".to_owned(),
+        )];
+        let s = Settings::load_from(Some(&file), env, &Overrides::default()).unwrap();
+        let mail = &s.channels["mail"];
+        assert_eq!(mail["password"].as_str(), Some("s3cret"));
+        assert_eq!(mail["host"].as_str(), Some("smtp.example.com"));
+        assert_eq!(mail["concurrency"].as_integer(), Some(4));
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        assert!(debug.contains("email.smtp"), "{debug}");
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //! [`start`] runs a server in the current Tokio runtime and returns a [`Running`] handle;
 //! `main.rs` only parses arguments and calls [`cli::main`].
 
+// Built-in channel crates: referenced so they are linked and register their kinds.
+#[cfg(feature = "email")]
+extern crate herald_channel_email as _;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -477,6 +481,8 @@ mod tests {
             .map(|d| d.kind)
             .collect();
         assert!(kinds.contains(&"websocket"), "{kinds:?}");
+        #[cfg(feature = "email")]
+        assert!(kinds.contains(&"email.smtp"), "{kinds:?}");
         assert!(herald_channel::find("websocket").unwrap().presence);
     }
 

@@ -40,9 +40,12 @@ pub struct SendRequest {
     /// Channel instance names (default `["websocket"]`).
     #[serde(default)]
     pub channels: Option<Vec<String>>,
-    /// Template name (`templates/<name>/…`); then `title`/`content` are optional.
+    /// Template name: renders `templates/<name>/<family>.<part>.j2` for the family of every
+    /// requested channel (each family must exist → else 422); then `title`/`content` are
+    /// optional (from the `websocket` rendering, else the e-mail subject/text).
     pub template: Option<String>,
-    /// Data for the template.
+    /// Data for the template (a JSON object; only with `template`). A variable the
+    /// template needs but `data` lacks → 422 naming it.
     #[schema(value_type = Option<Object>)]
     pub data: Option<serde_json::Value>,
     /// Who sends it (default `"api"`).
@@ -297,7 +300,9 @@ pub struct RecipientBody {
     /// Push devices (kept as given until the push channels arrive).
     #[schema(value_type = Option<Vec<Object>>)]
     pub devices: Option<Vec<serde_json::Value>>,
-    /// Preferences (kept as given until routing arrives).
+    /// Opt-outs: `{"optOutChannels": ["sms", "email"], "optOutTypes": [3]}` (instance or
+    /// family names; message types). Opted-out deliveries are recorded as `failed` with
+    /// `opted_out`. Other keys → 422.
     #[schema(value_type = Option<Object>)]
     pub preferences: Option<serde_json::Map<String, serde_json::Value>>,
 }

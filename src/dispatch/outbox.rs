@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,6 +90,10 @@ pub fn backoff(attempt: i64, base: Duration, max: Duration, rng: &mut impl Rng) 
 /// A running worker's handles, kept by the dispatcher.
 pub(crate) struct WorkerHandle {
     pub notify: Arc<Notify>,
+    /// The earliest retry this node scheduled since the worker last went idle (ms, clock
+    /// time). The retry's row is written by the batched status writer, so the worker may
+    /// have read an older due time; this hint wakes it on time.
+    pub wake_at: AtomicI64,
     pub semaphore: Arc<Semaphore>,
     pub limits: Limits,
 }
@@ -98,6 +102,7 @@ impl WorkerHandle {
     pub fn new(limits: Limits) -> WorkerHandle {
         WorkerHandle {
             notify: Arc::new(Notify::new()),
+            wake_at: AtomicI64::new(i64::MAX),
             semaphore: Arc::new(Semaphore::new(limits.concurrency)),
             limits,
         }
@@ -213,12 +218,23 @@ impl Worker {
     /// Nothing due: sleep until the next row is due (at most `poll_interval`), or until told.
     async fn idle(&self, handle: &WorkerHandle, now: i64) {
         let poll = self.settings.poll_interval;
-        let wait = match self.dispatcher.inner.store.next_due(&self.name).await {
-            Ok(Some(due)) => Duration::from_millis((due - now).max(0) as u64).min(poll),
-            Ok(None) => poll,
-            Err(e) => {
-                tracing::warn!(channel = %self.name, error = %e, "outbox: next due time unknown");
+        let hint = handle.wake_at.swap(i64::MAX, Ordering::SeqCst);
+        let wait = if hint <= now {
+            // A retry already due was scheduled but its row is not committed yet (the
+            // status writer batches): look again in a moment.
+            Duration::from_millis(20)
+        } else {
+            let due = match self.dispatcher.inner.store.next_due(&self.name).await {
+                Ok(due) => due.unwrap_or(i64::MAX).min(hint),
+                Err(e) => {
+                    tracing::warn!(channel = %self.name, error = %e, "outbox: next due time unknown");
+                    hint
+                }
+            };
+            if due == i64::MAX {
                 poll
+            } else {
+                Duration::from_millis((due - now).max(0) as u64).min(poll)
             }
         };
         if wait.is_zero() {
@@ -413,11 +429,16 @@ fn retry_or_fail(
     if let Some(ctr) = d.inner.metrics.channel(name) {
         ctr.retries.fetch_add(1, Ordering::Relaxed);
     }
+    let at_ms = now + delay.as_millis() as i64;
+    if let Some(w) = d.inner.workers.get(name) {
+        w.wake_at.fetch_min(at_ms, Ordering::SeqCst);
+        w.notify.notify_one();
+    }
     tracing::info!(delivery = c.delivery_id, channel = name, attempt = c.attempts,
         retry_in = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)),
         kind = e.kind().as_str(), "send failed, retry scheduled");
     AttemptOutcome::Retry {
-        at_ms: now + delay.as_millis() as i64,
+        at_ms,
         error: e.to_string(),
     }
 }
