@@ -204,6 +204,15 @@ pub async fn start_with_options(
         settings.dispatch.status_batch,
         clock.unwrap_or_else(|| Arc::new(clock::SystemClock)),
     );
+    // Outbox rows of instances that are no longer configured wait until one is again.
+    if let Ok(counts) = store.outbox_counts().await {
+        for (name, c) in counts {
+            if dispatcher.instance(&name).is_none() {
+                tracing::warn!(channel = %name, pending = c.pending,
+                    "deliveries wait for a channel instance that is not configured");
+            }
+        }
+    }
     let preferences = store
         .any_preferences()
         .await
