@@ -365,6 +365,78 @@ impl Health {
     }
 }
 
+/// Limits a kind suggests for its instances (the vendor's documented caps). The instance's
+/// own `rate_limit` / `daily_quota` keys win; the core enforces both.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Defaults {
+    /// At most `count` sends per `per`.
+    pub rate_limit: Option<(u32, Duration)>,
+    /// At most this many sends per quota window (a day).
+    pub daily_quota: Option<u64>,
+}
+
+impl Defaults {
+    pub fn rate_limit(mut self, count: u32, per: Duration) -> Self {
+        self.rate_limit = Some((count, per));
+        self
+    }
+    pub fn daily_quota(mut self, n: u64) -> Self {
+        self.daily_quota = Some(n);
+        self
+    }
+}
+
+/// A vendor's HTTP call back to Herald (delivery receipts), routed by the core from
+/// `POST /api/v1/callbacks/<provider>/<instance>` to the instance's [`Channel::callback`].
+#[derive(Debug, Clone)]
+pub struct CallbackRequest<'a> {
+    /// The raw query string (without `?`), possibly empty.
+    pub query: &'a str,
+    /// Request headers, names lowercase.
+    pub headers: &'a [(String, String)],
+    /// The raw body.
+    pub body: &'a [u8],
+}
+
+impl CallbackRequest<'_> {
+    /// The first header named `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Which delivery a receipt is about: Herald's delivery id (when the channel put it into
+/// the callback URL) or the provider's id returned in [`Accepted::Sent`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReceiptFor {
+    Delivery(i64),
+    Provider(String),
+}
+
+/// A delivery receipt from the vendor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Receipt {
+    /// Reached the device / handset: status `delivered`.
+    Delivered(ReceiptFor),
+    /// The vendor gave up: status `failed` with the error.
+    Failed(ReceiptFor, ChannelError),
+}
+
+/// Why a callback was refused. The core answers 401 / 400 / 404 and changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallbackError {
+    #[error("signature check failed: {0}")]
+    Unauthorized(String),
+    #[error("bad callback: {0}")]
+    BadRequest(String),
+    #[error("this channel takes no callbacks")]
+    NotSupported,
+}
+
 /// A channel instance. One required method; the rest have defaults.
 #[async_trait]
 pub trait Channel: Send + Sync + 'static {
@@ -385,6 +457,17 @@ pub trait Channel: Send + Sync + 'static {
     /// Current health, for the management API.
     fn health(&self) -> Health {
         Health::Ok
+    }
+
+    /// Limits this kind suggests (see [`Defaults`]); none by default.
+    fn defaults(&self) -> Defaults {
+        Defaults::default()
+    }
+
+    /// Verify and parse a vendor callback (e.g. an SMS status report). Verify the vendor's
+    /// signature here; never touch the store: the core applies the receipts.
+    async fn callback(&self, _req: &CallbackRequest<'_>) -> Result<Vec<Receipt>, CallbackError> {
+        Err(CallbackError::NotSupported)
     }
 }
 

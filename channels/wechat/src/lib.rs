@@ -1,0 +1,1 @@
+//! wechat channels (being written).
