@@ -368,6 +368,7 @@ pub fn build_instances(
                 concurrency: 1,
                 rate: None,
                 max_attempts: settings.dispatch.max_attempts,
+                quota: None,
             },
         },
     );
@@ -397,7 +398,7 @@ pub fn build_instances(
         };
         let mut rest = table.clone();
         rest.remove("kind");
-        let (enabled, limits) = core_keys(name, &mut rest, settings)?;
+        let (enabled, mut limits, quota) = core_keys(name, &mut rest, settings)?;
         let config = serde_json::to_value(rest).map_err(|e| {
             herald_channel::ConfigError::new(name, format!("invalid configuration: {e}"))
         })?;
@@ -406,6 +407,25 @@ pub fn build_instances(
             config: &config,
             services,
         })?;
+        // The kind's documented limits apply unless the instance sets its own.
+        let defaults = channel.defaults();
+        if limits.rate.is_none() {
+            limits.rate = defaults.rate_limit.and_then(|(count, per)| {
+                Some(dispatch::outbox::Rate {
+                    count: std::num::NonZeroU32::new(count)?,
+                    per,
+                })
+                .filter(|r| !r.per.is_zero())
+            });
+        }
+        limits.quota = quota
+            .limit
+            .or(defaults.daily_quota)
+            .filter(|n| *n > 0)
+            .map(|limit| dispatch::outbox::DailyQuota {
+                limit,
+                reset_ms: quota.reset_ms,
+            });
         out.insert(
             name.clone(),
             Instance {
@@ -420,13 +440,21 @@ pub fn build_instances(
     Ok(out)
 }
 
+/// `daily_quota` (absent: the kind's default; 0: none) and `quota_reset` of an instance.
+#[derive(Clone, Copy)]
+struct QuotaKeys {
+    limit: Option<u64>,
+    reset_ms: i64,
+}
+
 /// The keys of `[channels.<name>]` that belong to the core, not to the channel: `enabled`,
-/// `concurrency`, `rate_limit`, `max_attempts`. Removed from the table the builder sees.
+/// `concurrency`, `rate_limit`, `max_attempts`, `daily_quota`, `quota_reset`. Removed from
+/// the table the builder sees.
 fn core_keys(
     name: &str,
     table: &mut toml::Table,
     settings: &Settings,
-) -> Result<(bool, dispatch::outbox::Limits), StartError> {
+) -> Result<(bool, dispatch::outbox::Limits, QuotaKeys), StartError> {
     let err = |key: &str, msg: &str| {
         StartError::from(herald_channel::ConfigError::new(
             name,
@@ -460,13 +488,37 @@ fn core_keys(
         Some(toml::Value::Integer(n)) if (1..=1000).contains(&n) => n as u32,
         Some(_) => return Err(err("max_attempts", "must be an integer from 1 to 1000")),
     };
+    let reset_ms = match table.remove("quota_reset") {
+        None => 0,
+        Some(toml::Value::String(s)) => {
+            dispatch::outbox::DailyQuota::parse_reset(&s).map_err(|m| err("quota_reset", &m))?
+        }
+        Some(_) => {
+            return Err(err(
+                "quota_reset",
+                "must be a string like \"00:00+08:00\"",
+            ))
+        }
+    };
+    let limit = match table.remove("daily_quota") {
+        None => None,
+        Some(toml::Value::Integer(n)) if n >= 0 => Some(n as u64),
+        Some(_) => {
+            return Err(err(
+                "daily_quota",
+                "must be a non-negative integer (0: no quota)",
+            ))
+        }
+    };
     Ok((
         enabled,
         dispatch::outbox::Limits {
             concurrency,
             rate,
             max_attempts,
+            quota: None,
         },
+        QuotaKeys { limit, reset_ms },
     ))
 }
 

@@ -54,6 +54,9 @@ pub struct ChannelCounters {
     pub errors: [AtomicU64; 5],
     /// Provider retries scheduled (outbox).
     pub retries: AtomicU64,
+    /// Daily quota of the instance (0: none) and claims counted in the current window.
+    pub quota_limit: AtomicU64,
+    pub quota_used: AtomicU64,
     pub latency: Histogram,
 }
 
@@ -205,6 +208,29 @@ impl Metrics {
                 "herald_delivery_retries_total{{channel=\"{name}\"}} {}",
                 c.retries.load(Relaxed)
             );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP herald_quota_limit Daily quota of a channel instance (instances with one).\n# TYPE herald_quota_limit gauge"
+        );
+        for (name, c) in &self.channels {
+            let limit = c.quota_limit.load(Relaxed);
+            if limit > 0 {
+                let _ = writeln!(out, "herald_quota_limit{{channel=\"{name}\"}} {limit}");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP herald_quota_used Sends counted against the daily quota in the current window.\n# TYPE herald_quota_used gauge"
+        );
+        for (name, c) in &self.channels {
+            if c.quota_limit.load(Relaxed) > 0 {
+                let _ = writeln!(
+                    out,
+                    "herald_quota_used{{channel=\"{name}\"}} {}",
+                    c.quota_used.load(Relaxed)
+                );
+            }
         }
         let _ = writeln!(
             out,

@@ -155,6 +155,22 @@ pub struct Claimed {
     pub lease_until_ms: i64,
 }
 
+/// A daily quota applied while claiming: at most `limit` claims per window starting at
+/// `window_start_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaClaim {
+    pub window_start_ms: i64,
+    pub limit: u64,
+}
+
+/// What a claim returned.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClaimResult {
+    pub rows: Vec<Claimed>,
+    /// With a quota: what is left of it in the window after this claim.
+    pub quota_left: Option<u64>,
+}
+
 /// What an outbox worker needs of a message to hand its deliveries over.
 #[derive(Debug, Clone)]
 pub struct OutboxMessage {
@@ -173,8 +189,8 @@ pub struct OutboxMessage {
 /// The outcome of one provider attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttemptOutcome {
-    /// Accepted by the provider: `sent`.
-    Sent,
+    /// Accepted by the provider: `sent`, with the provider's id when it gave one.
+    Sent { provider_id: Option<String> },
     /// Try again at `at_ms`; the delivery stays `pending` with the error recorded.
     Retry { at_ms: i64, error: String },
     /// `failed` with the error.
@@ -207,6 +223,8 @@ pub struct Delivery {
     pub attempts: i64,
     pub error: Option<String>,
     pub next_attempt_ms: Option<i64>,
+    /// The provider's id for the accepted hand-over (SMS BizId, Twilio sid …).
+    pub provider_id: Option<String>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
 }

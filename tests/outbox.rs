@@ -74,6 +74,65 @@ impl Channel for Scripted {
             provider_id: Some(format!("p-{}", out.delivery_id)),
         }))
     }
+
+    /// Receipts as `delivered:<delivery id>` / `failed:<provider id>` lines, "signed" with
+    /// the header `x-test-signature: ok`.
+    async fn callback(
+        &self,
+        req: &herald_channel::CallbackRequest<'_>,
+    ) -> Result<Vec<herald_channel::Receipt>, herald_channel::CallbackError> {
+        use herald_channel::{CallbackError, Receipt, ReceiptFor};
+        if req.header("x-test-signature") != Some("ok") {
+            return Err(CallbackError::Unauthorized("no signature".into()));
+        }
+        let body = std::str::from_utf8(req.body)
+            .map_err(|_| CallbackError::BadRequest("not UTF-8".into()))?;
+        body.lines()
+            .map(|line| match line.split_once(':') {
+                Some(("delivered", id)) => Ok(Receipt::Delivered(ReceiptFor::Delivery(
+                    id.parse()
+                        .map_err(|_| CallbackError::BadRequest("bad id".into()))?,
+                ))),
+                Some(("failed", pid)) => Ok(Receipt::Failed(
+                    ReceiptFor::Provider(pid.into()),
+                    ChannelError::bad_recipient("handset unreachable").with_code("30003"),
+                )),
+                _ => Err(CallbackError::BadRequest(format!("bad line `{line}`"))),
+            })
+            .collect()
+    }
+}
+
+/// Like [`Scripted`], with the kind's defaults a vendor would document.
+struct Limited(Scripted);
+
+#[async_trait]
+impl Channel for Limited {
+    async fn send(&self, out: &Outgoing) -> Result<Accepted, ChannelError> {
+        self.0.send(out).await
+    }
+    fn defaults(&self) -> herald_channel::Defaults {
+        herald_channel::Defaults::default()
+            .daily_quota(2)
+            .rate_limit(20, Duration::from_secs(60))
+    }
+}
+
+fn build_limited(ctx: BuildContext<'_>) -> Result<Arc<dyn Channel>, ConfigError> {
+    let inner = build(ctx)?;
+    let script = scripts().lock().unwrap().get("limited").cloned().unwrap();
+    drop(inner);
+    Ok(Arc::new(Limited(Scripted(script))))
+}
+
+herald_channel::inventory::submit! {
+    ChannelDescriptor {
+        kind: "test.limited",
+        summary: "scripted channel with kind defaults (tests)",
+        address: AddressKind::None,
+        presence: false,
+        build: build_limited,
+    }
 }
 
 fn build(ctx: BuildContext<'_>) -> Result<Arc<dyn Channel>, ConfigError> {
@@ -704,5 +763,204 @@ async fn opted_out_and_missing_addresses_are_recorded_as_failed() {
     }
     let (_, rec) = app.api_get("/api/v1/recipients/1").await;
     assert_eq!(rec["email"], "one@example.com");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_daily_quota_defers_to_the_next_window() {
+    let s = script("quota", []);
+    let app = app_with(
+        "q",
+        "quota",
+        &[
+            ("daily_quota", toml::Value::Integer(3)),
+            ("quota_reset", toml::Value::String("00:00+08:00".into())),
+        ],
+    )
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(send_to(&app, "q", &[&format!("q{i}")]).await);
+    }
+    wait_seen(&s, 3).await;
+    for (i, id) in ids.iter().enumerate().take(3) {
+        app.wait_delivery(id, &format!("q{i}"), "q", "sent", |d| status(d) == "sent")
+            .await;
+    }
+    // The other two wait, untouched: pending, never attempted (deferred, not failed).
+    for (i, id) in ids.iter().enumerate().skip(3) {
+        let d = app.delivery(id, &format!("q{i}"), "q").await;
+        assert_eq!(
+            (status(&d), d["attempts"].as_i64()),
+            ("pending", Some(0)),
+            "{d}"
+        );
+    }
+    let info = channel_info(&app, "q").await;
+    assert_eq!(
+        (info["dailyQuota"].as_u64(), info["quotaUsed"].as_u64()),
+        (Some(3), Some(3)),
+        "{info}"
+    );
+    // The window ends at midnight UTC+8 (16:00 UTC).
+    let resets = rfc3339(&info["quotaResetsAt"], "quotaResetsAt");
+    assert_eq!((resets.hour(), resets.minute()), (16, 0), "{info}");
+    let (_, metrics) = app.request(Method::GET, "/metrics", None, None).await;
+    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    assert!(
+        metrics.contains("herald_quota_used{channel=\"q\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("herald_quota_limit{channel=\"q\"} 3"),
+        "{metrics}"
+    );
+
+    // The window turns: the deferred two go.
+    let now = time::OffsetDateTime::from_unix_timestamp_nanos(
+        i128::from(herald::clock::Clock::now_ms(app.clock.as_ref().unwrap())) * 1_000_000,
+    )
+    .unwrap();
+    let until = (resets - now).whole_milliseconds() as u64 + 1000;
+    app.advance(Duration::from_millis(until));
+    for (i, id) in ids.iter().enumerate().skip(3) {
+        app.wait_delivery(id, &format!("q{i}"), "q", "sent next window", |d| {
+            status(d) == "sent"
+        })
+        .await;
+    }
+    assert_eq!(s.seen().len(), 5);
+    let info = channel_info(&app, "q").await;
+    assert_eq!(info["quotaUsed"], 2, "{info}");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn kind_defaults_apply_unless_the_instance_overrides_them() {
+    script("limited", []);
+    let app = spawn_app_clock(
+        |s| {
+            s.channels
+                .insert("a".into(), channel_table("test.limited", "limited", &[]));
+            s.channels.insert(
+                "b".into(),
+                channel_table(
+                    "test.limited",
+                    "limited",
+                    &[
+                        ("daily_quota", toml::Value::Integer(0)),
+                        ("rate_limit", toml::Value::String("5/s".into())),
+                    ],
+                ),
+            );
+        },
+        None,
+    )
+    .await;
+    let a = channel_info(&app, "a").await;
+    assert_eq!(
+        (a["dailyQuota"].as_u64(), a["rateLimit"].as_str()),
+        (Some(2), Some("20/1m")),
+        "{a}"
+    );
+    let b = channel_info(&app, "b").await;
+    assert!(b.get("dailyQuota").is_none(), "{b}");
+    assert_eq!(b["rateLimit"], "5/1s", "{b}");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn vendor_receipts_move_deliveries_to_delivered_or_failed() {
+    script("receipts", []);
+    let app = app_with("prov", "receipts", &[]).await;
+    let a = send_to(&app, "prov", &["1"]).await;
+    let b = send_to(&app, "prov", &["2"]).await;
+    let da = app
+        .wait_delivery(&a, "1", "prov", "sent", |d| status(d) == "sent")
+        .await;
+    let db = app
+        .wait_delivery(&b, "2", "prov", "sent", |d| status(d) == "sent")
+        .await;
+    let pid_b = db["providerId"]
+        .as_str()
+        .expect("provider id kept")
+        .to_owned();
+    let id_a: i64 = da["providerId"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("p-")
+        .parse()
+        .unwrap();
+
+    let post = |body: String, sig: Option<&'static str>, path: &'static str| {
+        let mut req = app.client.post(app.url(path)).body(body);
+        if let Some(sig) = sig {
+            req = req.header("x-test-signature", sig);
+        }
+        async move { read_response(req.send().await.unwrap()).await }
+    };
+    let path = "/api/v1/callbacks/scripted/prov";
+    // A bad signature changes nothing.
+    let (st, body) = post(format!("delivered:{id_a}"), Some("forged"), path).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "{body}");
+    assert_error_body(&body);
+    let (st, _) = post(
+        format!("delivered:{id_a}"),
+        None,
+        "/api/v1/callbacks/twilio/prov",
+    )
+    .await;
+    assert_eq!(
+        st,
+        StatusCode::NOT_FOUND,
+        "the provider segment must match the kind"
+    );
+    let (st, _) = post(String::new(), Some("ok"), "/api/v1/callbacks/scripted/nope").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, body) = post("garbage".into(), Some("ok"), path).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(status(&app.delivery(&a, "1", "prov").await), "sent");
+
+    // Verified receipts: by delivery id and by provider id.
+    let (st, body) = post(
+        format!("delivered:{id_a}\nfailed:{pid_b}"),
+        Some("ok"),
+        path,
+    )
+    .await;
+    assert_eq!(st, StatusCode::NO_CONTENT, "{body}");
+    app.wait_delivery(&a, "1", "prov", "delivered", |d| status(d) == "delivered")
+        .await;
+    let d = app
+        .wait_delivery(&b, "2", "prov", "failed", |d| status(d) == "failed")
+        .await;
+    assert_eq!(d["error"], "bad_recipient: [30003] handset unreachable");
+    // A receipt naming another channel's delivery (here the WebSocket delivery created
+    // next, id = b's + 1 in this fresh database) changes nothing.
+    let ws = send_ok(
+        &app,
+        json!({"title": "t", "content": "c", "receivers": ["9"]}),
+    )
+    .await;
+    let id_b: i64 = pid_b.trim_start_matches("p-").parse().unwrap();
+    let (st, _) = post(format!("delivered:{}", id_b + 1), Some("ok"), path).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    // Flush the status queue through a later receipt, then look.
+    let c = send_to(&app, "prov", &["3"]).await;
+    let dc = app
+        .wait_delivery(&c, "3", "prov", "sent", |d| status(d) == "sent")
+        .await;
+    let id_c = dc["providerId"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("p-")
+        .to_owned();
+    post(format!("delivered:{id_c}"), Some("ok"), path).await;
+    app.wait_delivery(&c, "3", "prov", "delivered", |d| status(d) == "delivered")
+        .await;
+    assert_eq!(
+        app.delivery(&ws, "9", "websocket").await["status"],
+        "pending"
+    );
     app.shutdown().await;
 }

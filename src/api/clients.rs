@@ -45,10 +45,21 @@ pub async fn channels(
     _key: ApiKey,
 ) -> Result<Json<Vec<ChannelDto>>, ApiError> {
     let outbox = app.store.outbox_counts().await?;
+    let now = app.dispatcher.clock().now_ms();
+    let mut quota_used = std::collections::HashMap::new();
+    for i in app.dispatcher.instances() {
+        if let Some(q) = app.dispatcher.limits(&i.name).and_then(|l| l.quota) {
+            quota_used.insert(
+                i.name.clone(),
+                app.store.quota_used(&i.name, q.window_start(now)).await?,
+            );
+        }
+    }
     let list = app
         .dispatcher
         .instances()
         .map(|i| {
+            let quota = limits_of(&app, &i.name).and_then(|l| l.quota);
             let counters = app.metrics.channel(&i.name);
             let get = |s: Status| counters.map(|c| c.get(s)).unwrap_or(0);
             let errors = counters
@@ -80,8 +91,15 @@ pub async fn channels(
                 concurrency: limits.map(|l| l.concurrency),
                 rate_limit: limits.and_then(|l| l.rate).map(|r| r.to_string()),
                 max_attempts: limits.map(|l| l.max_attempts),
+                daily_quota: quota.map(|q| q.limit),
+                quota_used: quota_used.get(&i.name).copied(),
+                quota_resets_at: quota.map(|q| crate::model::rfc3339(q.window_end(now))),
             }
         })
         .collect();
     Ok(Json(list))
+}
+
+fn limits_of<'a>(app: &'a AppState, name: &str) -> Option<&'a crate::dispatch::outbox::Limits> {
+    app.dispatcher.limits(name)
 }

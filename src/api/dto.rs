@@ -92,6 +92,9 @@ pub struct DeliveryDto {
     /// When the next attempt is due (pending provider deliveries), RFC 3339.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<String>,
+    /// The provider's id for the hand-over (SMS BizId, Twilio sid, WeChat msgid …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_id: Option<String>,
 }
 
 impl From<&Delivery> for DeliveryDto {
@@ -107,6 +110,7 @@ impl From<&Delivery> for DeliveryDto {
                 crate::model::Status::Pending => d.next_attempt_ms.map(rfc3339),
                 _ => None,
             },
+            provider_id: d.provider_id.clone(),
         }
     }
 }
@@ -285,6 +289,16 @@ pub struct ChannelDto {
     pub rate_limit: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    /// Daily quota (sends claimed per window); when spent, deliveries wait for the next
+    /// window (still `pending`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daily_quota: Option<u64>,
+    /// Claims counted in the current quota window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota_used: Option<u64>,
+    /// When the current quota window ends, RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota_resets_at: Option<String>,
 }
 
 /// `PUT /api/v1/recipients/{userId}`

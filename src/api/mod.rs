@@ -10,6 +10,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::state::AppState;
 
+pub mod callbacks;
 pub mod clients;
 pub mod dto;
 pub mod error;
@@ -34,6 +35,10 @@ pub fn router(app: AppState) -> Router {
         )
         .route("/api/v1/clients", get(clients::clients))
         .route("/api/v1/channels", get(clients::channels))
+        .route(
+            "/api/v1/callbacks/{provider}/{instance}",
+            post(callbacks::callback),
+        )
         .route(
             "/api/v1/recipients/{user_id}",
             get(recipients::get)
@@ -127,6 +132,7 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
         messages::delete,
         clients::clients,
         clients::channels,
+        callbacks::callback,
         recipients::put,
         recipients::get,
         recipients::delete,

@@ -374,7 +374,7 @@ fn change_status(change: &StatusChange) -> Status {
     match change {
         StatusChange::Delivery { status, .. } | StatusChange::Receiver { status, .. } => *status,
         StatusChange::Attempt { outcome, .. } => match outcome {
-            AttemptOutcome::Sent => Status::Sent,
+            AttemptOutcome::Sent { .. } => Status::Sent,
             AttemptOutcome::Retry { .. } => Status::Pending,
             AttemptOutcome::Failed { .. } => Status::Failed,
         },

@@ -23,7 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::Dispatcher;
 use crate::config::DispatchSettings;
-use crate::model::{rfc3339, AttemptOutcome, Claimed, OutboxMessage, Recipient, StatusChange};
+use crate::model::{
+    rfc3339, AttemptOutcome, Claimed, OutboxMessage, QuotaClaim, Recipient, StatusChange,
+};
 
 /// Per-instance limits, from the instance's `[channels.<name>]` table.
 #[derive(Debug, Clone)]
@@ -34,6 +36,53 @@ pub struct Limits {
     pub rate: Option<Rate>,
     /// Attempts before `attempts_exhausted`.
     pub max_attempts: u32,
+    /// Sends per day (`daily_quota`); when spent, deliveries wait for the next window.
+    pub quota: Option<DailyQuota>,
+}
+
+/// A daily quota: `limit` claims per day, the day starting at `reset` (e.g. midnight in
+/// UTC+8 for WeChat: `quota_reset = "00:00+08:00"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DailyQuota {
+    pub limit: u64,
+    /// Milliseconds after UTC midnight at which a window starts (0 ..< 86,400,000).
+    pub reset_ms: i64,
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+impl DailyQuota {
+    /// `"HH:MM"` with an optional UTC offset (`"00:00+08:00"`, `"04:30Z"`, `"00:00"` = UTC).
+    pub fn parse_reset(s: &str) -> Result<i64, String> {
+        let bad = || format!("`{s}`: expected HH:MM with an optional offset, e.g. \"00:00+08:00\"");
+        let (time, offset) = match s.find(['+', '-', 'Z']) {
+            Some(i) => (&s[..i], &s[i..]),
+            None => (s, ""),
+        };
+        let hm = |t: &str| -> Option<i64> {
+            let (h, m) = t.split_once(':')?;
+            let (h, m): (i64, i64) = (h.parse().ok()?, m.parse().ok()?);
+            ((0..24).contains(&h) && (0..60).contains(&m)).then_some((h * 60 + m) * 60_000)
+        };
+        let local = hm(time).ok_or_else(bad)?;
+        let off = match offset {
+            "" | "Z" => 0,
+            o => {
+                let sign = if o.starts_with('-') { -1 } else { 1 };
+                sign * hm(&o[1..]).ok_or_else(bad)?
+            }
+        };
+        Ok((local - off).rem_euclid(DAY_MS))
+    }
+
+    /// The start of the window holding `now_ms`.
+    pub fn window_start(&self, now_ms: i64) -> i64 {
+        (now_ms - self.reset_ms).div_euclid(DAY_MS) * DAY_MS + self.reset_ms
+    }
+
+    pub fn window_end(&self, now_ms: i64) -> i64 {
+        self.window_start(now_ms) + DAY_MS
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +192,18 @@ impl Worker {
             .claim_batch
             .min(handle.limits.concurrency)
             .max(1);
+        if let (Some(q), Some(c)) = (
+            handle.limits.quota,
+            self.dispatcher.inner.metrics.channel(&self.name),
+        ) {
+            c.quota_limit.store(q.limit, Ordering::Relaxed);
+            if let Ok(used) = store
+                .quota_used(&self.name, q.window_start(clock.now_ms()))
+                .await
+            {
+                c.quota_used.store(used, Ordering::Relaxed);
+            }
+        }
         tracing::debug!(channel = %self.name, kind = instance.descriptor.kind, "outbox worker started");
         loop {
             // Capacity first: one permit (and, when rate limited, one rate cell) per row we
@@ -188,8 +249,12 @@ impl Worker {
                 permits.truncate(cells);
             }
             let now = clock.now_ms();
+            let quota = handle.limits.quota.map(|q| QuotaClaim {
+                window_start_ms: q.window_start(now),
+                limit: q.limit,
+            });
             let claimed = match store
-                .claim_due(&self.name, now, now + lease, permits.len() as u32)
+                .claim_due(&self.name, now, now + lease, permits.len() as u32, quota)
                 .await
             {
                 Ok(c) => c,
@@ -202,6 +267,29 @@ impl Worker {
                     }
                 }
             };
+            if let (Some(q), Some(left)) = (handle.limits.quota, claimed.quota_left) {
+                if let Some(c) = self.dispatcher.inner.metrics.channel(&self.name) {
+                    c.quota_limit.store(q.limit, Ordering::Relaxed);
+                    c.quota_used
+                        .store(q.limit.saturating_sub(left), Ordering::Relaxed);
+                }
+                if claimed.rows.is_empty() && left == 0 {
+                    // Spent: the due deliveries wait (still pending) for the next window.
+                    drop(permits);
+                    let end = q.window_end(now);
+                    tracing::info!(channel = %self.name, limit = q.limit,
+                        "daily quota spent; deliveries wait for the next window");
+                    let wait = Duration::from_millis((end - now).max(0) as u64)
+                        .min(self.settings.poll_interval);
+                    tokio::select! {
+                        () = handle.notify.notified() => {}
+                        () = tokio::time::sleep(wait) => {}
+                        () = self.shutdown.cancelled() => break,
+                    }
+                    continue;
+                }
+            }
+            let claimed = claimed.rows;
             if claimed.is_empty() {
                 drop(permits);
                 self.idle(handle, now).await;
@@ -354,7 +442,7 @@ async fn attempt(
     };
     let now = inner.clock.now_ms();
     match result {
-        Ok(Accepted::Sent { .. }) | Ok(Accepted::Queued) => {
+        Ok(accepted @ (Accepted::Sent { .. } | Accepted::Queued)) => {
             if let Some(c) = counters {
                 let created = time::OffsetDateTime::parse(
                     &out.message.created_at,
@@ -365,7 +453,13 @@ async fn attempt(
                 c.latency
                     .observe(Duration::from_millis((now - created).max(0) as u64));
             }
-            AttemptOutcome::Sent
+            AttemptOutcome::Sent {
+                provider_id: match accepted {
+                    // Keep what fits a column; vendors' ids are short.
+                    Accepted::Sent { provider_id } => provider_id.filter(|p| p.len() <= 256),
+                    _ => None,
+                },
+            }
         }
         Ok(Accepted::Held) => retry_or_fail(
             d,
@@ -506,6 +600,33 @@ mod tests {
             assert!(d3 >= Duration::from_millis(6400) && d3 <= Duration::from_millis(9600));
             assert!(backoff(30, base, max, &mut rng) <= max);
         }
+    }
+
+    #[test]
+    fn quota_windows() {
+        assert_eq!(DailyQuota::parse_reset("00:00").unwrap(), 0);
+        assert_eq!(DailyQuota::parse_reset("00:00Z").unwrap(), 0);
+        // Midnight in UTC+8 is 16:00 UTC.
+        assert_eq!(
+            DailyQuota::parse_reset("00:00+08:00").unwrap(),
+            16 * 3_600_000
+        );
+        assert_eq!(
+            DailyQuota::parse_reset("01:30-02:00").unwrap(),
+            210 * 60_000
+        );
+        for bad in ["24:00", "x", "12:60", "00:00+8"] {
+            assert!(DailyQuota::parse_reset(bad).is_err(), "{bad}");
+        }
+        let q = DailyQuota {
+            limit: 3,
+            reset_ms: 16 * 3_600_000,
+        };
+        // 2026-11-29T15:59:59Z is still the window that began 2026-11-28T16:00Z.
+        let t = 1_796_486_399_000; // 2026-12-05T15:59:59Z
+        assert_eq!(q.window_end(t) - t, 1000);
+        assert_eq!(q.window_start(t + 1000), t + 1000);
+        assert_eq!(q.window_start(t + 1000) - q.window_start(t), DAY_MS);
     }
 
     #[tokio::test]

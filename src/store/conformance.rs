@@ -105,9 +105,10 @@ async fn outbox_claims_leases_and_outcomes(s: &dyn Store) {
     // WebSocket rows never enter the outbox.
     insert(s, msg(&["a"], "websocket")).await;
     assert_eq!(
-        s.claim_due("websocket", now + 1000, now + 60_000, 10)
+        s.claim_due("websocket", now + 1000, now + 60_000, 10, None)
             .await
-            .unwrap(),
+            .unwrap()
+            .rows,
         vec![]
     );
 
@@ -130,18 +131,29 @@ async fn outbox_claims_leases_and_outcomes(s: &dyn Store) {
 
     // Claim two: leased, an attempt counted each, oldest first.
     let lease = now + 60_000;
-    let first = s.claim_due("mail", now_ms(), lease, 2).await.unwrap();
+    let first = s
+        .claim_due("mail", now_ms(), lease, 2, None)
+        .await
+        .unwrap()
+        .rows;
     assert_eq!(first.len(), 2);
     assert_eq!(first[0].delivery_id, dids[0]);
     assert!(first
         .iter()
         .all(|c| c.attempts == 1 && c.lease_until_ms == lease));
     // Leased rows are not claimable again until the lease ends …
-    let rest = s.claim_due("mail", now_ms(), lease, 10).await.unwrap();
+    let rest = s
+        .claim_due("mail", now_ms(), lease, 10, None)
+        .await
+        .unwrap()
+        .rows;
     assert_eq!(rest.len(), 1);
     assert_eq!(rest[0].delivery_id, dids[2]);
     assert_eq!(
-        s.claim_due("mail", now_ms(), lease, 10).await.unwrap(),
+        s.claim_due("mail", now_ms(), lease, 10, None)
+            .await
+            .unwrap()
+            .rows,
         vec![]
     );
     assert_eq!(s.next_due("mail").await.unwrap(), Some(lease));
@@ -157,7 +169,12 @@ async fn outbox_claims_leases_and_outcomes(s: &dyn Store) {
     // Outcomes: sent, retry later, failed.
     let applied = s
         .apply_status(vec![
-            attempt(&first[0], AttemptOutcome::Sent),
+            attempt(
+                &first[0],
+                AttemptOutcome::Sent {
+                    provider_id: Some("p-1".into()),
+                },
+            ),
             attempt(
                 &first[1],
                 AttemptOutcome::Retry {
@@ -197,15 +214,17 @@ async fn outbox_claims_leases_and_outcomes(s: &dyn Store) {
 
     // Not due before its time; due after; the attempt count grows.
     assert_eq!(
-        s.claim_due("mail", now + 4_999, now + 70_000, 10)
+        s.claim_due("mail", now + 4_999, now + 70_000, 10, None)
             .await
-            .unwrap(),
+            .unwrap()
+            .rows,
         vec![]
     );
     let again = s
-        .claim_due("mail", now + 5_000, now + 70_000, 10)
+        .claim_due("mail", now + 5_000, now + 70_000, 10, None)
         .await
-        .unwrap();
+        .unwrap()
+        .rows;
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].attempts, 2);
 
@@ -228,26 +247,79 @@ async fn outbox_claims_leases_and_outcomes(s: &dyn Store) {
     );
     // … and an expired lease makes the row claimable again (a crashed worker).
     let taken = s
-        .claim_due("mail", now + 70_000, now + 130_000, 10)
+        .claim_due("mail", now + 70_000, now + 130_000, 10, None)
         .await
-        .unwrap();
+        .unwrap()
+        .rows;
     assert_eq!(taken.len(), 1);
     assert_eq!(taken[0].attempts, 3);
     assert_eq!(
-        s.apply_status(vec![attempt(&taken[0], AttemptOutcome::Sent)])
-            .await
-            .unwrap(),
+        s.apply_status(vec![attempt(
+            &taken[0],
+            AttemptOutcome::Sent {
+                provider_id: Some("p-2".into())
+            }
+        )])
+        .await
+        .unwrap(),
         vec![true]
     );
     assert_eq!(s.next_due("mail").await.unwrap(), None);
+    // A daily quota: claims count against the window, in the same transaction.
+    insert(s, outbox_msg(&["q1", "q2", "q3"], "quota")).await;
+    let at = now_ms() + 1000;
+    let q = Some(QuotaClaim {
+        window_start_ms: now - 1000,
+        limit: 2,
+    });
+    let r = s.claim_due("quota", at, at + 60_000, 1, q).await.unwrap();
+    assert_eq!((r.rows.len(), r.quota_left), (1, Some(1)));
+    let r = s
+        .claim_due("quota", at, at + 60_000, 10, q)
+        .await
+        .unwrap();
+    assert_eq!((r.rows.len(), r.quota_left), (1, Some(0)));
+    let r = s
+        .claim_due("quota", at, at + 60_000, 10, q)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.rows.len(), r.quota_left),
+        (0, Some(0)),
+        "spent: nothing claimed"
+    );
+    assert_eq!(s.quota_used("quota", now - 1000).await.unwrap(), 2);
+    let next = Some(QuotaClaim {
+        window_start_ms: now + 86_400_000,
+        limit: 2,
+    });
+    let r = s
+        .claim_due("quota", at, at + 60_000, 10, next)
+        .await
+        .unwrap();
+    assert_eq!((r.rows.len(), r.quota_left), (1, Some(1)), "a new window");
+    // Provider ids are kept and map back to the delivery.
+    let m = s.get_message(&id).await.unwrap().unwrap();
+    let d0 = m.deliveries.iter().find(|d| d.id == dids[0]).unwrap();
+    assert_eq!(d0.provider_id.as_deref(), Some("p-1"));
+    assert_eq!(
+        s.delivery_by_provider_id("mail", "p-1").await.unwrap(),
+        Some(dids[0])
+    );
+    assert_eq!(
+        s.delivery_by_provider_id("mail2", "p-1").await.unwrap(),
+        None
+    );
+
     // Deleting the message removes its outbox rows.
     insert(s, outbox_msg(&["z"], "mail2")).await;
     let (gone, _) = insert(s, outbox_msg(&["y"], "mail3")).await;
     assert!(s.delete_message(&gone).await.unwrap());
     assert_eq!(
-        s.claim_due("mail3", now + 1_000_000, now + 2_000_000, 10)
+        s.claim_due("mail3", now + 1_000_000, now + 2_000_000, 10, None)
             .await
-            .unwrap(),
+            .unwrap()
+            .rows,
         vec![]
     );
 }

@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use std::collections::HashMap;
 
 use crate::model::{
-    Claimed, InboxItem, Inserted, Message, MessageFilter, NewMessage, OutboxMessage, Page,
-    PageRequest, Recipient, StatusChange,
+    ClaimResult, InboxItem, Inserted, Message, MessageFilter, NewMessage, OutboxMessage, Page,
+    PageRequest, QuotaClaim, Recipient, StatusChange,
 };
 
 pub mod sqlite;
@@ -103,14 +103,29 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_recipient(&self, user_id: &str) -> Result<bool, StoreError>;
 
     /// Lease up to `limit` due outbox deliveries of `channel` until `lease_until_ms`
-    /// (counting an attempt for each). Oldest due first.
+    /// (counting an attempt for each). Oldest due first. With a quota, at most what is left
+    /// of it in the window, and the claims count against it in the same transaction.
     async fn claim_due(
         &self,
         channel: &str,
         now_ms: i64,
         lease_until_ms: i64,
         limit: u32,
-    ) -> Result<Vec<Claimed>, StoreError>;
+        quota: Option<QuotaClaim>,
+    ) -> Result<ClaimResult, StoreError>;
+
+    /// Claims counted against `channel`'s quota in the window starting at `window_start_ms`.
+    async fn quota_used(&self, channel: &str, window_start_ms: i64) -> Result<u64, StoreError>;
+
+    /// The channel instance of a delivery.
+    async fn delivery_channel(&self, delivery_id: i64) -> Result<Option<String>, StoreError>;
+
+    /// The delivery of `channel` the provider knows as `provider_id`.
+    async fn delivery_by_provider_id(
+        &self,
+        channel: &str,
+        provider_id: &str,
+    ) -> Result<Option<i64>, StoreError>;
 
     /// How many outbox deliveries of `channel` are due at `now_ms` (counting stops at `limit`).
     async fn count_due(&self, channel: &str, now_ms: i64, limit: u32) -> Result<u32, StoreError>;

@@ -20,8 +20,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::{OutboxCounts, Store, StoreError};
 use crate::config::{DatabaseSettings, Synchronous};
 use crate::model::{
-    now_ms, AttemptOutcome, Claimed, Delivery, InboxItem, Inserted, Message, MessageFilter,
-    NewMessage, OutboxMessage, Page, PageRequest, Recipient, Status, StatusChange, StatusFilter,
+    now_ms, AttemptOutcome, ClaimResult, Claimed, Delivery, InboxItem, Inserted, Message,
+    MessageFilter, NewMessage, OutboxMessage, Page, PageRequest, QuotaClaim, Recipient, Status,
+    StatusChange, StatusFilter,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -51,7 +52,8 @@ enum WriteOp {
         now: i64,
         lease_until: i64,
         limit: u32,
-        reply: Reply<Vec<Claimed>>,
+        quota: Option<QuotaClaim>,
+        reply: Reply<ClaimResult>,
     },
     /// Finish everything queued before it, close the connection, answer, stop.
     Close(oneshot::Sender<()>),
@@ -184,7 +186,7 @@ enum Outcome {
     Flag(bool),
     Applied(Vec<bool>),
     Items(Vec<InboxItem>),
-    Claimed(Vec<Claimed>),
+    Claimed(ClaimResult),
 }
 
 /// Run one operation inside the current transaction (by reference: it may run again).
@@ -220,8 +222,9 @@ async fn apply(conn: &mut SqliteConnection, op: &WriteOp, now: i64) -> Result<Ou
             now,
             lease_until,
             limit,
+            quota,
             ..
-        } => Outcome::Claimed(claim(conn, channel, *now, *lease_until, *limit).await?),
+        } => Outcome::Claimed(claim(conn, channel, *now, *lease_until, *limit, *quota).await?),
         WriteOp::Close(_) => Outcome::Flag(true),
     })
 }
@@ -549,9 +552,9 @@ async fn apply_status(
                 outcome,
             } => {
                 let q = match outcome {
-                    AttemptOutcome::Sent => sqlx::query(
+                    AttemptOutcome::Sent { .. } => sqlx::query(
                         "UPDATE deliveries SET status = 1, next_attempt_at = NULL, lease_until = NULL, \
-                           updated_at = ?1 WHERE id = ?2 AND status = 0 AND lease_until = ?3",
+                           provider_id = ?4, updated_at = ?1 WHERE id = ?2 AND status = 0 AND lease_until = ?3",
                     )
                     .bind(now),
                     AttemptOutcome::Retry { .. } => sqlx::query(
@@ -567,7 +570,7 @@ async fn apply_status(
                 };
                 let q = q.bind(delivery_id).bind(lease_until_ms);
                 let q = match outcome {
-                    AttemptOutcome::Sent => q,
+                    AttemptOutcome::Sent { provider_id } => q.bind(provider_id),
                     AttemptOutcome::Retry { at_ms, error } => q.bind(at_ms).bind(error),
                     AttemptOutcome::Failed { error } => q.bind(error),
                 };
@@ -653,7 +656,29 @@ async fn claim(
     now: i64,
     lease_until: i64,
     limit: u32,
-) -> Result<Vec<Claimed>, StoreError> {
+    quota: Option<QuotaClaim>,
+) -> Result<ClaimResult, StoreError> {
+    let mut limit = limit;
+    let mut left = None;
+    if let Some(q) = quota {
+        let used: i64 = sqlx::query(
+            "SELECT COALESCE((SELECT used FROM quota_usage WHERE channel = ? AND window_start = ?), 0)",
+        )
+        .bind(channel)
+        .bind(q.window_start_ms)
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get(0)?;
+        let remaining = q.limit.saturating_sub(used.max(0) as u64);
+        limit = limit.min(remaining.min(u64::from(u32::MAX)) as u32);
+        left = Some(remaining);
+        if limit == 0 {
+            return Ok(ClaimResult {
+                rows: Vec::new(),
+                quota_left: left,
+            });
+        }
+    }
     let rows = sqlx::query(
         "UPDATE deliveries SET next_attempt_at = ?1, lease_until = ?1, attempts = attempts + 1, updated_at = ?2 \
          WHERE id IN (SELECT id FROM deliveries WHERE channel = ?3 AND status = 0 \
@@ -681,7 +706,30 @@ async fn claim(
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
     out.sort_by_key(|c| (c.message_seq, c.delivery_id));
-    Ok(out)
+    if let (Some(q), Some(remaining)) = (quota, left) {
+        if !out.is_empty() {
+            sqlx::query(
+                "INSERT INTO quota_usage (channel, window_start, used) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (channel, window_start) DO UPDATE SET used = used + ?3",
+            )
+            .bind(channel)
+            .bind(q.window_start_ms)
+            .bind(out.len() as i64)
+            .execute(&mut *conn)
+            .await?;
+            // Old windows are of no use: keep the table small.
+            sqlx::query("DELETE FROM quota_usage WHERE channel = ? AND window_start < ?")
+                .bind(channel)
+                .bind(q.window_start_ms - 7 * 86_400_000)
+                .execute(&mut *conn)
+                .await?;
+        }
+        left = Some(remaining - out.len() as u64);
+    }
+    Ok(ClaimResult {
+        rows: out,
+        quota_left: left,
+    })
 }
 
 async fn put_recipient(
@@ -720,13 +768,14 @@ fn delivery(row: &sqlx::sqlite::SqliteRow) -> Result<Delivery, StoreError> {
         attempts: row.try_get("attempts")?,
         error: row.try_get("last_error")?,
         next_attempt_ms: row.try_get("next_attempt_at")?,
+        provider_id: row.try_get("provider_id")?,
         created_at_ms: row.try_get("created_at")?,
         updated_at_ms: row.try_get("updated_at")?,
     })
 }
 
 const DELIVERY_COLUMNS: &str =
-    "id, message_seq, receiver, channel, status, attempts, last_error, next_attempt_at, created_at, updated_at";
+    "id, message_seq, receiver, channel, status, attempts, last_error, next_attempt_at, provider_id, created_at, updated_at";
 
 fn message_head(row: &sqlx::sqlite::SqliteRow) -> Result<Message, StoreError> {
     Ok(Message {
@@ -1004,16 +1053,55 @@ impl Store for SqliteStore {
         now_ms: i64,
         lease_until_ms: i64,
         limit: u32,
-    ) -> Result<Vec<Claimed>, StoreError> {
+        quota: Option<QuotaClaim>,
+    ) -> Result<ClaimResult, StoreError> {
         let channel = channel.to_owned();
         self.write(|reply| WriteOp::Claim {
             channel,
             now: now_ms,
             lease_until: lease_until_ms,
             limit,
+            quota,
             reply,
         })
         .await
+    }
+
+    async fn quota_used(&self, channel: &str, window_start_ms: i64) -> Result<u64, StoreError> {
+        let used: Option<i64> =
+            sqlx::query("SELECT used FROM quota_usage WHERE channel = ? AND window_start = ?")
+                .bind(channel)
+                .bind(window_start_ms)
+                .fetch_optional(&self.readers)
+                .await?
+                .map(|r| r.try_get(0))
+                .transpose()?;
+        Ok(used.unwrap_or(0).max(0) as u64)
+    }
+
+    async fn delivery_channel(&self, delivery_id: i64) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query("SELECT channel FROM deliveries WHERE id = ?")
+            .bind(delivery_id)
+            .fetch_optional(&self.readers)
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?)
+    }
+
+    async fn delivery_by_provider_id(
+        &self,
+        channel: &str,
+        provider_id: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query(
+            "SELECT id FROM deliveries WHERE channel = ? AND provider_id = ? ORDER BY id DESC LIMIT 1",
+        )
+        .bind(channel)
+        .bind(provider_id)
+        .fetch_optional(&self.readers)
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()?)
     }
 
     async fn count_due(&self, channel: &str, now_ms: i64, limit: u32) -> Result<u32, StoreError> {
