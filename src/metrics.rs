@@ -57,12 +57,79 @@ pub struct ChannelCounters {
     /// Daily quota of the instance (0: none) and claims counted in the current window.
     pub quota_limit: AtomicU64,
     pub quota_used: AtomicU64,
+    /// Per-minute status changes, for the dashboard chart.
+    pub recent: std::sync::Mutex<Recent>,
     pub latency: Histogram,
+}
+
+/// Minutes of per-minute history kept for the dashboard's chart.
+pub const RECENT_MINUTES: usize = 60;
+
+/// Status changes per minute over the last [`RECENT_MINUTES`] minutes (this node, since
+/// start). One short lock per batch of changes; the status writer is its only writer.
+#[derive(Default)]
+pub struct Recent {
+    /// (minute since the epoch, counts by status code), oldest first.
+    minutes: std::collections::VecDeque<(i64, [u64; 5])>,
+}
+
+impl Recent {
+    fn add(&mut self, minute: i64, status: Status, n: u64) {
+        match self.minutes.back_mut() {
+            Some((m, counts)) if *m == minute => counts[status.code() as usize] += n,
+            Some((m, _)) if *m > minute => {
+                // A change stamped in an older minute (clock step): count it in the latest.
+                if let Some((_, counts)) = self.minutes.back_mut() {
+                    counts[status.code() as usize] += n;
+                }
+            }
+            _ => {
+                let mut counts = [0; 5];
+                counts[status.code() as usize] = n;
+                self.minutes.push_back((minute, counts));
+            }
+        }
+        while self
+            .minutes
+            .front()
+            .is_some_and(|(m, _)| *m <= minute - RECENT_MINUTES as i64)
+        {
+            self.minutes.pop_front();
+        }
+    }
+
+    /// Counts per status for the `RECENT_MINUTES` minutes ending with `now_minute`, oldest
+    /// first (zeros where nothing happened).
+    pub fn series(&self, now_minute: i64) -> [[u64; RECENT_MINUTES]; 5] {
+        let mut out = [[0; RECENT_MINUTES]; 5];
+        let first = now_minute - RECENT_MINUTES as i64 + 1;
+        for (m, counts) in &self.minutes {
+            if (first..=now_minute).contains(m) {
+                let i = (m - first) as usize;
+                for (s, n) in counts.iter().enumerate() {
+                    out[s][i] = *n;
+                }
+            }
+        }
+        out
+    }
 }
 
 impl ChannelCounters {
     pub fn count(&self, status: Status) {
         self.status[status.code() as usize].fetch_add(1, Relaxed);
+        let minute = crate::model::now_ms().div_euclid(60_000);
+        self.recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add(minute, status, 1);
+    }
+
+    pub fn recent_series(&self, now_minute: i64) -> [[u64; RECENT_MINUTES]; 5] {
+        self.recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .series(now_minute)
     }
     pub fn get(&self, status: Status) -> u64 {
         self.status[status.code() as usize].load(Relaxed)
@@ -250,6 +317,26 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recent_keeps_an_hour_per_minute() {
+        let mut r = Recent::default();
+        r.add(1000, Status::Sent, 2);
+        r.add(1000, Status::Failed, 1);
+        r.add(1030, Status::Sent, 5);
+        let s = r.series(1030);
+        assert_eq!(s[Status::Sent.code() as usize][RECENT_MINUTES - 1], 5);
+        assert_eq!(s[Status::Sent.code() as usize][RECENT_MINUTES - 31], 2);
+        assert_eq!(s[Status::Failed.code() as usize][RECENT_MINUTES - 31], 1);
+        r.add(1070, Status::Read, 1);
+        let s = r.series(1070);
+        assert_eq!(
+            s[Status::Sent.code() as usize].iter().sum::<u64>(),
+            5,
+            "minute 1000 fell out"
+        );
+        assert_eq!(r.minutes.len(), 2);
+    }
 
     #[test]
     fn renders_prometheus_text() {

@@ -335,3 +335,21 @@ pub struct RecipientDto {
     pub preferences: serde_json::Value,
     pub updated_at: String,
 }
+
+/// `GET /api/v1/stats/deliveries`
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryStats {
+    /// Start of the first bucket, RFC 3339 (whole minute).
+    pub from: String,
+    pub bucket_seconds: u32,
+    pub buckets: usize,
+    pub channels: Vec<ChannelSeries>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChannelSeries {
+    pub channel: String,
+    /// Status → one count per bucket, oldest first.
+    pub series: std::collections::BTreeMap<String, Vec<u64>>,
+}

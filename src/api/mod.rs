@@ -19,6 +19,7 @@ pub mod inbox;
 pub mod messages;
 pub mod recipients;
 pub mod seed;
+pub mod stats;
 
 use error::ApiError;
 
@@ -63,6 +64,10 @@ pub fn router(app: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi_json))
         .route("/docs", get(docs))
+        .route("/herald.js", get(herald_js))
+        .route("/demo", get(demo))
+        .route("/admin", get(admin))
+        .route("/api/v1/stats/deliveries", get(stats::deliveries))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -133,6 +138,7 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
         clients::clients,
         clients::channels,
         callbacks::callback,
+        stats::deliveries,
         recipients::put,
         recipients::get,
         recipients::delete,
@@ -204,4 +210,25 @@ async fn openapi_json() -> Response {
 /// A self-contained API reference page (no CDN: renders `/openapi.json` in the browser).
 async fn docs() -> Html<&'static str> {
     Html(include_str!("docs.html"))
+}
+
+/// The browser client (`clients/js/herald.js`), an ES module.
+async fn herald_js() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("../../clients/js/herald.js"),
+    )
+}
+
+/// The demo inbox: log in with a user token, watch messages arrive.
+async fn demo() -> Html<&'static str> {
+    Html(include_str!("../../web/demo.html"))
+}
+
+/// The admin dashboard (API key login).
+async fn admin() -> Html<&'static str> {
+    Html(include_str!("../../web/admin.html"))
 }

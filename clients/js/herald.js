@@ -1,0 +1,2 @@
+// herald.js — placeholder; the browser client is being written.
+export {};
