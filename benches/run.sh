@@ -12,8 +12,10 @@ only="${1:-}"
 out="benches/results/$(date -u +%Y-%m-%dT%H%M).jsonl"
 mkdir -p benches/results
 cargo build --release --bin herald --example herald-bench
+cargo build --release -p herald-custom-channel --bin herald-custom
 BENCH=target/release/examples/herald-bench
 HERALD=$PWD/target/release/herald
+HERALD_CUSTOM=$PWD/target/release/herald-custom
 KEY=bench-key
 SECRET=bench-secret
 ulimit -n "$(ulimit -Hn)"
@@ -40,6 +42,24 @@ herald_down() {
   wait "$SERVER_PID" 2>/dev/null || true
   while curl -s -o /dev/null http://127.0.0.1:8080/; do sleep 0.1; done
   rm -rf "$data"
+}
+
+# The provider outbox: herald-custom with a webhook.json instance "hook" posting to the
+# generator's own receiver on 127.0.0.1:18090.
+outbox_up() {
+  port_free 8080
+  data=$(mktemp -d)
+  cat >"$data/herald.toml" <<TOML
+[channels.hook]
+kind = "webhook.json"
+url = "http://127.0.0.1:18090/hook"
+concurrency = 64
+TOML
+  (cd "$data" && HERALD_API_KEY=$KEY HERALD_JWT_SECRET=$SECRET HERALD_LOG__FILTER=warn \
+     exec "$HERALD_CUSTOM" serve --bind 127.0.0.1:8080 >"$data/log" 2>&1) &
+  SERVER_PID=$!
+  for _ in $(seq 100); do curl -sf http://127.0.0.1:8080/healthz >/dev/null && return; sleep 0.1; done
+  echo "herald-custom did not start" >&2; exit 1
 }
 
 nchan_up() {
@@ -82,4 +102,8 @@ for t in herald nchan; do
 done
 run "herald targeted 2000/s" herald_up herald_down targeted --conns 1000 --rate 2000 --duration 10s "${H[@]}"
 run "herald targeted max" herald_up herald_down targeted --conns 1000 --rate max --concurrency 64 --duration 10s "${H[@]}"
+for rate in 500 1000 2000; do
+  run "herald outbox webhook $rate/s" outbox_up herald_down outbox --channel hook --rate "$rate" --duration 10s --drain 20s "${H[@]}"
+done
+run "herald outbox webhook max" outbox_up herald_down outbox --channel hook --rate max --concurrency 64 --duration 10s --drain 30s "${H[@]}"
 echo "results: $out" >&2

@@ -5,7 +5,12 @@
 //! cargo run --release --example herald-bench -- fanout    --conns 10000 --rate 10 --duration 10s
 //! cargo run --release --example herald-bench -- targeted  --conns 1000 --rate 2000 --duration 10s
 //! cargo run --release --example herald-bench -- smoke     (tiny; used by CI)
+//! cargo run --release --example herald-bench -- outbox    --channel hook --rate 2000 --duration 10s
 //! ```
+//! `outbox` measures the provider outbox: it serves the webhook receiver itself
+//! (`--receiver-port`, default 18090, path `/hook`) and sends targeted messages on
+//! `--channel` to a server running the `webhook.json` channel (`herald-custom`, see
+//! `examples/custom-channel`) pointed at it; latency is POST → webhook received.
 //! Options: `--target herald|nchan`, `--ws`, `--api`, `--api-key`, `--jwt-secret`,
 //! `--server-pid PID` (RSS and CPU from /proc). Prints one JSON line on stdout; progress
 //! goes to stderr. Loopback only; every phase is bounded in time.
@@ -36,6 +41,7 @@ enum Scenario {
     Fanout,
     Targeted,
     Smoke,
+    Outbox,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -89,6 +95,11 @@ struct Args {
     /// Hard deadline for the whole run.
     #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
     deadline: Duration,
+    /// `outbox`: the channel instance to send on, and the port of our webhook receiver.
+    #[arg(long)]
+    channel: Option<String>,
+    #[arg(long, default_value = "18090")]
+    receiver_port: u16,
     /// Internal: this process is child `shard` of `shards`.
     #[arg(long, hide = true)]
     shard: Option<usize>,
@@ -478,6 +489,9 @@ impl Sender {
                 if let Some(r) = receiver {
                     body["receivers"] = json!([r]);
                 }
+                if let Some(c) = &self.args.channel {
+                    body["channels"] = json!([c]);
+                }
                 self.client
                     .post(format!("{}/api/v1/messages", self.args.api_base()))
                     .bearer_auth(&self.args.api_key)
@@ -561,6 +575,9 @@ async fn run(args: Arc<Args>) -> serde_json::Value {
     if let Some(shard) = args.shard {
         return child(args, shard).await;
     }
+    if args.scenario == Scenario::Outbox {
+        return outbox(args).await;
+    }
     let mut args_owned = (*args).clone();
     if args.scenario == Scenario::Smoke {
         args_owned.conns = args.conns.min(50);
@@ -637,6 +654,7 @@ async fn run(args: Arc<Args>) -> serde_json::Value {
             let rate: f64 = args.rate.parse().unwrap_or(10.0);
             sender.paced(rate, args.duration, false).await;
         }
+        Scenario::Outbox => unreachable!("handled by outbox()"),
         Scenario::Targeted => {
             if args.rate == "max" {
                 sender.flat_out(args.duration).await;
@@ -737,7 +755,7 @@ fn summarize(
     let connect_secs = end.saturating_sub(start) as f64 / 1e9;
     let accepted = sender.accepted.load(Relaxed);
     let expected = match args.scenario {
-        Scenario::Targeted => accepted,
+        Scenario::Targeted | Scenario::Outbox => accepted,
         Scenario::Idle => 0,
         _ => accepted * connected as u64,
     };
@@ -775,6 +793,105 @@ fn summarize(
             "p99": hist.percentile_ms(0.99),
             "max": hist.max_us as f64 / 1000.0,
         },
+        "send_seconds": (send_secs * 1000.0).round() / 1000.0,
+    })
+}
+
+/// What the webhook receiver saw.
+#[derive(Default)]
+struct Hooked {
+    hist: Option<Histogram>,
+    received: u64,
+    duplicates: u64,
+    seen: std::collections::HashSet<u64>,
+    last_ns: u64,
+}
+
+/// The `outbox` scenario: targeted sends on a provider channel whose webhook is us.
+async fn outbox(args: Arc<Args>) -> serde_json::Value {
+    let hooked = Arc::new(Mutex::new(Hooked {
+        hist: Some(Histogram::new()),
+        ..Hooked::default()
+    }));
+    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", args.receiver_port)).await {
+        Ok(l) => l,
+        Err(e) => return json!({"error": format!("receiver port {}: {e}", args.receiver_port)}),
+    };
+    let h = hooked.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let h = h.clone();
+            async move {
+                let now = unix_nanos();
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let content = v["message"]["content"].as_str().unwrap_or("");
+                let mut it = content.split(' ');
+                let seq = it.next().and_then(|x| x.parse::<u64>().ok());
+                let sent = it.next().and_then(|x| x.parse::<u64>().ok());
+                let mut g = h.lock().unwrap();
+                if let (Some(seq), Some(sent)) = (seq, sent) {
+                    if g.seen.insert(seq) {
+                        g.received += 1;
+                        g.last_ns = g.last_ns.max(now);
+                        if let Some(hist) = g.hist.as_mut() {
+                            hist.record(now.saturating_sub(sent) / 1000);
+                        }
+                    } else {
+                        g.duplicates += 1;
+                    }
+                }
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+
+    let before = sample(args.server_pid);
+    let sender = Sender::new(args.clone());
+    let send_start = Instant::now();
+    let send_start_ns = unix_nanos();
+    if args.rate == "max" {
+        sender.flat_out(args.duration).await;
+    } else {
+        let rate: f64 = args.rate.parse().unwrap_or(1000.0);
+        sender.paced(rate, args.duration, true).await;
+    }
+    let send_elapsed = send_start.elapsed();
+    // Drain: until every accepted send arrived, at most `drain`.
+    let accepted = sender.accepted.load(Relaxed);
+    let drain_end = Instant::now() + args.drain;
+    while hooked.lock().unwrap().received < accepted && Instant::now() < drain_end {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = sample(args.server_pid);
+    let g = hooked.lock().unwrap();
+    let hist = g.hist.clone().unwrap_or_else(Histogram::new);
+    let ticks = after.cpu_ticks.saturating_sub(before.cpu_ticks) as f64 / 100.0;
+    let send_secs = send_elapsed.as_secs_f64().max(1e-9);
+    let span = (g.last_ns.saturating_sub(send_start_ns) as f64 / 1e9).max(1e-9);
+    json!({
+        "scenario": "outbox",
+        "target": "herald",
+        "channel": args.channel,
+        "sends_accepted": accepted,
+        "sends_rejected": sender.rejected.load(Relaxed),
+        "accepted_sends_per_s": (accepted as f64 / send_secs).round(),
+        "received": g.received,
+        "lost": accepted.saturating_sub(g.received),
+        "duplicates": g.duplicates,
+        "deliveries_per_s": (g.received as f64 / span).round(),
+        "latency_ms": {
+            "p50": hist.percentile_ms(0.50),
+            "p90": hist.percentile_ms(0.90),
+            "p99": hist.percentile_ms(0.99),
+            "max": hist.max_us as f64 / 1000.0,
+        },
+        "server_cpu_seconds": ticks,
+        "server_cpu_percent": (ticks / span.max(send_secs) * 100.0).round(),
+        "server_rss_kib_end": after.rss_kib,
         "send_seconds": (send_secs * 1000.0).round() / 1000.0,
     })
 }
