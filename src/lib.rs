@@ -10,6 +10,8 @@
 // Built-in channel crates: referenced so they are linked and register their kinds.
 #[cfg(feature = "email")]
 extern crate herald_channel_email as _;
+#[cfg(feature = "wechat")]
+extern crate herald_channel_wechat as _;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -418,14 +420,17 @@ pub fn build_instances(
                 .filter(|r| !r.per.is_zero())
             });
         }
+        // Without `quota_reset`, the vendor's day (local midnight in its UTC offset).
+        let reset_ms = quota.reset_ms.unwrap_or_else(|| {
+            defaults
+                .quota_reset_utc_offset_minutes
+                .map_or(0, |m| (-i64::from(m) * 60_000).rem_euclid(86_400_000))
+        });
         limits.quota = quota
             .limit
             .or(defaults.daily_quota)
             .filter(|n| *n > 0)
-            .map(|limit| dispatch::outbox::DailyQuota {
-                limit,
-                reset_ms: quota.reset_ms,
-            });
+            .map(|limit| dispatch::outbox::DailyQuota { limit, reset_ms });
         out.insert(
             name.clone(),
             Instance {
@@ -444,7 +449,8 @@ pub fn build_instances(
 #[derive(Clone, Copy)]
 struct QuotaKeys {
     limit: Option<u64>,
-    reset_ms: i64,
+    /// `quota_reset`, when given.
+    reset_ms: Option<i64>,
 }
 
 /// The keys of `[channels.<name>]` that belong to the core, not to the channel: `enabled`,
@@ -489,16 +495,11 @@ fn core_keys(
         Some(_) => return Err(err("max_attempts", "must be an integer from 1 to 1000")),
     };
     let reset_ms = match table.remove("quota_reset") {
-        None => 0,
-        Some(toml::Value::String(s)) => {
-            dispatch::outbox::DailyQuota::parse_reset(&s).map_err(|m| err("quota_reset", &m))?
-        }
-        Some(_) => {
-            return Err(err(
-                "quota_reset",
-                "must be a string like \"00:00+08:00\"",
-            ))
-        }
+        None => None,
+        Some(toml::Value::String(s)) => Some(
+            dispatch::outbox::DailyQuota::parse_reset(&s).map_err(|m| err("quota_reset", &m))?,
+        ),
+        Some(_) => return Err(err("quota_reset", "must be a string like \"00:00+08:00\"")),
     };
     let limit = match table.remove("daily_quota") {
         None => None,
@@ -544,6 +545,10 @@ mod tests {
         assert!(kinds.contains(&"websocket"), "{kinds:?}");
         #[cfg(feature = "email")]
         assert!(kinds.contains(&"email.smtp"), "{kinds:?}");
+        #[cfg(feature = "wechat")]
+        for k in ["wechat.template", "wechat.robot"] {
+            assert!(kinds.contains(&k), "{kinds:?}");
+        }
         assert!(herald_channel::find("websocket").unwrap().presence);
     }
 

@@ -47,6 +47,13 @@ pub enum TemplateError {
         line: usize,
         message: String,
     },
+    /// An unknown filter, test or function, found by a trial render without data.
+    #[error("{}:{line}: {message}", path.display())]
+    Unknown {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
 }
 
 /// Why a template could not be rendered with the given data.
@@ -118,7 +125,19 @@ impl Templates {
                 .is_some_and(|n| n.starts_with('.'))
         };
         for name_dir in read_dir(dir)? {
-            if hidden(&name_dir) || !name_dir.is_dir() {
+            if hidden(&name_dir) {
+                continue;
+            }
+            if !name_dir.is_dir() {
+                // A README is fine; a template file outside a template folder is a mistake.
+                if name_dir.extension().is_some_and(|e| e == "j2") {
+                    return Err(TemplateError::BadName {
+                        path: name_dir,
+                        reason: "a template file belongs in a template folder: \
+                                 <dir>/<name>/<family>.<part>.j2"
+                            .into(),
+                    });
+                }
                 continue;
             }
             let name = name_dir
@@ -183,8 +202,39 @@ impl Templates {
                     .push(part.to_owned());
             }
         }
+        t.check_names(dir)?;
         tracing::info!(dir = %dir.display(), count = t.len(), "templates loaded");
         Ok(t)
+    }
+
+    /// minijinja resolves filters, tests and functions only when it renders, so a typo
+    /// (`| uper`) would otherwise surface at the first send as a 422. Render every file once
+    /// without data, undefined values chaining silently, and fail on unknown names only
+    /// (other errors are expected without data). Best effort: branches not taken without
+    /// data (`{% if url is defined %}`) are not checked here, but at send time.
+    fn check_names(&self, dir: &Path) -> Result<(), TemplateError> {
+        let mut env = self.env.clone();
+        env.set_undefined_behavior(UndefinedBehavior::Chainable);
+        let empty = minijinja::Value::from_serialize(serde_json::json!({}));
+        for key in self.sources.keys() {
+            let Err(e) = env.get_template(key).and_then(|t| t.render(&empty)) else {
+                continue;
+            };
+            if matches!(
+                e.kind(),
+                ErrorKind::UnknownFilter | ErrorKind::UnknownTest | ErrorKind::UnknownFunction
+            ) {
+                return Err(TemplateError::Unknown {
+                    path: dir.join(key),
+                    line: e.line().unwrap_or(0),
+                    message: match e.detail() {
+                        Some(d) => format!("{}: {d}", e.kind()),
+                        None => e.kind().to_string(),
+                    },
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Template names, sorted.
@@ -259,11 +309,16 @@ impl Templates {
         data: &serde_json::Value,
     ) -> RenderError {
         let excerpt = match (e.range(), self.sources.get(key)) {
-            (Some(range), Some(src)) => src.get(range).map(str::trim).unwrap_or(""),
-            _ => "",
+            (Some(range), Some(src)) => excerpt(src, range),
+            _ => String::new(),
+        };
+        let quoted = if excerpt.is_empty() || excerpt.chars().count() > 120 {
+            String::new()
+        } else {
+            format!(" in `{excerpt}`")
         };
         let message = if e.kind() == ErrorKind::UndefinedError {
-            // Name the variables of the failing expression that `data` lacks.
+            // Name the variables of the failing tag that `data` lacks.
             let undeclared = self
                 .env
                 .get_template(key)
@@ -271,11 +326,11 @@ impl Templates {
                 .unwrap_or_default();
             let mut missing: Vec<&String> = undeclared
                 .iter()
-                .filter(|v| data.get(v.as_str()).is_none() && mentions(excerpt, v))
+                .filter(|v| data.get(v.as_str()).is_none() && mentions(&excerpt, v))
                 .collect();
             missing.sort();
             if missing.is_empty() {
-                format!("undefined value in `{excerpt}`")
+                format!("undefined value{quoted}")
             } else {
                 let names: Vec<String> = missing.iter().map(|v| format!("`{v}`")).collect();
                 format!("`data` has no {}", names.join(", "))
@@ -285,11 +340,7 @@ impl Templates {
                 .detail()
                 .map(str::to_owned)
                 .unwrap_or_else(|| e.kind().to_string());
-            if excerpt.is_empty() || excerpt.len() > 80 {
-                detail
-            } else {
-                format!("{detail} in `{excerpt}`")
-            }
+            format!("{detail}{quoted}")
         };
         RenderError::Render {
             file: key.to_owned(),
@@ -299,13 +350,34 @@ impl Templates {
     }
 }
 
-/// `expr` mentions the identifier `name` (not as part of a longer identifier).
+/// The source of the `{{ … }}` / `{% … %}` tag around `range` (minijinja's spans often
+/// cover only a filter or an attribute), whitespace collapsed; else the span itself.
+fn excerpt(src: &str, range: std::ops::Range<usize>) -> String {
+    let tag = || -> Option<&str> {
+        let before = src.get(..range.start)?;
+        let open = before.rfind("{{").max(before.rfind("{%"))?;
+        let inside = src.get(open + 2..range.start)?;
+        if inside.contains("}}") || inside.contains("%}") {
+            return None;
+        }
+        let after = src.get(range.end..)?;
+        let close = [after.find("}}"), after.find("%}")]
+            .into_iter()
+            .flatten()
+            .min()?;
+        src.get(open..range.end + close + 2)
+    };
+    let text = tag().or_else(|| src.get(range.clone())).unwrap_or("");
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// `expr` mentions the variable `name`: not part of a longer identifier, not an attribute.
 fn mentions(expr: &str, name: &str) -> bool {
     let ident = |c: char| c.is_alphanumeric() || c == '_';
     expr.match_indices(name).any(|(i, _)| {
         let before = expr[..i].chars().next_back();
         let after = expr[i + name.len()..].chars().next();
-        !before.is_some_and(ident) && !after.is_some_and(ident)
+        !before.is_some_and(|c| ident(c) || c == '.') && !after.is_some_and(ident)
     })
 }
 
@@ -386,6 +458,14 @@ mod tests {
             serde_json::from_str(&t.render("report_ready", "webhook", &data()).unwrap()["json"])
                 .unwrap();
         assert_eq!(hook["reportId"], "R-7");
+        // WeCom group robots (`wechat.robot`) take `md` / `txt`; no patient name in a group.
+        let wechat = t.render("report_ready", "wechat", &data()).unwrap();
+        assert_eq!(wechat.keys().collect::<Vec<_>>(), vec!["json", "md", "txt"]);
+        for part in ["md", "txt"] {
+            assert!(wechat[part].contains("R-7"), "{}", wechat[part]);
+            assert!(wechat[part].contains("https://reports.example.com/R-7"));
+            assert!(!wechat[part].contains("Li Lei"), "{}", wechat[part]);
+        }
         // `url` is optional.
         let mut d = data();
         d.as_object_mut().unwrap().remove("url");
@@ -493,5 +573,116 @@ mod tests {
         let t = Templates::load(Path::new("/nonexistent/herald-templates")).unwrap();
         assert!(t.is_empty() && t.names().is_empty());
         assert!(Templates::empty().families("x").is_empty());
+    }
+    #[test]
+    fn shareable_across_threads() {
+        fn check<T: Send + Sync + 'static>() {}
+        check::<Templates>();
+        check::<std::sync::Arc<Templates>>();
+    }
+
+    #[test]
+    fn json_parts_escape_plain_values_and_come_back_compact() {
+        let t = shipped();
+        let mut d = data();
+        d["patient_name"] = json!("Li \"Lei\"\nline 2 \\ </x>");
+        let out = t.render("report_ready", "wechat", &d).unwrap();
+        let json = &out["json"];
+        assert!(!json.contains('\n'), "compact: {json}");
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(json, &v.to_string());
+        assert_eq!(v["data"]["keyword1"]["value"], "Li \"Lei\"\nline 2 \\ </x>");
+        assert_eq!(v["data"]["keyword2"]["value"], "CT chest");
+        // Numbers stay numbers in webhook JSON but become strings in push `data`.
+        d["report_id"] = json!(42);
+        let hook: serde_json::Value =
+            serde_json::from_str(&t.render("report_ready", "webhook", &d).unwrap()["json"])
+                .unwrap();
+        assert_eq!(hook["reportId"], 42);
+        let push: serde_json::Value =
+            serde_json::from_str(&t.render("report_ready", "push", &d).unwrap()["json"]).unwrap();
+        assert_eq!(push["data"]["reportId"], "42");
+    }
+
+    #[test]
+    fn render_errors_name_the_variable_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "n/email.txt.j2",
+            "Hi {{ name }},\n{{ other | upper }} {% if url is defined %}{{ url }}{% endif %}",
+        );
+        write(dir.path(), "n/sms.txt.j2", "{{ user.name.first }}");
+        write(
+            dir.path(),
+            "n/push.txt.j2",
+            "{{ name | length | int }}{{ name * 2 | length }}",
+        );
+        let t = Templates::load(dir.path()).unwrap();
+        let err = t.render("n", "email", &json!({"name": "a"})).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "template n/email.txt.j2:2: `data` has no `other`"
+        );
+        let err = t.render("n", "email", &json!({})).unwrap_err().to_string();
+        assert_eq!(err, "template n/email.txt.j2:1: `data` has no `name`");
+        let err = t
+            .render("n", "sms", &json!({"user": {"id": 1}}))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "template n/sms.txt.j2:1: undefined value in `{{ user.name.first }}`"
+        );
+        // A `data` field of the wrong type: minijinja's message and the tag.
+        let err = t
+            .render("n", "push", &json!({"name": 5}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("template n/push.txt.j2:1: ") && err.contains("`{{ name | length"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_filters_and_misplaced_files_fail_the_load() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "n/email.txt.j2", "a\n{{ name | uper }}");
+        let err = Templates::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("n/email.txt.j2:2: ") && err.contains("uper"),
+            "{err}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "n/email.txt.j2",
+            "{% if x is defind %}x{% endif %}",
+        );
+        let err = Templates::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("n/email.txt.j2:1: ") && err.contains("defind"),
+            "{err}"
+        );
+
+        // Errors a trial render without data would hit anyway are not load errors.
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "n/email.txt.j2",
+            "{{ n | length }} {{ x | tojson }}",
+        );
+        Templates::load(dir.path()).unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "email.txt.j2", "x");
+        write(dir.path(), "README.md", "docs");
+        let err = Templates::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("email.txt.j2") && err.contains("<name>"),
+            "{err}"
+        );
     }
 }

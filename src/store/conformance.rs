@@ -274,15 +274,9 @@ async fn outbox_claims_leases_and_outcomes(s: &dyn Store) {
     });
     let r = s.claim_due("quota", at, at + 60_000, 1, q).await.unwrap();
     assert_eq!((r.rows.len(), r.quota_left), (1, Some(1)));
-    let r = s
-        .claim_due("quota", at, at + 60_000, 10, q)
-        .await
-        .unwrap();
+    let r = s.claim_due("quota", at, at + 60_000, 10, q).await.unwrap();
     assert_eq!((r.rows.len(), r.quota_left), (1, Some(0)));
-    let r = s
-        .claim_due("quota", at, at + 60_000, 10, q)
-        .await
-        .unwrap();
+    let r = s.claim_due("quota", at, at + 60_000, 10, q).await.unwrap();
     assert_eq!(
         (r.rows.len(), r.quota_left),
         (0, Some(0)),

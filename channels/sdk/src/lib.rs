@@ -374,6 +374,10 @@ pub struct Defaults {
     pub rate_limit: Option<(u32, Duration)>,
     /// At most this many sends per quota window (a day).
     pub daily_quota: Option<u64>,
+    /// When the vendor's day starts, as minutes east of UTC midnight (WeChat counts days in
+    /// China time: `8 * 60`… i.e. windows start at 00:00 UTC+8 = 16:00 UTC). The
+    /// instance's `quota_reset` wins.
+    pub quota_reset_utc_offset_minutes: Option<i32>,
 }
 
 impl Defaults {
@@ -383,6 +387,11 @@ impl Defaults {
     }
     pub fn daily_quota(mut self, n: u64) -> Self {
         self.daily_quota = Some(n);
+        self
+    }
+    /// The vendor's day starts at local midnight in this UTC offset (minutes, e.g. 480).
+    pub fn quota_day_in_utc_offset(mut self, minutes: i32) -> Self {
+        self.quota_reset_utc_offset_minutes = Some(minutes);
         self
     }
 }

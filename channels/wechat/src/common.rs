@@ -1,0 +1,331 @@
+//! What both WeChat channels share: secrets, configuration helpers, the HTTP client, and
+//! the mapping of HTTP-level failures (no answer, a proxy's error page) to classified errors.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::time::Duration;
+
+use herald_channel::{parse_config, BuildContext, ChannelError, ConfigError};
+use reqwest::{StatusCode, Url};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+
+/// `User-Agent` of every request.
+pub(crate) const USER_AGENT: &str = concat!("herald-wechat/", env!("CARGO_PKG_VERSION"));
+
+/// Longest vendor `errmsg` kept in an error message.
+const MAX_VENDOR_CHARS: usize = 160;
+
+/// The default of `timeout`.
+pub(crate) const DEFAULT_TIMEOUT: &str = "10s";
+
+pub(crate) fn default_timeout() -> String {
+    DEFAULT_TIMEOUT.to_owned()
+}
+
+/// A secret string (app secret, access token, webhook key or URL). `Debug` never shows it,
+/// and a wrongly typed value is not echoed by the configuration error either.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Secret(String);
+
+impl Secret {
+    pub(crate) fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Not `String::deserialize`: its type error quotes the value (`integer `1234``).
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) => Ok(Secret(s)),
+            _ => Err(serde::de::Error::custom("invalid type: expected a string")),
+        }
+    }
+}
+
+/// [`parse_config`], plus the key's path in type errors (serde names the key only for
+/// unknown and missing fields; `timeout = 5` would otherwise just say "expected a string").
+pub(crate) fn parse<T: DeserializeOwned>(ctx: &BuildContext<'_>) -> Result<T, ConfigError> {
+    parse_config::<T>(ctx).map_err(|err| {
+        match serde_path_to_error::deserialize::<_, T>(ctx.config) {
+            Err(e) if e.path().to_string() != "." => {
+                ConfigError::new(ctx.name, format!("{}: {}", e.path(), e.inner()))
+            }
+            _ => err,
+        }
+    })
+}
+
+/// `key: message` for instance `name`.
+pub(crate) fn config_error(name: &str, key: &str, message: impl fmt::Display) -> ConfigError {
+    ConfigError::new(name, format!("{key}: {message}"))
+}
+
+/// A humantime duration greater than zero.
+pub(crate) fn parse_timeout(name: &str, value: &str) -> Result<Duration, ConfigError> {
+    let timeout = humantime::parse_duration(value.trim()).map_err(|e| {
+        config_error(
+            name,
+            "timeout",
+            format!("`{value}` is not a duration ({e}); expected e.g. \"10s\""),
+        )
+    })?;
+    if timeout.is_zero() {
+        return Err(config_error(name, "timeout", "must be longer than 0s"));
+    }
+    Ok(timeout)
+}
+
+/// An `http`/`https` base URL without query or fragment, returned without a trailing `/`
+/// so paths can be appended. Not secret: the value is quoted in errors.
+pub(crate) fn parse_endpoint(name: &str, key: &str, value: &str) -> Result<String, ConfigError> {
+    let url = Url::parse(value.trim())
+        .map_err(|e| config_error(name, key, format!("`{value}` is not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(config_error(
+            name,
+            key,
+            format!("`{value}`: expected an http(s) URL such as \"https://api.weixin.qq.com\""),
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(config_error(
+            name,
+            key,
+            format!("`{value}`: a base URL takes no query or fragment"),
+        ));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+/// `scheme://host[:port]` of a URL, for `Debug` output of URLs whose path or query is secret.
+pub(crate) fn origin(url: &Url) -> String {
+    url.origin().ascii_serialization()
+}
+
+/// One client per instance: keeps connections alive and carries the timeout. Redirects are
+/// never followed: they would carry the access token or webhook key to another address.
+pub(crate) fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(USER_AGENT)
+        .build()
+}
+
+/// A request that got no HTTP answer: `transient`. The URL is stripped (it holds the access
+/// token or the webhook key); the causes are kept.
+pub(crate) fn request_error(e: reqwest::Error, what: &str) -> ChannelError {
+    let e = e.without_url();
+    let how = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "failed"
+    };
+    let mut message = format!("{what} {how}: {e}");
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.ends_with(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    if e.is_builder() {
+        ChannelError::config(message)
+    } else {
+        ChannelError::transient(message)
+    }
+}
+
+/// A non-2xx HTTP status. WeChat answers every API call with 200 and an `errcode`, so this
+/// comes from a proxy, a load balancer or a wrong `endpoint`.
+pub(crate) fn http_status_error(status: StatusCode, what: &str) -> ChannelError {
+    let answered = format!("{what} answered HTTP {status}");
+    let error = match status.as_u16() {
+        429 => ChannelError::rate_limited(answered).with_retry_after(Duration::from_secs(60)),
+        408 | 500..=599 => ChannelError::transient(answered),
+        413 => ChannelError::permanent(answered),
+        300..=399 => ChannelError::config(format!(
+            "{answered}; redirects are not followed, check `endpoint`"
+        )),
+        _ => ChannelError::config(format!("{answered}; check `endpoint`")),
+    };
+    error.with_code(format!("HTTP {}", status.as_u16()))
+}
+
+/// A vendor `errmsg` made fit for a stored error: one line, at most 160 characters, and any
+/// secret that might be echoed replaced by `<redacted>`.
+pub(crate) fn vendor_text(errmsg: &str, secrets: &[&str]) -> String {
+    let mut text = errmsg.split_whitespace().collect::<Vec<_>>().join(" ");
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        text = text.replace(secret, "<redacted>");
+    }
+    if text.chars().count() > MAX_VENDOR_CHARS {
+        text = text.chars().take(MAX_VENDOR_CHARS).collect::<String>() + "…";
+    }
+    text
+}
+
+/// `s` cut to at most `max` bytes at a character boundary, ending in `…` when cut.
+pub(crate) fn truncate_bytes(s: &str, max: usize) -> Cow<'_, str> {
+    const ELLIPSIS: &str = "…";
+    if s.len() <= max {
+        return Cow::Borrowed(s);
+    }
+    let mut end = max.saturating_sub(ELLIPSIS.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}{ELLIPSIS}", &s[..end]))
+}
+
+/// The reply every WeChat / WeCom API call gives: `errcode` 0 is success.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Reply {
+    #[serde(default)]
+    pub errcode: i64,
+    #[serde(default)]
+    pub errmsg: String,
+    /// Template sends: the message id (a number).
+    #[serde(default)]
+    pub msgid: Option<serde_json::Value>,
+}
+
+/// Reads an API reply: the status first, then the JSON body.
+pub(crate) async fn read_reply(
+    response: reqwest::Response,
+    what: &str,
+) -> Result<Reply, ChannelError> {
+    let status = response.status();
+    if !status.is_success() {
+        return Err(http_status_error(status, what));
+    }
+    let body = response.bytes().await.map_err(|e| request_error(e, what))?;
+    serde_json::from_slice(&body).map_err(|_| {
+        ChannelError::transient(format!(
+            "{what} answered HTTP {status} with a body that is not a WeChat reply ({} bytes)",
+            body.len()
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_channel::ErrorKind;
+
+    #[test]
+    fn truncation_keeps_characters_whole() {
+        assert_eq!(truncate_bytes("short", 10), "short");
+        assert_eq!(truncate_bytes("exactly10!", 10), "exactly10!");
+        assert_eq!(truncate_bytes("abcdefghijk", 10), "abcdefg…");
+        // 报 is 3 bytes: 4 of them are 12 bytes; 10 bytes leave 7 for text → 2 characters.
+        let cut = truncate_bytes("报报报报", 10);
+        assert_eq!(cut, "报报…");
+        assert!(cut.len() <= 10);
+        for max in 3..40 {
+            let s = "报告 ready ✓ 好".repeat(3);
+            let cut = truncate_bytes(&s, max);
+            assert!(cut.len() <= max, "{max}: {cut}");
+        }
+    }
+
+    #[test]
+    fn vendor_text_is_short_one_line_and_redacted() {
+        assert_eq!(
+            vendor_text(
+                "invalid credential,\n access_token is  TOK123 rid: 1",
+                &["TOK123"]
+            ),
+            "invalid credential, access_token is <redacted> rid: 1"
+        );
+        let long = "x".repeat(500);
+        assert_eq!(
+            vendor_text(&long, &[]).chars().count(),
+            MAX_VENDOR_CHARS + 1
+        );
+        assert_eq!(vendor_text("ok", &[""]), "ok");
+    }
+
+    #[test]
+    fn http_statuses() {
+        use ErrorKind::*;
+        for (status, kind) in [
+            (429, RateLimited),
+            (408, Transient),
+            (500, Transient),
+            (502, Transient),
+            (503, Transient),
+            (413, Permanent),
+            (301, Config),
+            (400, Config),
+            (401, Config),
+            (403, Config),
+            (404, Config),
+        ] {
+            let e = http_status_error(StatusCode::from_u16(status).unwrap(), "stable_token");
+            assert_eq!(e.kind(), kind, "{status}: {e}");
+            assert_eq!(e.code(), Some(format!("HTTP {status}").as_str()));
+            assert!(e.message().starts_with("stable_token answered HTTP"), "{e}");
+        }
+    }
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(
+            parse_endpoint("w", "endpoint", "https://api.weixin.qq.com/").unwrap(),
+            "https://api.weixin.qq.com"
+        );
+        assert_eq!(
+            parse_endpoint("w", "endpoint", "http://127.0.0.1:8080/proxy/").unwrap(),
+            "http://127.0.0.1:8080/proxy"
+        );
+        for bad in [
+            "",
+            "api.weixin.qq.com",
+            "ftp://x",
+            "https://x/?a=1",
+            "https://x/#f",
+        ] {
+            let e = parse_endpoint("w", "endpoint", bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("channels.w: endpoint: "), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn timeouts() {
+        assert_eq!(
+            parse_timeout("w", "750ms").unwrap(),
+            Duration::from_millis(750)
+        );
+        for bad in ["soon", "0s", ""] {
+            let e = parse_timeout("w", bad).unwrap_err().to_string();
+            assert!(e.starts_with("channels.w: timeout: "), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn secrets_are_redacted_and_not_echoed() {
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "\"<redacted>\"");
+        let err = serde_json::from_value::<Secret>(serde_json::json!(987654321)).unwrap_err();
+        assert!(!err.to_string().contains("987654321"), "{err}");
+    }
+}
