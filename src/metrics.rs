@@ -117,12 +117,20 @@ impl Recent {
 
 impl ChannelCounters {
     pub fn count(&self, status: Status) {
-        self.status[status.code() as usize].fetch_add(1, Relaxed);
+        self.count_n(status, 1);
+    }
+
+    /// Count `n` transitions to `status` (and in the per-minute history).
+    pub fn count_n(&self, status: Status, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.status[status.code() as usize].fetch_add(n, Relaxed);
         let minute = crate::model::now_ms().div_euclid(60_000);
         self.recent
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .add(minute, status, 1);
+            .add(minute, status, n);
     }
 
     pub fn recent_series(&self, now_minute: i64) -> [[u64; RECENT_MINUTES]; 5] {

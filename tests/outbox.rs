@@ -386,10 +386,7 @@ async fn attempts_are_capped_and_permanent_errors_never_retried() {
     .await;
     let capped = send_to(&app, "capped", &["7"]).await;
     for n in 1..=2 {
-        app.wait_delivery(&capped, "7", "capped", "a retry", |d| {
-            d["attempts"] == n && d["error"].is_string()
-        })
-        .await;
+        app.wait_retry_scheduled(&capped, "7", "capped", n).await;
         app.advance(Duration::from_secs(10));
     }
     let d = app

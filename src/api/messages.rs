@@ -195,6 +195,12 @@ pub async fn accept(
     match app.store.insert_message(new).await? {
         Inserted::New { delivery_ids, .. } => {
             app.metrics.messages_accepted.fetch_add(1, Relaxed);
+            // Deliveries born failed (no_address, opted_out) count as failures too.
+            for d in planned_deliveries.iter().filter(|d| d.status == Status::Failed) {
+                if let Some(c) = app.metrics.channel(&d.channel) {
+                    c.count(Status::Failed);
+                }
+            }
             let count = delivery_ids.len();
             let planned: Vec<Planned> = planned_deliveries
                 .into_iter()

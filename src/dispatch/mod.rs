@@ -327,8 +327,7 @@ impl Dispatcher {
     ) -> Result<Vec<InboxItem>, StoreError> {
         let items = self.inner.store.collect(receiver, channel, limit).await?;
         if let Some(c) = self.inner.metrics.channel(channel) {
-            c.status[Status::Delivered.code() as usize]
-                .fetch_add(items.len() as u64, Ordering::Relaxed);
+            c.count_n(Status::Delivered, items.len() as u64);
         }
         Ok(items)
     }

@@ -281,6 +281,40 @@ impl TestApp {
         }
     }
 
+    /// Poll until attempt number `attempts` of the delivery has *failed* and its retry is
+    /// scheduled: the row shows `attempts`, an error, and a due time closer than half the
+    /// lease (while an attempt is in flight the due time is its lease end, and the error
+    /// is the previous attempt's). Use before moving the clock, so a send still in flight
+    /// never sees its lease run out.
+    pub async fn wait_retry_scheduled(
+        &self,
+        id: &str,
+        receiver: &str,
+        channel: &str,
+        attempts: i64,
+    ) -> Value {
+        let clock = self.clock.clone().expect("spawned with a manual clock");
+        let half_lease = self.settings.dispatch.lease.as_millis() as i128 / 2;
+        self.wait_delivery(
+            id,
+            receiver,
+            channel,
+            &format!("attempt {attempts} to fail"),
+            |d| {
+                let due = d["nextAttemptAt"].as_str().and_then(|s| {
+                    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                        .ok()
+                });
+                let now = i128::from(herald::clock::Clock::now_ms(&clock)) * 1_000_000;
+                d["attempts"] == attempts
+                    && d["error"].is_string()
+                    && due
+                        .is_some_and(|t| (t.unix_timestamp_nanos() - now) / 1_000_000 < half_lease)
+            },
+        )
+        .await
+    }
+
     /// `GET /api/v1/messages` total.
     pub async fn total(&self) -> u64 {
         let (status, body) = self.api_get("/api/v1/messages?page=1&size=100").await;
