@@ -1,0 +1,270 @@
+// End-to-end tests in headless Chromium: the demo inbox (/demo), the admin dashboard
+// (/admin) and herald.js, against a real herald binary. Run by tests/browser/run.sh:
+//   HERALD_BIN=target/debug/herald node --test tests/browser/e2e.test.mjs
+// Writes docs/screenshots/demo.png and docs/screenshots/admin.png.
+
+import assert from "node:assert/strict";
+import { mkdirSync } from "node:fs";
+import path from "node:path";
+import { after, before, test } from "node:test";
+
+import { chromium } from "playwright-core";
+
+import { HeraldServer, REPO, waitFor } from "./lib/server.mjs";
+
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const SHOTS = path.join(REPO, "docs/screenshots");
+const VIEWPORT = { width: 1366, height: 768 };
+const USER = "42";
+
+/** @type {HeraldServer} */ let server;
+/** @type {import("playwright-core").Browser} */ let browser;
+/** @type {import("playwright-core").Page} */ let demo;
+/** @type {import("playwright-core").Page} */ let admin;
+
+// Everything a page reports: uncaught exceptions are always failures; console errors are
+// failures unless the browser logged them for a request a test made fail on purpose.
+const problems = [];
+let expectNetworkErrors = false;
+const NETWORK_NOISE = [/^Failed to load resource/, /^WebSocket connection to .* failed/];
+
+async function newPage(name) {
+  const context = await browser.newContext({ viewport: VIEWPORT, colorScheme: "light" });
+  const page = await context.newPage();
+  page.setDefaultTimeout(10_000);
+  page.on("pageerror", (err) => problems.push(`${name}: uncaught ${err.stack ?? err.message}`));
+  page.on("console", (msg) => {
+    if (msg.type() !== "error") return;
+    const text = msg.text();
+    if (expectNetworkErrors && NETWORK_NOISE.some((re) => re.test(text))) return;
+    problems.push(`${name}: console.error ${text}`);
+  });
+  return page;
+}
+
+/** Run `fn` while requests that fail on purpose (401, 422, server down) may log errors. */
+async function allowingNetworkErrors(fn) {
+  expectNetworkErrors = true;
+  try {
+    return await fn();
+  } finally {
+    expectNetworkErrors = false;
+  }
+}
+
+const demoItems = (id) => demo.locator(`#messages .msg[data-id="${id}"]`);
+
+before(async () => {
+  server = await HeraldServer.start();
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+});
+
+test("demo: opens with a token, shows a message sent through the REST API, acks it (delivered)", async () => {
+  demo = await newPage("demo");
+  const token = server.token({ user: USER, name: "alice", device: "laptop" });
+  await demo.goto(`${server.url}/demo?token=${encodeURIComponent(token)}`);
+  await demo.locator('#state[data-state="live"]').waitFor({ timeout: 10_000 });
+  assert.equal(new URL(demo.url()).search, "", "the token is removed from the address bar");
+  assert.match(await demo.locator("#who-user").textContent(), /alice \(42\)/);
+
+  const id = await server.send({ receivers: [USER], title: "Report ready", content: '{"reportId":7,"patient":"Li Lei"}', type: 1 });
+  const item = demoItems(id);
+  await item.waitFor({ timeout: 10_000 });
+  assert.equal(await item.locator("h3").textContent(), "Report ready");
+  assert.match(await item.locator("pre.body").textContent(), /"reportId": 7/);
+  await server.waitForStatus(id, USER, "delivered");
+  assert.equal(await item.getAttribute("data-status"), "delivered");
+  await demo.waitForFunction(() => document.getElementById("announcer").textContent.includes("Report ready"), null, { timeout: 5000 });
+});
+
+test("demo: Mark read marks the delivery read", async () => {
+  const id = await server.send({ receivers: [USER], title: "Please read me", content: "Plain text content." });
+  const item = demoItems(id);
+  await item.waitFor({ timeout: 10_000 });
+  await item.getByRole("button", { name: /Mark .* read/ }).click();
+  await server.waitForStatus(id, USER, "read");
+  assert.equal(await item.getAttribute("data-status"), "read");
+});
+
+test("admin: a wrong API key is refused; the right one logs in and is kept in session storage", async () => {
+  admin = await newPage("admin");
+  await admin.goto(`${server.url}/admin`);
+  await allowingNetworkErrors(async () => {
+    await admin.getByLabel("API key").fill("not-the-key");
+    await admin.getByLabel("API key").press("Enter");
+    await admin.locator("#login-error").filter({ hasText: "rejected" }).waitFor({ timeout: 5000 });
+  });
+  assert.equal(await admin.locator("#app").isHidden(), true);
+  await admin.getByLabel("API key").fill(server.apiKey);
+  await admin.getByRole("button", { name: "Log in" }).click();
+  await admin.locator("#app").waitFor({ state: "visible", timeout: 5000 });
+  assert.equal(await admin.evaluate(() => sessionStorage.getItem("herald.admin.apiKey")), server.apiKey);
+});
+
+test("admin: lists the demo session as online, with device and login time", async () => {
+  const row = admin.locator(`#clients-body tr[data-user="${USER}"]`);
+  await row.waitFor({ timeout: 10_000 });
+  const text = await row.textContent();
+  assert.match(text, /alice/);
+  assert.match(text, /laptop/);
+  assert.ok(await row.locator("time[datetime]").count(), "login time shown");
+  const session = await demo.locator("#who-session").textContent();
+  assert.equal(await row.getAttribute("data-session"), session);
+});
+
+test("admin: the message log shows the message with its per-channel delivery status", async () => {
+  const { body } = await server.api("GET", "/api/v1/messages?size=1&status=read");
+  const id = body.items[0].id;
+  const row = admin.locator(`tr.msg-row[data-id="${id}"]`);
+  await row.waitFor({ timeout: 10_000 });
+  await row.locator('.badge[data-status="read"]').waitFor({ timeout: 10_000 });
+  // Expand with the keyboard.
+  await row.getByRole("button", { name: /Show deliveries/ }).focus();
+  await admin.keyboard.press("Enter");
+  const delivery = admin.locator(`#d-${id} tr[data-receiver="${USER}"][data-channel="websocket"]`);
+  await delivery.waitFor({ timeout: 5000 });
+  assert.equal(await delivery.getAttribute("data-status"), "read");
+  assert.match(await delivery.textContent(), /websocket/);
+  assert.equal(await row.getByRole("button", { name: /Hide deliveries/ }).evaluate((b) => b === document.activeElement), true, "focus stays on the toggle");
+
+  // Filters: a status that doesn't match hides it; reset shows it again.
+  await admin.getByLabel("Status", { exact: true }).selectOption("failed");
+  await admin.getByRole("button", { name: "Apply" }).click();
+  await row.waitFor({ state: "detached", timeout: 5000 });
+  await admin.getByLabel("Status", { exact: true }).selectOption("read");
+  await admin.getByLabel("Receiver", { exact: true }).fill(USER);
+  await admin.getByLabel("Receiver", { exact: true }).press("Enter");
+  await row.waitFor({ timeout: 5000 });
+  await admin.getByRole("button", { name: "Reset" }).click();
+});
+
+test("admin: a broadcast sent from the form (keyboard only) reaches the demo page", async () => {
+  await admin.getByLabel("Broadcast to every user online now").focus();
+  await admin.keyboard.press("Space");
+  assert.equal(await admin.getByLabel("Receivers").isDisabled(), true);
+  await admin.getByLabel(/^Title/).focus();
+  await admin.keyboard.type("Maintenance tonight");
+  await admin.keyboard.press("Tab");
+  await admin.keyboard.type("The service restarts at 22:00 UTC.");
+  await admin.locator("#send-submit").focus();
+  await admin.keyboard.press("Enter");
+  const idEl = admin.locator("#send-result-id");
+  await idEl.waitFor({ timeout: 5000 });
+  const id = await idEl.textContent();
+  assert.match(await admin.locator("#send-result").textContent(), /Accepted \(202\).*1 delivery/);
+  await demoItems(id).waitFor({ timeout: 10_000 });
+  await server.waitForStatus(id, USER, "delivered");
+  await admin.getByLabel("Broadcast to every user online now").uncheck();
+});
+
+test("admin: the send form validates JSON data and shows the server's 4xx error text", async () => {
+  await admin.getByLabel("Template and data").check();
+  await admin.getByLabel("Template", { exact: true }).fill("no_such_template");
+  await admin.getByLabel("Receivers").fill("42");
+  await admin.getByLabel("Data (JSON object)").fill("{not json");
+  await admin.locator("#send-data-error").filter({ hasText: "Not valid JSON" }).waitFor({ timeout: 2000 });
+  assert.equal(await admin.getByLabel("Data (JSON object)").getAttribute("aria-invalid"), "true");
+  await admin.getByLabel("Data (JSON object)").fill('{"name": "Li Lei"}');
+  await allowingNetworkErrors(async () => {
+    await admin.locator("#send-submit").click();
+    await admin.locator("#send-result.fail").filter({ hasText: /Rejected \(422\)/ }).waitFor({ timeout: 5000 });
+  });
+  assert.match(await admin.locator("#send-result").textContent(), /template/i);
+  await admin.getByLabel("Title and content").check();
+  await admin.getByLabel("Receivers").fill("");
+});
+
+test("admin: channels show health and counters; the chart renders the server's per-minute data", async () => {
+  const card = admin.locator('#channel-list [data-channel="websocket"]');
+  await card.waitFor({ timeout: 10_000 });
+  await card.locator('.badge[data-health="ok"]').waitFor({ timeout: 5000 });
+  await card.getByText("No daily quota").waitFor({ timeout: 5000 });
+  // The chart refreshes every 10 s; wait for bars with counts from /api/v1/stats/deliveries.
+  await admin.waitForFunction(
+    () => [...document.querySelectorAll('#chart rect.bar[data-channel="websocket"][data-status="delivered"]')].some((r) => Number(r.dataset.count) > 0),
+    null,
+    { timeout: 15_000 },
+  );
+  const legend = await admin.locator("#legend").textContent();
+  assert.match(legend, /websocket · delivered/);
+  assert.match(legend, /websocket · read/);
+  const { body: stats } = await server.api("GET", "/api/v1/stats/deliveries");
+  const delivered = stats.channels.find((c) => c.channel === "websocket").series.delivered.reduce((a, b) => a + b, 0);
+  const drawn = await admin.$$eval('#chart rect.bar[data-channel="websocket"][data-status="delivered"]', (rs) => rs.reduce((a, r) => a + Number(r.dataset.count), 0));
+  assert.ok(drawn > 0 && drawn <= delivered, `bars show ${drawn} of ${delivered} delivered`);
+  assert.ok(await admin.locator("#chart svg text").filter({ hasText: "per minute" }).count(), "y axis title");
+  assert.ok(await admin.locator("#chart svg text").filter({ hasText: "now" }).count(), "x axis labels");
+});
+
+test("accessibility: every form control has a label; focus is visible", async () => {
+  for (const page of [demo, admin]) {
+    const unlabeled = await page.$$eval("input, select, textarea", (els) =>
+      els.filter((el) => el.type !== "hidden" && !(el.labels && el.labels.length) && !el.getAttribute("aria-label") && !el.getAttribute("aria-labelledby")).map((el) => el.id || el.outerHTML));
+    assert.deepEqual(unlabeled, [], `unlabeled controls on ${page.url()}`);
+  }
+  await admin.getByLabel("Status", { exact: true }).focus();
+  await admin.keyboard.press("Tab");
+  const outline = await admin.evaluate(() => getComputedStyle(document.activeElement).outlineStyle);
+  assert.notEqual(outline, "none", "focused control has an outline");
+});
+
+test("screenshots of the demo inbox and the dashboard (docs/screenshots)", async () => {
+  mkdirSync(SHOTS, { recursive: true });
+  // A little variety: an offline user (pending), an opted-out one (failed), JSON and text.
+  await server.api("PUT", "/api/v1/recipients/44", { preferences: { optOutTypes: [9] } });
+  await server.send({ receivers: ["43", "44"], title: "Weekly digest", content: "3 new reports this week.", type: 9 });
+  const last = await server.send({ receivers: [USER], title: "Lab result available", content: '{"reportId":8,"type":"blood panel"}', type: 2, sender: "lab-service" });
+  await demoItems(last).waitFor({ timeout: 10_000 });
+  await server.waitForStatus(last, USER, "delivered");
+  await demo.screenshot({ path: path.join(SHOTS, "demo.png") });
+
+  // The form's last answer on the picture should be a success.
+  await admin.getByLabel("Receivers").fill("43");
+  await admin.getByLabel(/^Title/).fill("Your appointment is confirmed");
+  await admin.getByLabel(/^Content/).fill('{"clinic":"Radiology","at":"2026-12-01T09:30"}');
+  await admin.locator("#send-submit").click();
+  await admin.locator("#send-result.ok").waitFor();
+  await admin.locator("#messages-body").getByText("Weekly digest").waitFor({ timeout: 10_000 });
+  const digest = admin.locator("tr.msg-row").filter({ hasText: "Weekly digest" });
+  await digest.getByRole("button", { name: /Show deliveries/ }).click();
+  await admin.locator('tr.detail-row tr[data-receiver="44"][data-status="failed"]').waitFor({ timeout: 5000 });
+  // Let the chart's 10 s refresh catch up with everything above before the picture.
+  const { body: stats } = await server.api("GET", "/api/v1/stats/deliveries");
+  const total = stats.channels.flatMap((c) => Object.values(c.series)).flat().reduce((a, b) => a + b, 0);
+  await admin.waitForFunction(
+    (want) => [...document.querySelectorAll("#chart rect.bar")].reduce((a, r) => a + Number(r.dataset.count), 0) >= want,
+    total,
+    { timeout: 15_000 },
+  );
+  await admin.evaluate(() => window.scrollTo(0, 0));
+  await admin.screenshot({ path: path.join(SHOTS, "admin.png"), fullPage: true });
+});
+
+test("no JavaScript errors in the pages so far", () => {
+  assert.deepEqual(problems, []);
+});
+
+test("demo: after a server restart the page reconnects by itself and receives a message sent meanwhile, once", async () => {
+  await allowingNetworkErrors(async () => {
+    await server.stop();
+    await demo.locator('#state:not([data-state="live"])').waitFor({ timeout: 10_000 });
+    await server.start(); // same port, same data dir
+    const id = await server.send({ receivers: [USER], title: "Sent after the restart", content: "once" });
+    await demoItems(id).first().waitFor({ timeout: 20_000 });
+    await server.waitForStatus(id, USER, "delivered", 10_000);
+    await demo.locator('#state[data-state="live"]').waitFor({ timeout: 10_000 });
+    assert.equal(await demoItems(id).count(), 1, "shown exactly once");
+    // Nothing shown earlier came again with the replay either.
+    const ids = await demo.$$eval("#messages .msg", (els) => els.map((e) => e.dataset.id));
+    assert.equal(new Set(ids).size, ids.length, "no message is shown twice");
+    // The dashboard sees the new session too.
+    await admin.locator(`#clients-body tr[data-user="${USER}"]`).waitFor({ timeout: 10_000 });
+    await waitFor(async () => (await server.api("GET", "/api/v1/clients")).body.some((c) => c.userId === USER), { message: "session listed" });
+  });
+  assert.deepEqual(problems, []);
+});
