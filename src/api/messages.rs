@@ -196,7 +196,10 @@ pub async fn accept(
         Inserted::New { delivery_ids, .. } => {
             app.metrics.messages_accepted.fetch_add(1, Relaxed);
             // Deliveries born failed (no_address, opted_out) count as failures too.
-            for d in planned_deliveries.iter().filter(|d| d.status == Status::Failed) {
+            for d in planned_deliveries
+                .iter()
+                .filter(|d| d.status == Status::Failed)
+            {
                 if let Some(c) = app.metrics.channel(&d.channel) {
                     c.count(Status::Failed);
                 }
