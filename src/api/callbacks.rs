@@ -78,7 +78,20 @@ pub async fn callback(
     for receipt in receipts {
         let (target, status, error) = match receipt {
             Receipt::Delivered(t) => (t, Status::Delivered, None),
-            Receipt::Failed(t, e) => (t, Status::Failed, Some(e.to_string())),
+            // A failure receipt is final: a kind that would be retried at send time
+            // (e.g. "handset unreachable") reads as permanent here, with its code.
+            Receipt::Failed(t, e) => {
+                let e = if e.is_retryable() {
+                    let p = herald_channel::ChannelError::permanent(e.message());
+                    match e.code() {
+                        Some(c) => p.with_code(c),
+                        None => p,
+                    }
+                } else {
+                    e
+                };
+                (t, Status::Failed, Some(e.to_string()))
+            }
         };
         let delivery_id = match target {
             // Only a delivery of this instance (the id came in the signed callback URL).
