@@ -57,6 +57,8 @@ pub struct ChannelCounters {
     /// Daily quota of the instance (0: none) and claims counted in the current window.
     pub quota_limit: AtomicU64,
     pub quota_used: AtomicU64,
+    /// Push device tokens deactivated because the provider said they are gone.
+    pub dead_devices: AtomicU64,
     /// Per-minute status changes, for the dashboard chart.
     pub recent: std::sync::Mutex<Recent>,
     pub latency: Histogram,
@@ -282,6 +284,17 @@ impl Metrics {
                 out,
                 "herald_delivery_retries_total{{channel=\"{name}\"}} {}",
                 c.retries.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP herald_dead_tokens_total Push device tokens deactivated after a provider said they are gone.\n# TYPE herald_dead_tokens_total counter"
+        );
+        for (name, c) in &self.channels {
+            let _ = writeln!(
+                out,
+                "herald_dead_tokens_total{{channel=\"{name}\"}} {}",
+                c.dead_devices.load(Relaxed)
             );
         }
         let _ = writeln!(

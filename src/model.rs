@@ -317,6 +317,31 @@ pub struct Recipient {
     pub updated_at_ms: i64,
 }
 
+/// A registered push device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    pub id: i64,
+    pub user_id: String,
+    /// `fcm`, `apns` or `webpush`.
+    pub platform: String,
+    pub token: String,
+    pub name: Option<String>,
+    pub active: bool,
+    pub deactivated_at_ms: Option<i64>,
+    pub deactivated_reason: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// A registration request.
+#[derive(Debug, Clone)]
+pub struct NewDevice {
+    pub user_id: String,
+    pub platform: String,
+    pub token: String,
+    pub name: Option<String>,
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     let now = time::OffsetDateTime::now_utc();

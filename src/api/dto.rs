@@ -311,9 +311,9 @@ pub struct RecipientBody {
     /// Phone number in E.164 form (`+8613800000000`).
     pub phone: Option<String>,
     pub wechat_open_id: Option<String>,
-    /// Push devices (kept as given until the push channels arrive).
-    #[schema(value_type = Option<Vec<Object>>)]
-    pub devices: Option<Vec<serde_json::Value>>,
+    /// Push devices to register for this user (idempotent; existing ones are kept — remove
+    /// one with `DELETE /api/v1/recipients/{userId}/devices/{id}`).
+    pub devices: Option<Vec<DeviceBody>>,
     /// Opt-outs: `{"optOutChannels": ["sms", "email"], "optOutTypes": [3]}` (instance or
     /// family names; message types). Opted-out deliveries are recorded as `failed` with
     /// `opted_out`. Other keys → 422.
@@ -329,8 +329,8 @@ pub struct RecipientDto {
     pub email: Option<String>,
     pub phone: Option<String>,
     pub wechat_open_id: Option<String>,
-    #[schema(value_type = Vec<Object>)]
-    pub devices: serde_json::Value,
+    /// Registered push devices, active and deactivated.
+    pub devices: Vec<DeviceDto>,
     #[schema(value_type = Object)]
     pub preferences: serde_json::Value,
     pub updated_at: String,
@@ -352,4 +352,64 @@ pub struct ChannelSeries {
     pub channel: String,
     /// Status → one count per bucket, oldest first.
     pub series: std::collections::BTreeMap<String, Vec<u64>>,
+}
+
+/// `POST /api/v1/me/devices` (and the `devices` of `PUT /api/v1/recipients/{userId}`).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DeviceBody {
+    /// `fcm`, `apns` or `webpush`.
+    pub platform: String,
+    /// The FCM registration token or the APNs device token (hex).
+    pub token: Option<String>,
+    /// Web Push: the browser's `PushSubscription` (`{"endpoint", "keys": {"p256dh", "auth"}}`).
+    #[schema(value_type = Option<Object>)]
+    pub subscription: Option<serde_json::Value>,
+    /// A label for people ("Alice's phone").
+    pub name: Option<String>,
+}
+
+/// A registered push device.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceDto {
+    pub id: i64,
+    pub platform: String,
+    /// FCM/APNs token; for Web Push the subscription's endpoint.
+    pub token: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `false` once a provider said the token is gone.
+    pub active: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deactivated_at: Option<String>,
+    /// Why it was deactivated (e.g. `UNREGISTERED`, `410 Unregistered`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deactivated_reason: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<&crate::model::DeviceRecord> for DeviceDto {
+    fn from(d: &crate::model::DeviceRecord) -> Self {
+        let token = if d.platform == "webpush" {
+            serde_json::from_str::<serde_json::Value>(&d.token)
+                .ok()
+                .and_then(|v| v["endpoint"].as_str().map(str::to_owned))
+                .unwrap_or_default()
+        } else {
+            d.token.clone()
+        };
+        DeviceDto {
+            id: d.id,
+            platform: d.platform.clone(),
+            token,
+            name: d.name.clone(),
+            active: d.active,
+            deactivated_at: d.deactivated_at_ms.map(rfc3339),
+            deactivated_reason: d.deactivated_reason.clone(),
+            created_at: rfc3339(d.created_at_ms),
+            updated_at: rfc3339(d.updated_at_ms),
+        }
+    }
 }

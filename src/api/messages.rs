@@ -431,7 +431,15 @@ async fn plan(
                 || prefs
                     .as_ref()
                     .is_some_and(|p| p.mutes_channel(c, instance.descriptor.family()));
-            let address = rec.and_then(|rec| address_of(rec, kind));
+            let address = match kind {
+                // Push: the receiver's active devices of the platform (looked up again at
+                // every attempt); "address" only says there is at least one.
+                AddressKind::Device(platform) => {
+                    let any = app.store.active_devices(r, platform).await?;
+                    (!any.is_empty()).then(|| format!("{} device(s)", any.len()))
+                }
+                _ => rec.and_then(|rec| address_of(rec, kind)),
+            };
             let (status, error) = if opted_out {
                 (Status::Failed, Some("opted_out".to_owned()))
             } else if kind != AddressKind::None && address.is_none() {

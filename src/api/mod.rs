@@ -12,6 +12,7 @@ use crate::state::AppState;
 
 pub mod callbacks;
 pub mod clients;
+pub mod devices;
 pub mod dto;
 pub mod error;
 pub mod extract;
@@ -47,6 +48,18 @@ pub fn router(app: AppState) -> Router {
                 .delete(recipients::delete),
         )
         .route("/api/v1/inbox", get(inbox::inbox))
+        .route(
+            "/api/v1/me/devices",
+            post(devices::register).get(devices::list),
+        )
+        .route(
+            "/api/v1/me/devices/{id}",
+            get(devices::get).delete(devices::delete),
+        )
+        .route(
+            "/api/v1/recipients/{user_id}/devices/{id}",
+            axum::routing::delete(devices::admin_delete),
+        )
         .route("/api/v1/inbox/collect", post(inbox::collect))
         .route("/message/sendMessage", post(seed::send_message))
         .route("/message/getMessagePage", get(seed::get_message_page))
@@ -142,6 +155,11 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
         recipients::put,
         recipients::get,
         recipients::delete,
+        devices::register,
+        devices::list,
+        devices::get,
+        devices::delete,
+        devices::admin_delete,
         inbox::inbox,
         inbox::collect,
         seed::send_message,

@@ -10,14 +10,14 @@ use super::extract::{ApiKey, JsonBody};
 use crate::model::{rfc3339, Recipient};
 use crate::state::AppState;
 
-fn dto(r: Recipient) -> RecipientDto {
+fn dto(r: Recipient, devices: &[crate::model::DeviceRecord]) -> RecipientDto {
     RecipientDto {
         user_id: r.user_id,
         name: r.name,
         email: r.email,
         phone: r.phone,
         wechat_open_id: r.wechat_open_id,
-        devices: r.devices,
+        devices: devices.iter().map(super::dto::DeviceDto::from).collect(),
         preferences: r.preferences,
         updated_at: rfc3339(r.updated_at_ms),
     }
@@ -198,17 +198,29 @@ pub async fn put(
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
+    let mut new_devices = Vec::new();
+    for (i, d) in b.devices.iter().flatten().enumerate() {
+        new_devices.push(super::devices::validate(
+            &user_id,
+            d,
+            &format!("devices[{i}]."),
+        )?);
+    }
     let rec = Recipient {
         user_id: user_id.clone(),
         name: b.name,
         email: b.email,
         phone: b.phone,
         wechat_open_id: b.wechat_open_id,
-        devices: serde_json::Value::Array(b.devices.unwrap_or_default()),
+        devices: serde_json::Value::Array(Vec::new()),
         preferences: serde_json::Value::Object(b.preferences.unwrap_or_default()),
         updated_at_ms: 0,
     };
     let created = app.store.put_recipient(rec).await?;
+    for d in new_devices {
+        app.store.register_device(d).await?;
+    }
+    let devices = app.store.list_devices(&user_id).await?;
     let stored = app
         .store
         .get_recipient(&user_id)
@@ -219,7 +231,7 @@ pub async fn put(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(dto(stored))))
+    Ok((status, Json(dto(stored, &devices))))
 }
 
 /// Get a recipient
@@ -236,8 +248,17 @@ pub async fn get(
     _key: ApiKey,
     Path(user_id): Path<String>,
 ) -> Result<Json<RecipientDto>, ApiError> {
+    let devices = app.store.list_devices(&user_id).await?;
     match app.store.get_recipient(&user_id).await? {
-        Some(r) => Ok(Json(dto(r))),
+        Some(r) => Ok(Json(dto(r, &devices))),
+        // Devices registered by the user themselves, without a record yet.
+        None if !devices.is_empty() => Ok(Json(dto(
+            Recipient {
+                user_id: user_id.clone(),
+                ..Recipient::default()
+            },
+            &devices,
+        ))),
         None => Err(ApiError::not_found(format!(
             "recipient `{user_id}` not found"
         ))),

@@ -235,6 +235,8 @@ impl Dispatcher {
                     address: p.address.clone(),
                     rendered: None,
                     attempt: 1,
+                    devices: Vec::new(),
+                    dead_devices: Default::default(),
                 });
         }
         for (name, outs) in by_channel {

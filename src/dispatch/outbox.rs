@@ -376,6 +376,22 @@ impl Worker {
                 .get(&c.receiver)
                 .and_then(Option::as_ref)
                 .and_then(|r| address_of(r, address_kind));
+            let devices = match address_kind {
+                AddressKind::Device(platform) => inner
+                    .store
+                    .active_devices(&c.receiver, platform)
+                    .await?
+                    .into_iter()
+                    .map(|(id, token)| herald_channel::Device { id, token })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let address = match address_kind {
+                AddressKind::Device(_) if !devices.is_empty() => {
+                    Some(format!("{} device(s)", devices.len()))
+                }
+                _ => address,
+            };
             let out = Outgoing {
                 delivery_id: c.delivery_id,
                 message,
@@ -383,6 +399,8 @@ impl Worker {
                 address,
                 rendered,
                 attempt: c.attempts.clamp(1, i64::from(u32::MAX)) as u32,
+                devices,
+                dead_devices: Default::default(),
             };
             let needs_address = address_kind != AddressKind::None;
             let this = self.dispatcher.clone();
@@ -397,6 +415,21 @@ impl Worker {
                     attempt(&this, &name, &settings, &c, &out).await
                 };
                 drop(permit);
+                // Devices the provider said are gone: deactivate (kept, with the reason).
+                let dead = out.dead_devices.take();
+                if !dead.is_empty() {
+                    let n = dead.len() as u64;
+                    match this.inner.store.deactivate_devices(dead).await {
+                        Ok(_) => {
+                            if let Some(ctr) = this.inner.metrics.channel(&name) {
+                                ctr.dead_devices.fetch_add(n, Ordering::Relaxed);
+                            }
+                            tracing::info!(channel = %name, count = n, "dead device tokens deactivated");
+                        }
+                        Err(e) => tracing::warn!(channel = %name, error = %e,
+                            "deactivating dead devices failed; they are reported again next time"),
+                    }
+                }
                 this.record(
                     &name,
                     StatusChange::Attempt {

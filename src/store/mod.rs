@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use std::collections::HashMap;
 
 use crate::model::{
-    ClaimResult, InboxItem, Inserted, Message, MessageFilter, NewMessage, OutboxMessage, Page,
-    PageRequest, QuotaClaim, Recipient, StatusChange,
+    ClaimResult, DeviceRecord, InboxItem, Inserted, Message, MessageFilter, NewDevice, NewMessage,
+    OutboxMessage, Page, PageRequest, QuotaClaim, Recipient, StatusChange,
 };
 
 pub mod sqlite;
@@ -141,6 +141,26 @@ pub trait Store: Send + Sync + 'static {
 
     /// Some recipient has non-empty preferences (opt-outs must be checked on sends).
     async fn any_preferences(&self) -> Result<bool, StoreError>;
+
+    /// Register a device (idempotent: the same platform and token is the same row, moved
+    /// to this user and reactivated). `true` when it was created.
+    async fn register_device(&self, device: NewDevice) -> Result<(DeviceRecord, bool), StoreError>;
+
+    /// A user's devices, active and deactivated, oldest first.
+    async fn list_devices(&self, user_id: &str) -> Result<Vec<DeviceRecord>, StoreError>;
+
+    /// Delete one of a user's devices. `false` when it is not theirs or does not exist.
+    async fn delete_device(&self, user_id: &str, device_id: i64) -> Result<bool, StoreError>;
+
+    /// The active devices of `user_id` on `platform`: (id, token).
+    async fn active_devices(
+        &self,
+        user_id: &str,
+        platform: &str,
+    ) -> Result<Vec<(i64, String)>, StoreError>;
+
+    /// Deactivate devices a provider reported gone: (device id, reason).
+    async fn deactivate_devices(&self, dead: Vec<(i64, String)>) -> Result<u64, StoreError>;
 
     /// The database answers and the migrations are applied.
     async fn ready(&self) -> Result<(), StoreError>;

@@ -20,9 +20,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::{OutboxCounts, Store, StoreError};
 use crate::config::{DatabaseSettings, Synchronous};
 use crate::model::{
-    now_ms, AttemptOutcome, ClaimResult, Claimed, Delivery, InboxItem, Inserted, Message,
-    MessageFilter, NewMessage, OutboxMessage, Page, PageRequest, QuotaClaim, Recipient, Status,
-    StatusChange, StatusFilter,
+    now_ms, AttemptOutcome, ClaimResult, Claimed, Delivery, DeviceRecord, InboxItem, Inserted,
+    Message, MessageFilter, NewDevice, NewMessage, OutboxMessage, Page, PageRequest, QuotaClaim,
+    Recipient, Status, StatusChange, StatusFilter,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -47,6 +47,9 @@ enum WriteOp {
     },
     PutRecipient(Box<Recipient>, Reply<bool>),
     DeleteRecipient(String, Reply<bool>),
+    RegisterDevice(Box<NewDevice>, Reply<(DeviceRecord, bool)>),
+    DeleteDevice(String, i64, Reply<bool>),
+    DeactivateDevices(Vec<(i64, String)>, Reply<u64>),
     Claim {
         channel: String,
         now: i64,
@@ -187,6 +190,8 @@ enum Outcome {
     Applied(Vec<bool>),
     Items(Vec<InboxItem>),
     Claimed(ClaimResult),
+    Device(DeviceRecord, bool),
+    Count(u64),
 }
 
 /// Run one operation inside the current transaction (by reference: it may run again).
@@ -225,6 +230,35 @@ async fn apply(conn: &mut SqliteConnection, op: &WriteOp, now: i64) -> Result<Ou
             quota,
             ..
         } => Outcome::Claimed(claim(conn, channel, *now, *lease_until, *limit, *quota).await?),
+        WriteOp::RegisterDevice(d, _) => {
+            let (rec, created) = register_device(conn, d, now).await?;
+            Outcome::Device(rec, created)
+        }
+        WriteOp::DeleteDevice(user, id, _) => Outcome::Flag(
+            sqlx::query("DELETE FROM devices WHERE id = ? AND user_id = ?")
+                .bind(id)
+                .bind(user)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected()
+                > 0,
+        ),
+        WriteOp::DeactivateDevices(dead, _) => {
+            let mut n = 0;
+            for (id, reason) in dead {
+                n += sqlx::query(
+                    "UPDATE devices SET active = 0, deactivated_at = ?1, deactivated_reason = ?2, \
+                       updated_at = ?1 WHERE id = ?3 AND active = 1",
+                )
+                .bind(now)
+                .bind(reason)
+                .bind(id)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            }
+            Outcome::Count(n)
+        }
         WriteOp::Close(_) => Outcome::Flag(true),
     })
 }
@@ -257,6 +291,18 @@ fn answer(op: WriteOp, result: Result<Outcome, StoreError>) {
         }),
         WriteOp::Collect { reply: tx, .. } => reply(tx, result, |o| match o {
             Outcome::Items(i) => Some(i),
+            _ => None,
+        }),
+        WriteOp::RegisterDevice(_, tx) => reply(tx, result, |o| match o {
+            Outcome::Device(d, c) => Some((d, c)),
+            _ => None,
+        }),
+        WriteOp::DeleteDevice(_, _, tx) => reply(tx, result, |o| match o {
+            Outcome::Flag(f) => Some(f),
+            _ => None,
+        }),
+        WriteOp::DeactivateDevices(_, tx) => reply(tx, result, |o| match o {
+            Outcome::Count(n) => Some(n),
             _ => None,
         }),
         WriteOp::Claim { reply: tx, .. } => reply(tx, result, |o| match o {
@@ -326,6 +372,9 @@ fn fail(op: WriteOp, msg: &str) {
         WriteOp::Status(_, r) => drop(r.send(Err(err()))),
         WriteOp::Collect { reply, .. } => drop(reply.send(Err(err()))),
         WriteOp::Claim { reply, .. } => drop(reply.send(Err(err()))),
+        WriteOp::RegisterDevice(_, r) => drop(r.send(Err(err()))),
+        WriteOp::DeleteDevice(_, _, r) => drop(r.send(Err(err()))),
+        WriteOp::DeactivateDevices(_, r) => drop(r.send(Err(err()))),
         WriteOp::PutRecipient(_, r) => drop(r.send(Err(err()))),
         WriteOp::DeleteRecipient(_, r) => drop(r.send(Err(err()))),
         WriteOp::Close(done) => {
@@ -730,6 +779,74 @@ async fn claim(
         rows: out,
         quota_left: left,
     })
+}
+
+const DEVICE_COLUMNS: &str = "id, user_id, platform, token, name, active, deactivated_at, \
+     deactivated_reason, created_at, updated_at";
+
+fn device_row(r: &sqlx::sqlite::SqliteRow) -> Result<DeviceRecord, StoreError> {
+    Ok(DeviceRecord {
+        id: r.try_get(0)?,
+        user_id: r.try_get(1)?,
+        platform: r.try_get(2)?,
+        token: r.try_get(3)?,
+        name: r.try_get(4)?,
+        active: r.try_get::<i64, _>(5)? != 0,
+        deactivated_at_ms: r.try_get(6)?,
+        deactivated_reason: r.try_get(7)?,
+        created_at_ms: r.try_get(8)?,
+        updated_at_ms: r.try_get(9)?,
+    })
+}
+
+async fn register_device(
+    conn: &mut SqliteConnection,
+    d: &NewDevice,
+    now: i64,
+) -> Result<(DeviceRecord, bool), StoreError> {
+    let existing = sqlx::query("SELECT id FROM devices WHERE platform = ? AND token = ?")
+        .bind(&d.platform)
+        .bind(&d.token)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let (id, created) = match existing {
+        Some(row) => {
+            let id: i64 = row.try_get(0)?;
+            sqlx::query(
+                "UPDATE devices SET user_id = ?1, name = COALESCE(?2, name), active = 1, \
+                   deactivated_at = NULL, deactivated_reason = NULL, updated_at = ?3 WHERE id = ?4",
+            )
+            .bind(&d.user_id)
+            .bind(&d.name)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+            (id, false)
+        }
+        None => {
+            let id = sqlx::query(
+                "INSERT INTO devices (user_id, platform, token, name, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+            )
+            .bind(&d.user_id)
+            .bind(&d.platform)
+            .bind(&d.token)
+            .bind(&d.name)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?
+            .last_insert_rowid();
+            (id, true)
+        }
+    };
+    let row = sqlx::query(&format!(
+        "SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?"
+    ))
+    .bind(id)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok((device_row(&row)?, created))
 }
 
 async fn put_recipient(
@@ -1195,6 +1312,53 @@ impl Store for SqliteStore {
                 .await?
                 .is_some(),
         )
+    }
+
+    async fn register_device(&self, device: NewDevice) -> Result<(DeviceRecord, bool), StoreError> {
+        self.write(|r| WriteOp::RegisterDevice(Box::new(device), r))
+            .await
+    }
+
+    async fn list_devices(&self, user_id: &str) -> Result<Vec<DeviceRecord>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE user_id = ? ORDER BY id"
+        ))
+        .bind(user_id)
+        .fetch_all(&self.readers)
+        .await?
+        .iter()
+        .map(device_row)
+        .collect()
+    }
+
+    async fn delete_device(&self, user_id: &str, device_id: i64) -> Result<bool, StoreError> {
+        let user = user_id.to_owned();
+        self.write(|r| WriteOp::DeleteDevice(user, device_id, r))
+            .await
+    }
+
+    async fn active_devices(
+        &self,
+        user_id: &str,
+        platform: &str,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, token FROM devices WHERE user_id = ? AND platform = ? AND active = 1 ORDER BY id",
+        )
+        .bind(user_id)
+        .bind(platform)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    async fn deactivate_devices(&self, dead: Vec<(i64, String)>) -> Result<u64, StoreError> {
+        if dead.is_empty() {
+            return Ok(0);
+        }
+        self.write(|r| WriteOp::DeactivateDevices(dead, r)).await
     }
 
     async fn ready(&self) -> Result<(), StoreError> {

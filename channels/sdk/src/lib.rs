@@ -227,6 +227,42 @@ pub struct Outgoing {
     pub rendered: Option<Arc<Rendered>>,
     /// 1 for the first attempt, 2 for the first retry, …
     pub attempt: u32,
+    /// Push channels ([`AddressKind::Device`]): the receiver's active devices of the
+    /// platform. Send to each; report dead ones with [`DeadDevices::mark`].
+    pub devices: Vec<Device>,
+    /// Where a push channel reports devices the vendor says are gone (FCM `UNREGISTERED`,
+    /// APNs 410, Web Push 404/410). The core deactivates them after `send` returns.
+    pub dead_devices: DeadDevices,
+}
+
+/// A registered device of a receiver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// Herald's id of the registration.
+    pub id: i64,
+    /// The FCM registration token, the APNs device token, or the Web Push subscription
+    /// (JSON: `{"endpoint", "keys": {"p256dh", "auth"}}`).
+    pub token: String,
+}
+
+/// Devices a channel found dead during one `send`: (device id, reason).
+#[derive(Debug, Clone, Default)]
+pub struct DeadDevices(Arc<std::sync::Mutex<Vec<(i64, String)>>>);
+
+impl DeadDevices {
+    /// Report `device` as gone for good (`reason` is shown to operators; no secrets).
+    pub fn mark(&self, device: i64, reason: impl Into<String>) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push((device, reason.into()));
+        }
+    }
+    /// What was reported so far (the core reads it after `send`).
+    pub fn take(&self) -> Vec<(i64, String)> {
+        self.0
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
+    }
 }
 
 /// A successful hand-over.

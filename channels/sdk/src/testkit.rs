@@ -34,7 +34,23 @@ pub fn outgoing(message: Arc<MessageView>, receiver: &str, address: Option<&str>
         address: address.map(str::to_owned),
         rendered: None,
         attempt: 1,
+        devices: Vec::new(),
+        dead_devices: Default::default(),
     }
+}
+
+/// A delivery to a receiver's devices (push channels), for channel tests.
+pub fn to_devices(message: Arc<MessageView>, receiver: &str, tokens: &[&str]) -> Outgoing {
+    let mut out = outgoing(message, receiver, None);
+    out.devices = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| crate::Device {
+            id: i as i64 + 1,
+            token: (*t).to_owned(),
+        })
+        .collect();
+    out
 }
 
 /// Rendered template parts from `(part, text)` pairs, for channel tests.
