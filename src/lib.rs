@@ -199,7 +199,11 @@ pub async fn start_with_options(
     let mut services = Services::default();
     services.insert(registry.clone());
     let instances = build_instances(&settings, &services)?;
-    let metrics = Arc::new(Metrics::new(instances.keys().cloned()));
+    let metrics = Arc::new(Metrics::with_kinds(
+        instances
+            .values()
+            .map(|i| (i.name.as_str(), i.descriptor.kind)),
+    ));
     let (dispatcher, status_task) = Dispatcher::new(
         store.clone(),
         instances,

@@ -61,6 +61,8 @@ pub struct ChannelCounters {
     pub dead_devices: AtomicU64,
     /// Per-minute status changes, for the dashboard chart.
     pub recent: std::sync::Mutex<Recent>,
+    /// The instance's kind (`email.smtp` …), for `herald_channel_info`.
+    pub kind: String,
     pub latency: Histogram,
 }
 
@@ -167,6 +169,7 @@ pub struct Metrics {
     pub acks: AtomicU64,
     pub status_write_errors: AtomicU64,
     /// Per channel instance; the key set is fixed at start (no lock on the hot path).
+    /// `herald_channel_info{channel,kind}` joins instances to kinds (providers).
     pub channels: BTreeMap<String, ChannelCounters>,
 }
 
@@ -176,6 +179,25 @@ impl Metrics {
             channels: instances
                 .into_iter()
                 .map(|n| (n, ChannelCounters::default()))
+                .collect(),
+            ..Metrics::default()
+        }
+    }
+
+    /// Instances with their kinds.
+    pub fn with_kinds<'a>(instances: impl IntoIterator<Item = (&'a str, &'a str)>) -> Metrics {
+        Metrics {
+            channels: instances
+                .into_iter()
+                .map(|(n, k)| {
+                    (
+                        n.to_owned(),
+                        ChannelCounters {
+                            kind: k.to_owned(),
+                            ..ChannelCounters::default()
+                        },
+                    )
+                })
                 .collect(),
             ..Metrics::default()
         }
@@ -248,6 +270,19 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
                 v.load(Relaxed)
             );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP herald_channel_info The kind (provider) of each channel instance; join on `channel` to count by provider.\n# TYPE herald_channel_info gauge"
+        );
+        for (name, c) in &self.channels {
+            if !c.kind.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "herald_channel_info{{channel=\"{name}\",kind=\"{}\"}} 1",
+                    c.kind
+                );
+            }
         }
         let _ = writeln!(
             out,

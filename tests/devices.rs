@@ -316,6 +316,13 @@ async fn a_push_goes_to_every_active_device_and_dead_tokens_are_deactivated() {
             .contains("herald_dead_tokens_total{channel=\"push\"} 1"),
         "{metrics}"
     );
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("herald_channel_info{channel=\"push\",kind=\"testpush.fake\"} 1"),
+        "pushes by provider: join on `channel`; {metrics}"
+    );
 
     // The next push goes to the live device only; registering the dead token again revives it.
     let id2 = send(json!(["alice"])).await;
