@@ -10,6 +10,8 @@
 // Built-in channel crates: referenced so they are linked and register their kinds.
 #[cfg(feature = "email")]
 extern crate herald_channel_email as _;
+#[cfg(feature = "push")]
+extern crate herald_channel_push as _;
 #[cfg(feature = "sms")]
 extern crate herald_channel_sms as _;
 #[cfg(feature = "wechat")]
@@ -551,6 +553,10 @@ mod tests {
         assert!(kinds.contains(&"websocket"), "{kinds:?}");
         #[cfg(feature = "email")]
         assert!(kinds.contains(&"email.smtp"), "{kinds:?}");
+        #[cfg(feature = "push")]
+        for k in ["push.fcm", "push.apns", "push.webpush"] {
+            assert!(kinds.contains(&k), "{kinds:?}");
+        }
         #[cfg(feature = "sms")]
         for k in ["sms.aliyun", "sms.tencent", "sms.twilio"] {
             assert!(kinds.contains(&k), "{kinds:?}");

@@ -1,0 +1,649 @@
+//! `push.apns` against a local stand-in for Apple's provider API over cleartext HTTP/2
+//! (h2c, prior knowledge). The stand-in refuses anything that is not HTTP/2, verifies the
+//! ES256 provider token with the test key's public key (`kid`, `iss`, age), checks the
+//! headers and the JSON body, and answers with Apple's documented errors when a device
+//! token is scripted to fail.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, Version};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use herald_channel::testkit::{message, rendered, to_devices};
+use herald_channel::{Accepted, BuildContext, Channel, ConfigError, ErrorKind, Services};
+use p256::ecdsa::signature::Verifier;
+use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
+use p256::pkcs8::{EncodePrivateKey, LineEnding};
+use p256::SecretKey;
+use serde_json::{json, Value};
+
+use herald_channel_push as _;
+
+const TEAM_ID: &str = "TEAM123456";
+const KEY_ID: &str = "KEY1234567";
+const TOPIC: &str = "com.example.herald";
+const MESSAGE_ID: &str = "0190f5c2-0000-7000-8000-000000000001";
+
+fn device(n: u8) -> String {
+    format!("{n:02x}").repeat(32)
+}
+
+/// A fresh P-256 key: its PKCS#8 PEM (the `.p8` file) and its public half.
+fn p8_key() -> (String, VerifyingKey) {
+    let secret = loop {
+        let mut bytes = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+        if let Ok(key) = SecretKey::from_slice(&bytes) {
+            break key;
+        }
+    };
+    let pem = secret.to_pkcs8_pem(LineEnding::LF).unwrap().to_string();
+    let verifying = *SigningKey::from(&secret).verifying_key();
+    (pem, verifying)
+}
+
+/// A wall clock the test moves (unix seconds), shared by the channel and the stand-in.
+#[derive(Clone)]
+struct Clock(Arc<AtomicU64>);
+
+impl Clock {
+    fn new() -> Self {
+        Clock(Arc::new(AtomicU64::new(1_800_000_000)))
+    }
+    fn now(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+    fn advance_minutes(&self, m: u64) {
+        self.0.fetch_add(m * 60, Ordering::SeqCst);
+    }
+    fn services(&self) -> Services {
+        let mut services = Services::default();
+        let at = self.0.clone();
+        let clock: Arc<dyn Fn() -> SystemTime + Send + Sync> =
+            Arc::new(move || UNIX_EPOCH + Duration::from_secs(at.load(Ordering::SeqCst)));
+        services.insert(clock);
+        services
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The stand-in
+// ---------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Seen {
+    requests: usize,
+    problems: Vec<String>,
+    /// Provider tokens seen, in order of first use.
+    tokens: Vec<String>,
+    /// Accepted notifications: (device token, headers we care about, body).
+    accepted: Vec<(String, HashMap<String, String>, Value)>,
+    /// device token → (status, reason, Retry-After).
+    script: HashMap<String, (u16, &'static str, Option<u64>)>,
+    /// Provider tokens answered 403 ExpiredProviderToken.
+    expired: HashSet<String>,
+}
+
+#[derive(Clone)]
+struct Apple {
+    addr: SocketAddr,
+    public: VerifyingKey,
+    clock: Clock,
+    seen: Arc<Mutex<Seen>>,
+}
+
+fn reason(status: u16, reason: &str) -> Response {
+    let mut body = json!({"reason": reason});
+    if status == 410 {
+        body["timestamp"] = json!(1_700_000_000_000u64);
+    }
+    (
+        StatusCode::from_u16(status).unwrap(),
+        [("apns-id", "5E5F8F1A-0000-4000-8000-00000000ERR0")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+impl Apple {
+    async fn start(public: VerifyingKey, clock: Clock) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let apple = Apple {
+            addr,
+            public,
+            clock,
+            seen: Arc::default(),
+        };
+        let app = Router::new().fallback(push).with_state(apple.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        apple
+    }
+
+    fn seen<T>(&self, f: impl FnOnce(&mut Seen) -> T) -> T {
+        f(&mut self.seen.lock().unwrap())
+    }
+
+    fn problem(&self, p: String) {
+        self.seen(|s| s.problems.push(p));
+    }
+
+    fn assert_no_problems(&self) {
+        let problems = self.seen(|s| s.problems.clone());
+        assert!(problems.is_empty(), "{problems:#?}");
+    }
+
+    fn script(&self, device: &str, status: u16, reason: &'static str, retry_after: Option<u64>) {
+        self.seen(|s| {
+            s.script
+                .insert(device.to_owned(), (status, reason, retry_after))
+        });
+    }
+
+    fn distinct_tokens(&self) -> usize {
+        self.seen(|s| s.tokens.len())
+    }
+
+    /// Verifies the provider token as Apple does: `Err(reason)` to answer 403 with.
+    fn check_token(&self, headers: &HeaderMap) -> Result<String, &'static str> {
+        let jwt = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("bearer "))
+            .ok_or("MissingProviderToken")?;
+        let parts: Vec<&str> = jwt.split('.').collect();
+        let [header, claims, signature] = parts[..] else {
+            return Err("InvalidProviderToken");
+        };
+        let decode = |s: &str| -> Result<Value, &'static str> {
+            let bytes = URL_SAFE_NO_PAD
+                .decode(s)
+                .map_err(|_| "InvalidProviderToken")?;
+            serde_json::from_slice(&bytes).map_err(|_| "InvalidProviderToken")
+        };
+        let (header, claims) = (decode(header)?, decode(claims)?);
+        if header != json!({"alg": "ES256", "kid": KEY_ID}) {
+            self.problem(format!("JWT header {header}"));
+            return Err("InvalidProviderToken");
+        }
+        let signature = URL_SAFE_NO_PAD
+            .decode(signature)
+            .ok()
+            .and_then(|s| Signature::from_slice(&s).ok())
+            .ok_or("InvalidProviderToken")?;
+        self.public
+            .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &signature)
+            .map_err(|_| "InvalidProviderToken")?;
+        if claims["iss"] != TEAM_ID || claims.as_object().map(|o| o.len()) != Some(2) {
+            self.problem(format!("JWT claims {claims}"));
+            return Err("InvalidProviderToken");
+        }
+        let iat = claims["iat"].as_u64().ok_or("InvalidProviderToken")?;
+        if self.clock.now().saturating_sub(iat) > 3600 {
+            self.problem(format!("a token {} s old", self.clock.now() - iat));
+            return Err("ExpiredProviderToken");
+        }
+        Ok(jwt.to_owned())
+    }
+}
+
+async fn push(State(apple): State<Apple>, request: Request) -> Response {
+    apple.seen(|s| s.requests += 1);
+    if request.version() != Version::HTTP_2 {
+        apple.problem(format!("not HTTP/2: {:?}", request.version()));
+        return StatusCode::HTTP_VERSION_NOT_SUPPORTED.into_response();
+    }
+    if request.method() != "POST" {
+        return reason(405, "MethodNotAllowed");
+    }
+    let Some(device) = request.uri().path().strip_prefix("/3/device/") else {
+        apple.problem(format!("path {}", request.uri().path()));
+        return reason(404, "BadPath");
+    };
+    let device = device.to_owned();
+    let headers = request.headers().clone();
+    let jwt = match apple.check_token(&headers) {
+        Ok(jwt) => jwt,
+        Err(why) => return reason(403, why),
+    };
+    apple.seen(|s| {
+        if !s.tokens.contains(&jwt) {
+            s.tokens.push(jwt.clone());
+        }
+    });
+    if apple.seen(|s| s.expired.contains(&jwt)) {
+        return reason(403, "ExpiredProviderToken");
+    }
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    if header("apns-topic") != TOPIC {
+        apple.problem(format!("apns-topic {:?}", header("apns-topic")));
+        return reason(400, "BadTopic");
+    }
+    if !["alert", "background"].contains(&header("apns-push-type").as_str()) {
+        apple.problem(format!("apns-push-type {:?}", header("apns-push-type")));
+        return reason(400, "InvalidPushType");
+    }
+    if !["5", "10"].contains(&header("apns-priority").as_str()) {
+        return reason(400, "BadPriority");
+    }
+    if header("apns-expiration").parse::<u64>().is_err() {
+        return reason(400, "BadExpirationDate");
+    }
+    let collapse = header("apns-collapse-id");
+    if collapse.is_empty() || collapse.len() > 64 {
+        return reason(400, "BadCollapseId");
+    }
+    let body = axum::body::to_bytes(request.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_else(|_| Bytes::new());
+    if body.len() > 4096 {
+        return reason(413, "PayloadTooLarge");
+    }
+    let body: Value = match serde_json::from_slice(&body) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => {
+            apple.problem("body is not a JSON object".into());
+            return reason(400, "BadRequest");
+        }
+    };
+    if !body["aps"].is_object() {
+        apple.problem(format!("no aps: {body}"));
+        return reason(400, "PayloadEmpty");
+    }
+    if !device.bytes().all(|b| b.is_ascii_hexdigit()) {
+        apple.problem(format!("device token {device}"));
+        return reason(400, "BadDeviceToken");
+    }
+    if let Some((status, why, retry_after)) = apple.seen(|s| s.script.get(&device).copied()) {
+        let mut response = reason(status, why);
+        if let Some(after) = retry_after {
+            response
+                .headers_mut()
+                .insert("retry-after", after.to_string().parse().unwrap());
+        }
+        return response;
+    }
+    let kept: HashMap<String, String> = [
+        "apns-topic",
+        "apns-push-type",
+        "apns-priority",
+        "apns-expiration",
+        "apns-collapse-id",
+    ]
+    .iter()
+    .map(|h| (h.to_string(), header(h)))
+    .collect();
+    let n = apple.seen(|s| {
+        s.accepted.push((device, kept, body));
+        s.accepted.len()
+    });
+    (
+        StatusCode::OK,
+        [("apns-id", format!("5E5F8F1A-0000-4000-8000-{n:012}"))],
+    )
+        .into_response()
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------
+
+fn build(config: Value, services: &Services) -> Result<Arc<dyn Channel>, ConfigError> {
+    let descriptor = herald_channel::find("push.apns").expect("push.apns is registered");
+    (descriptor.build)(BuildContext {
+        name: "apns",
+        config: &config,
+        services,
+    })
+}
+
+fn config(apple: &Apple, pem: &str) -> Value {
+    json!({
+        "team_id": TEAM_ID,
+        "key_id": KEY_ID,
+        "private_key": pem,
+        "topic": TOPIC,
+        "endpoint": format!("http://{}", apple.addr),
+        "timeout": "5s",
+    })
+}
+
+/// A stand-in, a channel talking to it, and their shared clock.
+async fn setup() -> (Apple, Arc<dyn Channel>, Clock, String) {
+    let (pem, public) = p8_key();
+    let clock = Clock::new();
+    let apple = Apple::start(public, clock.clone()).await;
+    let ch = build(config(&apple, &pem), &clock.services()).expect("a valid configuration");
+    (apple, ch, clock, pem)
+}
+
+fn provider_id(n: usize) -> Accepted {
+    Accepted::Sent {
+        provider_id: Some(format!("5E5F8F1A-0000-4000-8000-{n:012}")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn registered_as_a_device_channel() {
+    let d = herald_channel::find("push.apns").unwrap();
+    assert_eq!(d.address, herald_channel::AddressKind::Device("apns"));
+    assert!(!d.presence);
+}
+
+#[tokio::test]
+async fn a_notification_goes_over_http2_with_every_header_and_the_body() {
+    let (apple, ch, clock, _) = setup().await;
+    let mut out = to_devices(message("Hello", "World"), "42", &[&device(1)]);
+    out.rendered = Some(rendered(&[(
+        "json",
+        r#"{"title": "Your blood report is ready", "body": "St. Mary · report 17",
+            "data": {"reportId": 17, "reportType": "blood"}}"#,
+    )]));
+    assert_eq!(ch.send(&out).await.unwrap(), provider_id(1));
+    apple.assert_no_problems();
+    let (token, headers, body) = apple.seen(|s| s.accepted[0].clone());
+    assert_eq!(token, device(1));
+    assert_eq!(headers["apns-topic"], TOPIC);
+    assert_eq!(headers["apns-push-type"], "alert");
+    assert_eq!(headers["apns-priority"], "10");
+    assert_eq!(headers["apns-collapse-id"], MESSAGE_ID);
+    // ttl defaults to 4 weeks.
+    assert_eq!(
+        headers["apns-expiration"],
+        (clock.now() + 28 * 24 * 3600).to_string()
+    );
+    assert_eq!(
+        body,
+        json!({
+            "aps": {"alert": {"title": "Your blood report is ready", "body": "St. Mary · report 17"}},
+            "reportId": "17",
+            "reportType": "blood",
+            "messageId": MESSAGE_ID,
+        })
+    );
+}
+
+#[tokio::test]
+async fn the_provider_token_is_reused_and_rotated_after_50_minutes() {
+    let (apple, ch, clock, _) = setup().await;
+    let out = to_devices(message("t", "b"), "42", &[&device(1), &device(2)]);
+    ch.send(&out).await.unwrap();
+    for _ in 0..4 {
+        clock.advance_minutes(10); // 10, 20, 30, 40 minutes
+        ch.send(&out).await.unwrap();
+    }
+    assert_eq!(apple.distinct_tokens(), 1);
+    clock.advance_minutes(11); // 51 minutes
+    ch.send(&out).await.unwrap();
+    assert_eq!(apple.distinct_tokens(), 2);
+    clock.advance_minutes(45); // the new token is 45 minutes old
+    ch.send(&out).await.unwrap();
+    assert_eq!(apple.distinct_tokens(), 2);
+    clock.advance_minutes(5);
+    ch.send(&out).await.unwrap();
+    assert_eq!(apple.distinct_tokens(), 3);
+    assert_eq!(apple.seen(|s| (s.requests, s.accepted.len())), (16, 16));
+    apple.assert_no_problems();
+}
+
+#[tokio::test]
+async fn expired_provider_token_is_replaced_once_but_not_within_20_minutes() {
+    let (apple, ch, clock, _) = setup().await;
+    let out = to_devices(message("t", "b"), "42", &[&device(1)]);
+    ch.send(&out).await.unwrap();
+    let first = apple.seen(|s| s.tokens[0].clone());
+    apple.seen(|s| s.expired.insert(first));
+    // 5 minutes later Apple calls it expired: a new one would be refused (429), so no.
+    clock.advance_minutes(5);
+    let e = ch.send(&out).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Transient, "{e}");
+    assert_eq!(e.code(), Some("ExpiredProviderToken"));
+    assert_eq!(apple.distinct_tokens(), 1);
+    // 25 minutes after it was made: replaced, and the device is retried once.
+    clock.advance_minutes(20);
+    assert_eq!(ch.send(&out).await.unwrap(), provider_id(2));
+    assert_eq!(apple.distinct_tokens(), 2);
+    // 1 + 1 refused + (1 refused, 1 retried).
+    assert_eq!(apple.seen(|s| s.requests), 4);
+    apple.assert_no_problems();
+}
+
+#[tokio::test]
+async fn an_unregistered_device_is_marked_dead() {
+    let (apple, ch, _, _) = setup().await;
+    apple.script(&device(9), 410, "Unregistered", None);
+    let out = to_devices(message("t", "b"), "42", &[&device(9)]);
+    let e = ch.send(&out).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::BadRecipient);
+    assert_eq!(e.message(), "all devices unregistered");
+    assert_eq!(
+        out.dead_devices.take(),
+        vec![(1, "Unregistered".to_owned())]
+    );
+}
+
+#[tokio::test]
+async fn two_devices_one_dead_is_sent_with_one_marked() {
+    let (apple, ch, _, _) = setup().await;
+    apple.script(&device(9), 410, "Unregistered", None);
+    apple.script(&device(8), 400, "BadDeviceToken", None);
+    let out = to_devices(message("t", "b"), "42", &[&device(9), &device(1)]);
+    assert_eq!(ch.send(&out).await.unwrap(), provider_id(1));
+    assert_eq!(
+        out.dead_devices.take(),
+        vec![(1, "Unregistered".to_owned())]
+    );
+    // A token Apple calls bad, and one that is not even hex (never sent), are dead too.
+    let out = to_devices(
+        message("t", "b"),
+        "42",
+        &[&device(8), "../../x", &device(2)],
+    );
+    assert_eq!(ch.send(&out).await.unwrap(), provider_id(2));
+    let dead = out.dead_devices.take();
+    assert_eq!(dead.len(), 2);
+    assert_eq!(dead[0], (1, "BadDeviceToken".to_owned()));
+    assert_eq!(dead[1].0, 2);
+    assert_eq!(apple.seen(|s| s.requests), 4);
+    apple.assert_no_problems();
+}
+
+#[tokio::test]
+async fn throttling_and_outages_are_retryable() {
+    let (apple, ch, _, _) = setup().await;
+    apple.script(&device(1), 429, "TooManyRequests", Some(30));
+    apple.script(&device(2), 503, "ServiceUnavailable", None);
+    apple.script(&device(3), 500, "InternalServerError", None);
+    apple.script(&device(4), 400, "SomethingAppleInventsLater", None);
+    let send = |n: u8| {
+        let ch = ch.clone();
+        async move {
+            let out = to_devices(message("t", "b"), "42", &[&device(n)]);
+            ch.send(&out).await.unwrap_err()
+        }
+    };
+    let e = send(1).await;
+    assert_eq!(
+        (e.kind(), e.code()),
+        (ErrorKind::RateLimited, Some("TooManyRequests"))
+    );
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(30)));
+    let e = send(2).await;
+    assert_eq!(
+        (e.kind(), e.code()),
+        (ErrorKind::Transient, Some("ServiceUnavailable"))
+    );
+    let e = send(3).await;
+    assert_eq!(
+        (e.kind(), e.code()),
+        (ErrorKind::Transient, Some("InternalServerError"))
+    );
+    let e = send(4).await;
+    assert_eq!(
+        (e.kind(), e.code()),
+        (ErrorKind::Transient, Some("SomethingAppleInventsLater"))
+    );
+    apple.assert_no_problems();
+}
+
+#[tokio::test]
+async fn a_token_signed_with_another_key_is_a_configuration_error() {
+    let (apple, _, clock, _) = setup().await;
+    let (other_pem, _) = p8_key();
+    let ch = build(config(&apple, &other_pem), &clock.services()).unwrap();
+    let out = to_devices(message("t", "b"), "42", &[&device(1), &device(2)]);
+    let e = ch.send(&out).await.unwrap_err();
+    assert_eq!(
+        (e.kind(), e.code()),
+        (ErrorKind::Config, Some("InvalidProviderToken"))
+    );
+    // A configuration error stops the send: the second device is not tried.
+    assert_eq!(apple.seen(|s| s.requests), 1);
+    assert!(out.dead_devices.take().is_empty());
+}
+
+#[tokio::test]
+async fn a_payload_over_4_kib_is_refused_without_a_request() {
+    let (apple, ch, _, _) = setup().await;
+    let mut out = to_devices(message("t", "b"), "42", &[&device(1)]);
+    let json = format!(r#"{{"title": "T", "body": "{}"}}"#, "x".repeat(4100));
+    out.rendered = Some(rendered(&[("json", &json)]));
+    let e = ch.send(&out).await.unwrap_err();
+    assert_eq!(
+        (e.kind(), e.code()),
+        (ErrorKind::Permanent, Some("payload_too_large"))
+    );
+    assert_eq!(apple.seen(|s| s.requests), 0);
+    // The message's own content is cut to fit instead.
+    let out = to_devices(message("t", &"x".repeat(10_000)), "42", &[&device(1)]);
+    assert_eq!(ch.send(&out).await.unwrap(), provider_id(1));
+}
+
+#[tokio::test]
+async fn no_device_is_a_bad_recipient() {
+    let (apple, ch, _, _) = setup().await;
+    let out = to_devices(message("t", "b"), "42", &[]);
+    let e = ch.send(&out).await.unwrap_err();
+    assert_eq!(
+        (e.kind(), e.message()),
+        (ErrorKind::BadRecipient, "no active device")
+    );
+    assert_eq!(apple.seen(|s| s.requests), 0);
+}
+
+#[tokio::test]
+async fn background_pushes_and_a_zero_ttl() {
+    let (apple, _, clock, pem) = setup().await;
+    let mut cfg = config(&apple, &pem);
+    cfg["push_type"] = json!("background");
+    cfg["ttl"] = json!("0s");
+    let ch = build(cfg, &clock.services()).unwrap();
+    let out = to_devices(message("t", "b"), "42", &[&device(1)]);
+    ch.send(&out).await.unwrap();
+    apple.assert_no_problems();
+    let (_, headers, body) = apple.seen(|s| s.accepted[0].clone());
+    assert_eq!(headers["apns-push-type"], "background");
+    assert_eq!(headers["apns-priority"], "5");
+    assert_eq!(headers["apns-expiration"], "0");
+    assert_eq!(body["aps"], json!({"content-available": 1}));
+}
+
+#[tokio::test]
+async fn configuration_is_checked_and_the_key_stays_hidden() {
+    let (apple, _, _, pem) = setup().await;
+    let secret_line = pem.lines().nth(1).unwrap().to_owned();
+    let base = config(&apple, &pem);
+    let with = |key: &str, value: Value| {
+        let mut c = base.clone();
+        c[key] = value;
+        c
+    };
+    let without = |key: &str| {
+        let mut c = base.clone();
+        c.as_object_mut().unwrap().remove(key);
+        c
+    };
+    // The file form, and sandbox instead of endpoint, build.
+    let dir = std::env::temp_dir().join(format!("herald-apns-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("AuthKey_KEY1234567.p8");
+    std::fs::write(&file, &pem).unwrap();
+    let mut from_file = without("private_key");
+    from_file["private_key_file"] = json!(file.to_str().unwrap());
+    build(from_file, &Services::default()).unwrap();
+    let mut sandbox = without("endpoint");
+    sandbox["sandbox"] = json!(true);
+    build(sandbox, &Services::default()).unwrap();
+
+    let cases: Vec<(Value, &str)> = vec![
+        (without("team_id"), "team_id: missing"),
+        (with("team_id", json!("short")), "team_id"),
+        (with("key_id", json!(42)), "key_id: invalid type"),
+        (without("private_key"), "private_key: missing"),
+        (
+            with("private_key_file", json!("/x.p8")),
+            "private_key, private_key_file",
+        ),
+        (
+            with("private_key", json!(pem.replace('A', "B"))),
+            "private_key: not a PEM",
+        ),
+        (
+            with("private_key", json!("")),
+            "private_key: must not be empty",
+        ),
+        (without("topic"), "topic: missing"),
+        (with("topic", json!("com example")), "topic"),
+        (with("sandbox", json!(true)), "endpoint, sandbox"),
+        (with("sandbox", json!("yes")), "sandbox"),
+        (with("endpoint", json!("api.push.apple.com")), "endpoint"),
+        (with("push_type", json!("loud")), "push_type"),
+        (with("priority", json!(7)), "priority"),
+        (
+            with("push_type", json!("background")).with_priority(10),
+            "priority",
+        ),
+        (with("ttl", json!("forever")), "ttl"),
+        (with("timeout", json!("0s")), "timeout"),
+        (with("topics", json!("x")), "topics"),
+    ];
+    for (config, key) in cases {
+        let e = match build(config, &Services::default()) {
+            Ok(_) => panic!("{key}: the configuration should be refused"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.starts_with("channels.apns: "), "{e}");
+        assert!(e.contains(key), "{key}: {e}");
+        assert!(!e.contains(&secret_line), "{e}");
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
+
+trait WithPriority {
+    fn with_priority(self, p: u64) -> Value;
+}
+
+impl WithPriority for Value {
+    fn with_priority(mut self, p: u64) -> Value {
+        self["priority"] = json!(p);
+        self
+    }
+}
