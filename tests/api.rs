@@ -1019,6 +1019,13 @@ async fn health_ready_metrics_and_openapi() {
         "/api/v1/inbox",
         "/api/v1/inbox/collect",
         "/websocket/{token}",
+        "/api/v1/channels",
+        "/api/v1/recipients/{userId}",
+        "/api/v1/recipients/{userId}/devices/{id}",
+        "/api/v1/me/devices",
+        "/api/v1/me/devices/{id}",
+        "/api/v1/callbacks/{provider}/{instance}",
+        "/api/v1/stats/deliveries",
     ] {
         assert!(
             paths.contains_key(p),
