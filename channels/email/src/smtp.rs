@@ -18,7 +18,7 @@ use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::{AsyncSmtpTransportBuilder, PoolConfig};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 /// Consecutive failed sends without any SMTP reply (refused, timed out, TLS) after which
@@ -93,26 +93,7 @@ impl TlsMode {
     }
 }
 
-/// A secret string: `Debug` never shows it, and a wrongly typed value is not echoed in the
-/// configuration error either.
-#[derive(Clone)]
-struct Secret(String);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"<redacted>\"")
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // Not `String::deserialize`: its type error quotes the value (`integer `1234``).
-        match serde_json::Value::deserialize(d)? {
-            serde_json::Value::String(s) => Ok(Secret(s)),
-            _ => Err(serde::de::Error::custom("invalid type: expected a string")),
-        }
-    }
-}
+use herald_channel::Secret;
 
 /// [`parse_config`], plus the key in type errors (serde names the key only for unknown and
 /// missing fields; `port = "x"` would otherwise just say "expected u16").
@@ -203,11 +184,11 @@ impl SmtpChannel {
             (None, None) => None,
             (Some(_), None) => return Err(fail("password", "required when `username` is set")),
             (None, Some(_)) => return Err(fail("username", "required when `password` is set")),
-            (Some(user), Some(Secret(password))) => {
+            (Some(user), Some(password)) => {
                 if user.is_empty() {
                     return Err(fail("username", "must not be empty"));
                 }
-                Some((user, password))
+                Some((user, password.expose().to_owned()))
             }
         };
         let timeout = humantime::parse_duration(cfg.timeout.trim())

@@ -670,24 +670,7 @@ pub(crate) fn unix_secs(clock: &WallClock) -> u64 {
         .unwrap_or(0)
 }
 
-/// A secret string. `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq)]
-pub(crate) struct Secret(String);
-
-impl Secret {
-    pub(crate) fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    pub(crate) fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"<redacted>\"")
-    }
-}
+pub(crate) use herald_channel::Secret;
 
 pub(crate) fn config_error(name: &str, key: &str, message: impl fmt::Display) -> ConfigError {
     ConfigError::new(name, format!("{key}: {message}"))
@@ -798,16 +781,7 @@ pub(crate) fn request_error(e: reqwest::Error, what: &str) -> ChannelError {
     } else {
         "failed"
     };
-    let mut message = format!("{what}: request {how}: {e}");
-    let mut source = std::error::Error::source(&e);
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.ends_with(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
+    let message = format!("{what}: request {how}: {}", herald_channel::error_chain(&e));
     ChannelError::transient(message)
 }
 

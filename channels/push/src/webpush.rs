@@ -682,25 +682,7 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
 
 /// A request that got no answer: transient. The URL (a capability) is left out.
 fn request_error(e: reqwest::Error, origin: &str) -> ChannelError {
-    let e = e.without_url();
-    let how = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "cannot connect"
-    } else {
-        "failed"
-    };
-    let mut message = format!("push service {origin}: request {how}: {e}");
-    let mut source = std::error::Error::source(&e);
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.ends_with(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
-    ChannelError::transient(message)
+    crate::fcm::request_error(e, &format!("push service {origin}"))
 }
 
 // ---------------------------------------------------------------------------------------

@@ -156,6 +156,53 @@ pub fn parse_config<T: serde::de::DeserializeOwned>(
     T::deserialize(ctx.config).map_err(|e| ConfigError::new(ctx.name, e.to_string()))
 }
 
+/// A secret configuration value (password, API secret, token): `Debug` never shows it, and a
+/// wrongly typed value is not echoed by the configuration error either (serde's own
+/// `String` error would quote it).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) => Ok(Secret(s)),
+            _ => Err(serde::de::Error::custom("invalid type: expected a string")),
+        }
+    }
+}
+
+/// `e` followed by its sources, `": "`-separated, skipping a source whose text the message
+/// already ends with (HTTP clients often repeat the cause). For channel error messages;
+/// strip URLs holding secrets from `e` first.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.ends_with(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
 /// A configuration problem found while building an instance; the server refuses to start.
 #[derive(Debug, thiserror::Error)]
 #[error("channels.{instance}: {message}")]
@@ -539,6 +586,39 @@ mod tests {
         s.insert(Arc::new(7u32));
         assert_eq!(*s.get::<Arc<u32>>().unwrap(), 7);
         assert!(s.get::<Arc<u64>>().is_none());
+    }
+
+    #[test]
+    fn secrets_are_redacted_and_not_echoed() {
+        let s: Secret = serde_json::from_value(serde_json::json!("hunter2")).unwrap();
+        assert_eq!(s.expose(), "hunter2");
+        assert!(!format!("{s:?}").contains("hunter2"));
+        let err = serde_json::from_value::<Secret>(serde_json::json!(12345)).unwrap_err();
+        assert!(!err.to_string().contains("12345"), "{err}");
+    }
+
+    #[test]
+    fn error_chains_skip_repeated_causes() {
+        #[derive(Debug)]
+        struct E(&'static str, Option<Box<E>>);
+        impl fmt::Display for E {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl std::error::Error for E {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                self.1.as_deref().map(|e| e as _)
+            }
+        }
+        let e = E(
+            "send: refused",
+            Some(Box::new(E(
+                "refused",
+                Some(Box::new(E("os error 111", None))),
+            ))),
+        );
+        assert_eq!(error_chain(&e), "send: refused: os error 111");
     }
 
     #[test]

@@ -28,7 +28,6 @@
 //!   [`Channel::health`](herald_channel::Channel::health) `Down` until a later send
 //!   succeeds.
 
-use std::fmt;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -92,32 +91,7 @@ const MAX_REPLY_BYTES: usize = 64 * 1024;
 // Configuration helpers
 // ---------------------------------------------------------------------------------------
 
-/// A secret string (access key secret, auth token): `Debug` never shows it, and a wrongly
-/// typed value is not echoed in the configuration error either.
-#[derive(Clone)]
-pub(crate) struct Secret(String);
-
-impl Secret {
-    pub(crate) fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"<redacted>\"")
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // Not `String::deserialize`: its type error quotes the value (`integer `1234``).
-        match serde_json::Value::deserialize(d)? {
-            serde_json::Value::String(s) => Ok(Secret(s)),
-            _ => Err(serde::de::Error::custom("invalid type: expected a string")),
-        }
-    }
-}
+pub(crate) use herald_channel::Secret;
 
 /// An identifier written either as a string or as a number (`template_id = 1110` or
 /// `"1110"`; Tencent's ids are numeric).
@@ -461,16 +435,7 @@ pub(crate) fn request_error(e: reqwest::Error) -> Failure {
     } else {
         "request failed"
     };
-    let mut message = format!("{what}: {e}");
-    let mut source = std::error::Error::source(&e);
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.ends_with(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
+    let message = format!("{what}: {}", herald_channel::error_chain(&e));
     ChannelError::transient(redact_phones(&message)).into()
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use herald_channel::{parse_config, BuildContext, ChannelError, ConfigError};
 use reqwest::{StatusCode, Url};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 /// `User-Agent` of every request.
 pub(crate) const USER_AGENT: &str = concat!("herald-wechat/", env!("CARGO_PKG_VERSION"));
@@ -23,36 +23,7 @@ pub(crate) fn default_timeout() -> String {
     DEFAULT_TIMEOUT.to_owned()
 }
 
-/// A secret string (app secret, access token, webhook key or URL). `Debug` never shows it,
-/// and a wrongly typed value is not echoed by the configuration error either.
-#[derive(Clone, PartialEq, Eq)]
-pub(crate) struct Secret(String);
-
-impl Secret {
-    pub(crate) fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-
-    pub(crate) fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"<redacted>\"")
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // Not `String::deserialize`: its type error quotes the value (`integer `1234``).
-        match serde_json::Value::deserialize(d)? {
-            serde_json::Value::String(s) => Ok(Secret(s)),
-            _ => Err(serde::de::Error::custom("invalid type: expected a string")),
-        }
-    }
-}
+pub(crate) use herald_channel::Secret;
 
 /// [`parse_config`], plus the key's path in type errors (serde names the key only for
 /// unknown and missing fields; `timeout = 5` would otherwise just say "expected a string").
@@ -136,16 +107,7 @@ pub(crate) fn request_error(e: reqwest::Error, what: &str) -> ChannelError {
     } else {
         "failed"
     };
-    let mut message = format!("{what} {how}: {e}");
-    let mut source = std::error::Error::source(&e);
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.ends_with(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
+    let message = format!("{what} {how}: {}", herald_channel::error_chain(&e));
     if e.is_builder() {
         ChannelError::config(message)
     } else {

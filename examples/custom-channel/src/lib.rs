@@ -355,16 +355,7 @@ fn request_error(e: reqwest::Error) -> ChannelError {
     } else {
         "request failed"
     };
-    let mut message = format!("{what}: {e}");
-    let mut source = std::error::Error::source(&e);
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.ends_with(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
+    let message = format!("{what}: {}", herald_channel::error_chain(&e));
     if e.is_builder() {
         ChannelError::config(message)
     } else {
