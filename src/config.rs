@@ -53,6 +53,8 @@ pub struct Settings {
     pub log: LogSettings,
     /// Channel instances by name: `[channels.<name>] kind = "…"`.
     pub channels: ChannelTables,
+    /// Default routing policies per template and message type (`[routing.…]`).
+    pub routing: crate::routing::RoutingSettings,
 }
 
 /// The `[channels.<name>]` tables, as given. They hold credentials, so `Debug` shows only
@@ -212,6 +214,7 @@ impl Default for Settings {
             templates: TemplateSettings::default(),
             log: LogSettings::default(),
             channels: ChannelTables::default(),
+            routing: Default::default(),
         }
     }
 }

@@ -34,6 +34,7 @@ pub mod config;
 pub mod dispatch;
 pub mod metrics;
 pub mod model;
+pub mod routing;
 pub mod session;
 pub mod sharded;
 pub mod state;
@@ -71,6 +72,8 @@ pub enum StartError {
     Template(#[from] templates::TemplateError),
     #[error("templates.dir: {0} does not exist")]
     TemplateDir(std::path::PathBuf),
+    #[error("{0}")]
+    Routing(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -126,6 +129,7 @@ impl Running {
     /// Ask the outbox workers to look for due work now (tests that move an injected clock).
     pub fn wake_outbox(&self) {
         self.dispatcher.wake_outbox();
+        self.dispatcher.wake_scheduler();
     }
 
     /// Resolves when the server has stopped by itself (it normally doesn't).
@@ -214,6 +218,13 @@ pub async fn start_with_options(
         settings.dispatch.status_batch,
         clock.unwrap_or_else(|| Arc::new(clock::SystemClock)),
     );
+    settings
+        .routing
+        .validate(&|name| match dispatcher.instance(name) {
+            Some(_) => Ok(()),
+            None => Err(format!("unknown channel instance `{name}`")),
+        })
+        .map_err(StartError::Routing)?;
     // Outbox rows of instances that are no longer configured wait until one is again.
     if let Ok(counts) = store.outbox_counts().await {
         for (name, c) in counts {
@@ -273,6 +284,8 @@ pub async fn start_with_options(
         sessions: TaskTracker::new(),
     });
     let router = api::router(app.clone());
+    // Timers (sendAt, expiresAt, failover chains) stop with the outbox workers.
+    let scheduler = tokio::spawn(dispatch::schedule::run(app.clone(), outbox_stop.clone()));
     let wake_handle = dispatcher.clone();
     let heartbeat = tokio::spawn(ws::heartbeat(app.clone()));
     let token = shutdown.clone();
@@ -299,6 +312,7 @@ pub async fn start_with_options(
         for worker in outbox {
             let _ = worker.await;
         }
+        let _ = scheduler.await;
         // In-flight provider hand-overs and queued status changes.
         if tokio::time::timeout(shutdown_timeout, dispatcher.flush())
             .await

@@ -168,12 +168,32 @@ pub struct Metrics {
     pub replayed: AtomicU64,
     pub acks: AtomicU64,
     pub status_write_errors: AtomicU64,
+    /// Failover chain events, indexed like [`ROUTE_EVENTS`].
+    pub route_events: [AtomicU64; ROUTE_EVENTS.len()],
     /// Per channel instance; the key set is fixed at start (no lock on the hot path).
     /// `herald_channel_info{channel,kind}` joins instances to kinds (providers).
     pub channels: BTreeMap<String, ChannelCounters>,
 }
 
+/// The events of a failover chain's log (`routing::LogEntry::event`).
+pub const ROUTE_EVENTS: [&str; 8] = [
+    "started",
+    "skipped",
+    "failed",
+    "timeout",
+    "succeeded",
+    "acknowledged",
+    "exhausted",
+    "expired",
+];
+
 impl Metrics {
+    pub fn count_route_event(&self, event: &str) {
+        if let Some(i) = ROUTE_EVENTS.iter().position(|e| *e == event) {
+            self.route_events[i].fetch_add(1, Relaxed);
+        }
+    }
+
     pub fn new(instances: impl IntoIterator<Item = String>) -> Metrics {
         Metrics {
             channels: instances
@@ -364,6 +384,17 @@ impl Metrics {
                 &mut out,
                 "herald_delivery_latency_seconds",
                 &format!("channel=\"{name}\","),
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP herald_route_events_total Failover chain events (steps started, skipped, failed, timed out; chains succeeded, acknowledged, exhausted, expired).\n# TYPE herald_route_events_total counter"
+        );
+        for (event, n) in ROUTE_EVENTS.iter().zip(&self.route_events) {
+            let _ = writeln!(
+                out,
+                "herald_route_events_total{{event=\"{event}\"}} {}",
+                n.load(Relaxed)
             );
         }
         out

@@ -89,7 +89,7 @@ impl FromStr for StatusFilter {
 }
 
 /// A message accepted by the API, before it is stored.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NewMessage {
     /// Public id (UUID v7).
     pub id: String,
@@ -106,6 +106,21 @@ pub struct NewMessage {
     pub template: Option<String>,
     pub data: Option<serde_json::Value>,
     pub rendered: RenderedByFamily,
+    /// `sendAt`: provider deliveries are due then, presence deliveries are held until then.
+    pub send_at_ms: Option<i64>,
+    /// `expiresAt`: what is still undelivered then fails with `expired`.
+    pub expires_at_ms: Option<i64>,
+    /// A failover policy: `routes` lists the receivers, one chain each; the chains create
+    /// their deliveries step by step (`deliveries` holds none of theirs).
+    pub routing: Option<crate::routing::Policy>,
+    pub routes: Vec<String>,
+}
+
+impl NewMessage {
+    /// Held until `sendAt` (a time in the past sends at once).
+    pub fn held_until(&self) -> Option<i64> {
+        self.send_at_ms.filter(|&t| t > self.created_at_ms)
+    }
 }
 
 /// Rendered template parts per channel family: family → part → text.
@@ -184,6 +199,71 @@ pub struct OutboxMessage {
     pub template: Option<String>,
     pub data: Option<serde_json::Value>,
     pub rendered: RenderedByFamily,
+    pub expires_at_ms: Option<i64>,
+    /// The failover policy it was sent with.
+    pub routing: Option<crate::routing::Policy>,
+}
+
+/// What a timer is for (the `schedule` table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerKind {
+    /// `sendAt` reached: push the held presence deliveries.
+    Release = 0,
+    /// `expiresAt` reached: fail what is undelivered with `expired`.
+    Expire = 1,
+    /// A failover chain (one per receiver) to evaluate.
+    Route = 2,
+}
+
+impl TimerKind {
+    pub fn from_code(c: i64) -> Option<TimerKind> {
+        match c {
+            0 => Some(TimerKind::Release),
+            1 => Some(TimerKind::Expire),
+            2 => Some(TimerKind::Route),
+            _ => None,
+        }
+    }
+}
+
+/// A timer claimed by the scheduler, held until `lease_until_ms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timer {
+    pub id: i64,
+    pub message_seq: i64,
+    pub kind: TimerKind,
+    /// Route: whose chain.
+    pub receiver: String,
+    pub lease_until_ms: i64,
+    /// Route: its progress.
+    pub progress: crate::routing::Progress,
+}
+
+/// The result of evaluating a chain, stored atomically if the lease still holds.
+#[derive(Debug, Clone)]
+pub struct RouteAdvance {
+    pub timer_id: i64,
+    pub lease_until_ms: i64,
+    pub message_seq: i64,
+    pub receiver: String,
+    pub state: crate::routing::RouteState,
+    pub progress: crate::routing::Progress,
+    pub due_at_ms: Option<i64>,
+    pub log: Vec<crate::routing::LogEntry>,
+    /// Deliveries the chain starts (provider ones are due at `now_ms`).
+    pub start: Vec<NewDelivery>,
+    /// Pending deliveries to fail: (id, error).
+    pub supersede: Vec<(i64, String)>,
+    pub now_ms: i64,
+}
+
+/// A failover chain as the message log shows it.
+#[derive(Debug, Clone)]
+pub struct RouteRecord {
+    pub receiver: String,
+    pub state: crate::routing::RouteState,
+    pub step: Option<usize>,
+    pub log: Vec<crate::routing::LogEntry>,
 }
 
 /// The outcome of one provider attempt.
@@ -208,6 +288,12 @@ pub struct Message {
     pub sender: String,
     pub created_at_ms: i64,
     pub template: Option<String>,
+    pub send_at_ms: Option<i64>,
+    pub expires_at_ms: Option<i64>,
+    /// The failover policy (JSON as stored), if any.
+    pub routing: Option<crate::routing::Policy>,
+    /// Its chains, one per receiver (`get_message` only).
+    pub routes: Vec<RouteRecord>,
     /// Deliveries (all of them, or the first N in listings).
     pub deliveries: Vec<Delivery>,
     /// Number of deliveries per status, indexed by [`Status::code`] (always complete).

@@ -81,6 +81,8 @@ export interface Welcome {
   sessionId: string;
   userId: string;
   serverTime: string;
+  /** How many message frames the replay that follows sends (absent on older servers). */
+  pending?: number;
 }
 
 export interface CloseInfo {

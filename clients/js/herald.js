@@ -82,6 +82,8 @@ const OPEN = 1;
  * @property {string} sessionId
  * @property {string} userId
  * @property {string} serverTime RFC 3339
+ * @property {number} [pending] how many message frames the replay that follows sends
+ *   (servers before this field: absent, and the client falls back to `replayIdle`)
  */
 
 /**
@@ -218,6 +220,7 @@ export class Herald {
     this._failures = 0; // consecutive attempts that ended before a welcome
     this._welcomed = false;
     this._replayCount = 0;
+    this._replayLeft = null; // frames the replay still sends (welcome.pending)
     /** The latest `welcome` frame, or null before the first. @type {Welcome | null} */
     this.session = null;
     /** Counters since construction: connection attempts, messages emitted, duplicates dropped. */
@@ -587,6 +590,9 @@ export class Herald {
     this._welcomed = true;
     this._failures = 0;
     this._replayCount = 0;
+    // The gap signal: exactly this many replayed frames follow (null: unknown, use the
+    // idle timer). A message deleted during the replay is skipped, so the timer stays armed.
+    this._replayLeft = typeof welcome.pending === "number" ? welcome.pending : null;
     this.session = welcome;
     this._setState("replaying");
     for (const [id, type] of [...this._outbox]) {
@@ -595,6 +601,7 @@ export class Herald {
     }
     this._setTimer("replay", this._replayIdle, () => this._replayDone());
     this._emit("open", welcome);
+    if (this._replayLeft === 0) this._replayDone();
   }
 
   _replayDone() {
@@ -608,19 +615,30 @@ export class Herald {
   _socketMessage(frame) {
     let replayed = false;
     if (this._state === "replaying") {
-      // The replay is everything created before this session began; a newer message is live.
-      const created = Date.parse(frame.createdAt);
-      const began = Date.parse(this.session?.serverTime ?? "");
-      if (created > began) {
-        this._replayDone();
-      } else {
+      if (this._replayLeft !== null) {
+        // The server said how many frames the replay sends.
         replayed = true;
+        this._replayLeft--;
+      } else {
+        // Older servers: the replay is everything created before this session began; a
+        // newer message is live.
+        const created = Date.parse(frame.createdAt);
+        const began = Date.parse(this.session?.serverTime ?? "");
+        if (created > began) {
+          this._replayDone();
+        } else {
+          replayed = true;
+        }
       }
     }
     const message = this._incoming(frame, "socket", replayed);
     if (replayed) {
       if (message) this._replayCount++;
-      this._setTimer("replay", this._replayIdle, () => this._replayDone());
+      if (this._replayLeft === 0) {
+        this._replayDone();
+      } else {
+        this._setTimer("replay", this._replayIdle, () => this._replayDone());
+      }
     }
   }
 

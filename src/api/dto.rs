@@ -50,6 +50,19 @@ pub struct SendRequest {
     pub data: Option<serde_json::Value>,
     /// Who sends it (default `"api"`).
     pub sender: Option<String>,
+    /// Routing policy, instead of `channels`: `all` (every step's channel at once) or
+    /// `failover` (one step after another per receiver, until one succeeds; see README
+    /// "Routing"). Absent: `channels`, else the configured default of the template or
+    /// type, else `["websocket"]`. The response's `deliveries` then counts the chains.
+    pub routing: Option<crate::routing::PolicySpec>,
+    /// RFC 3339: deliver at this time instead of now (± 1 s; at most a year ahead; a past
+    /// time sends at once). Needs explicit `receivers`. Deleting the message cancels it.
+    #[serde(rename = "sendAt")]
+    pub send_at: Option<String>,
+    /// RFC 3339, after `sendAt`/now: deliveries still undelivered then become `failed` with
+    /// error `expired` and are not replayed (a provider delivery already `sent` stays).
+    #[serde(rename = "expiresAt")]
+    pub expires_at: Option<String>,
 }
 
 /// `POST /message/sendMessage` (seed-compatible).
@@ -146,6 +159,32 @@ pub struct MessageDto {
     /// In listings only the first 100 deliveries are shown; `GET /api/v1/messages/{id}` has all.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub deliveries_truncated: bool,
+    /// RFC 3339, when scheduled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_at: Option<String>,
+    /// RFC 3339, when it expires.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// The failover policy it was sent with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routing: Option<crate::routing::PolicySpec>,
+    /// Its failover chains, one per receiver, with every step taken and why
+    /// (`GET /api/v1/messages/{id}` only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteDto>,
+}
+
+/// A failover chain of one receiver.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteDto {
+    pub receiver: String,
+    /// `running`, `succeeded`, `exhausted` or `cancelled`.
+    pub state: String,
+    /// The current (or last) step's index; absent before the first step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<usize>,
+    pub log: Vec<crate::routing::LogEntry>,
 }
 
 impl From<&Message> for MessageDto {
@@ -170,6 +209,34 @@ impl From<&Message> for MessageDto {
                 failed: c[Status::Failed.code() as usize],
             },
             deliveries_truncated: (m.deliveries.len() as i64) < total,
+            send_at: m.send_at_ms.map(rfc3339),
+            expires_at: m.expires_at_ms.map(rfc3339),
+            routing: m.routing.as_ref().map(|p| crate::routing::PolicySpec {
+                policy: p.policy,
+                steps: p
+                    .steps
+                    .iter()
+                    .map(|s| crate::routing::StepSpec {
+                        channel: s.channel.clone(),
+                        wait: s.wait_ms.map(|w| {
+                            humantime::format_duration(std::time::Duration::from_millis(
+                                w.max(0) as u64
+                            ))
+                            .to_string()
+                        }),
+                    })
+                    .collect(),
+            }),
+            routes: m
+                .routes
+                .iter()
+                .map(|r| RouteDto {
+                    receiver: r.receiver.clone(),
+                    state: r.state.as_str().into(),
+                    step: r.step,
+                    log: r.log.clone(),
+                })
+                .collect(),
         }
     }
 }

@@ -22,6 +22,7 @@ use crate::model::{
     new_message_id, rfc3339, Idempotency, Inserted, MessageFilter, NewDelivery, NewMessage,
     PageRequest, Recipient, RenderedByFamily, Status, StatusFilter,
 };
+use crate::routing::{Policy, PolicyKind, PolicySpec};
 use crate::state::AppState;
 use crate::store::LIST_DELIVERIES_PER_MESSAGE;
 use crate::ws::WEBSOCKET;
@@ -42,6 +43,9 @@ pub struct Send {
     pub template: Option<String>,
     pub data: Option<serde_json::Value>,
     pub sender: Option<String>,
+    pub routing: Option<PolicySpec>,
+    pub send_at: Option<String>,
+    pub expires_at: Option<String>,
 }
 
 impl From<SendRequest> for Send {
@@ -55,6 +59,9 @@ impl From<SendRequest> for Send {
             template: r.template,
             data: r.data,
             sender: r.sender,
+            routing: r.routing,
+            send_at: r.send_at,
+            expires_at: r.expires_at,
         }
     }
 }
@@ -118,7 +125,29 @@ pub async fn accept(
     req: Send,
     idem: Option<Idempotency>,
 ) -> Result<Response, ApiError> {
-    let channels = resolve_channels(app, req.channels)?;
+    // The outbox's clock: the system clock, or the one a test injected.
+    let created_at_ms = app.dispatcher.clock().now_ms();
+    let send_at = parse_time("sendAt", req.send_at.as_deref())?;
+    let expires_at = parse_time("expiresAt", req.expires_at.as_deref())?;
+    if send_at.is_some_and(|t| t > created_at_ms + MAX_SCHEDULE_MS) {
+        return Err(ApiError::invalid("sendAt", "at most one year ahead"));
+    }
+    if let Some(e) = expires_at {
+        let start = send_at.unwrap_or(created_at_ms).max(created_at_ms);
+        if e <= start {
+            return Err(ApiError::invalid(
+                "expiresAt",
+                "must be later than sendAt (or now, without sendAt)",
+            ));
+        }
+    }
+    let (channels, routing) = route(
+        app,
+        req.channels,
+        req.routing,
+        req.template.as_deref(),
+        req.msg_type,
+    )?;
     let rendered = render(app, req.template.as_deref(), req.data.as_ref(), &channels)?;
     let (title, content) = title_and_content(
         req.title,
@@ -157,13 +186,27 @@ pub async fn accept(
             out
         }
         // Broadcast: every user online right now.
-        None => app.registry.online_users().await,
+        None => {
+            if send_at.is_some_and(|t| t > created_at_ms) {
+                return Err(ApiError::invalid(
+                    "receivers",
+                    "a scheduled message (sendAt) needs explicit receivers: a broadcast goes to the users online when it is accepted",
+                ));
+            }
+            app.registry.online_users().await
+        }
     };
 
-    let deliveries = plan(app, &receivers, &channels, req.msg_type).await?;
+    // A failover chain creates its deliveries step by step (the scheduler).
+    let (deliveries, routes) = if routing.is_some() {
+        (Vec::new(), receivers.clone())
+    } else {
+        (
+            plan(app, &receivers, &channels, req.msg_type).await?,
+            Vec::new(),
+        )
+    };
     let id = new_message_id();
-    // The outbox's clock: the system clock, or the one a test injected.
-    let created_at_ms = app.dispatcher.clock().now_ms();
     let accepted_at = Instant::now();
     let new = NewMessage {
         id: id.clone(),
@@ -180,7 +223,13 @@ pub async fn accept(
             .as_ref()
             .map(|_| req.data.clone().unwrap_or_else(|| serde_json::json!({}))),
         rendered,
+        send_at_ms: send_at,
+        expires_at_ms: expires_at,
+        routing,
+        routes,
     };
+    let held = new.held_until().is_some();
+    let timers = held || new.expires_at_ms.is_some() || !new.routes.is_empty();
     let view = Arc::new(MessageView {
         id: id.clone(),
         title: new.title.clone(),
@@ -192,6 +241,7 @@ pub async fn accept(
         data: new.data.clone(),
     });
     let planned_deliveries = new.deliveries.clone();
+    let receivers_count = new.routes.len();
     match app.store.insert_message(new).await? {
         Inserted::New { delivery_ids, .. } => {
             app.metrics.messages_accepted.fetch_add(1, Relaxed);
@@ -204,7 +254,22 @@ pub async fn accept(
                     c.count(Status::Failed);
                 }
             }
-            let count = delivery_ids.len();
+            // A failover message counts its chains (one per receiver).
+            let count = delivery_ids.len().max(receivers_count);
+            if timers {
+                app.dispatcher.wake_scheduler();
+            }
+            if held {
+                // Provider rows come due at sendAt; presence rows wait for the release.
+                return Ok((
+                    StatusCode::ACCEPTED,
+                    Json(SendResponse {
+                        id,
+                        deliveries: count,
+                    }),
+                )
+                    .into_response());
+            }
             let planned: Vec<Planned> = planned_deliveries
                 .into_iter()
                 .zip(delivery_ids)
@@ -366,26 +431,7 @@ fn resolve_channels(
     }
     let mut out: Vec<String> = Vec::with_capacity(list.len());
     for (i, name) in list.into_iter().enumerate() {
-        if app.dispatcher.instance(&name).is_some_and(|i| !i.enabled) {
-            return Err(ApiError::invalid(
-                &format!("channels[{i}]"),
-                format!("channel instance `{name}` is disabled (enabled = false)"),
-            ));
-        }
-        if app.dispatcher.instance(&name).is_none() {
-            let known: Vec<&str> = app
-                .dispatcher
-                .instances()
-                .map(|i| i.name.as_str())
-                .collect();
-            return Err(ApiError::invalid(
-                &format!("channels[{i}]"),
-                format!(
-                    "unknown channel instance `{name}` (configured: {})",
-                    known.join(", ")
-                ),
-            ));
-        }
+        check_instance(app, &name).map_err(|e| ApiError::invalid(&format!("channels[{i}]"), e))?;
         if !out.contains(&name) {
             out.push(name);
         }
@@ -419,45 +465,132 @@ async fn plan(
     }
     for r in receivers {
         let rec = records.get(r.as_str()).and_then(Option::as_ref);
-        let prefs = rec.map(Preferences::of);
-        let opted_out_of_type = prefs.as_ref().is_some_and(|p| p.mutes_type(msg_type));
         for c in channels {
-            let Some(instance) = app.dispatcher.instance(c) else {
-                continue;
-            };
-            let kind = instance.descriptor.address;
-            let outbox = !instance.descriptor.presence;
-            let opted_out = opted_out_of_type
-                || prefs
-                    .as_ref()
-                    .is_some_and(|p| p.mutes_channel(c, instance.descriptor.family()));
-            let address = match kind {
-                // Push: the receiver's active devices of the platform (looked up again at
-                // every attempt); "address" only says there is at least one.
-                AddressKind::Device(platform) => {
-                    let any = app.store.active_devices(r, platform).await?;
-                    (!any.is_empty()).then(|| format!("{} device(s)", any.len()))
-                }
-                _ => rec.and_then(|rec| address_of(rec, kind)),
-            };
-            let (status, error) = if opted_out {
-                (Status::Failed, Some("opted_out".to_owned()))
-            } else if kind != AddressKind::None && address.is_none() {
-                (Status::Failed, Some("no_address".to_owned()))
-            } else {
-                (Status::Pending, None)
-            };
-            out.push(NewDelivery {
-                receiver: r.clone(),
-                channel: c.clone(),
-                status,
-                error,
-                address,
-                outbox,
-            });
+            if let Some(d) = plan_one(app, r, c, rec, msg_type).await? {
+                out.push(d);
+            }
         }
     }
     Ok(out)
+}
+
+/// The delivery of one receiver on one channel instance (`None`: no such instance):
+/// pending, or born `failed` with `opted_out` / `no_address`. `rec` is the receiver's record
+/// (needed when the channel needs an address or the receiver may have preferences).
+pub async fn plan_one(
+    app: &AppState,
+    receiver: &str,
+    channel: &str,
+    rec: Option<&Recipient>,
+    msg_type: i64,
+) -> Result<Option<NewDelivery>, crate::store::StoreError> {
+    let Some(instance) = app.dispatcher.instance(channel) else {
+        return Ok(None);
+    };
+    let prefs = rec.map(Preferences::of);
+    let kind = instance.descriptor.address;
+    let opted_out = prefs.as_ref().is_some_and(|p| {
+        p.mutes_type(msg_type) || p.mutes_channel(channel, instance.descriptor.family())
+    });
+    let address = match kind {
+        // Push: the receiver's active devices of the platform (looked up again at every
+        // attempt); "address" only says there is at least one.
+        AddressKind::Device(platform) => {
+            let any = app.store.active_devices(receiver, platform).await?;
+            (!any.is_empty()).then(|| format!("{} device(s)", any.len()))
+        }
+        _ => rec.and_then(|rec| address_of(rec, kind)),
+    };
+    let (status, error) = if opted_out {
+        (Status::Failed, Some("opted_out".to_owned()))
+    } else if kind != AddressKind::None && address.is_none() {
+        (Status::Failed, Some("no_address".to_owned()))
+    } else {
+        (Status::Pending, None)
+    };
+    Ok(Some(NewDelivery {
+        receiver: receiver.to_owned(),
+        channel: channel.to_owned(),
+        status,
+        error,
+        address,
+        outbox: !instance.descriptor.presence,
+    }))
+}
+
+/// Latest `sendAt`, from now.
+const MAX_SCHEDULE_MS: i64 = 366 * 86_400_000;
+
+/// An optional RFC 3339 date-time field, in ms since the epoch.
+fn parse_time(field: &str, value: Option<&str>) -> Result<Option<i64>, ApiError> {
+    let Some(v) = value else { return Ok(None) };
+    let t = time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| {
+            ApiError::invalid(
+                field,
+                format!("`{v}` is not an RFC 3339 date-time (e.g. 2026-12-01T08:00:00Z)"),
+            )
+        })?;
+    let ms = t.unix_timestamp_nanos() / 1_000_000;
+    i64::try_from(ms)
+        .ok()
+        .filter(|ms| *ms >= 0)
+        .map(Some)
+        .ok_or_else(|| ApiError::invalid(field, "out of range"))
+}
+
+/// The channels to render for and, for `failover`, the chain. A send's `routing` or
+/// `channels` wins over the defaults of its template, then of its type (`[routing]`).
+fn route(
+    app: &AppState,
+    channels: Option<Vec<String>>,
+    routing: Option<PolicySpec>,
+    template: Option<&str>,
+    msg_type: i64,
+) -> Result<(Vec<String>, Option<Policy>), ApiError> {
+    if channels.is_some() && routing.is_some() {
+        return Err(ApiError::invalid(
+            "routing",
+            "give either `channels` or `routing`, not both",
+        ));
+    }
+    let (spec, field) = match (&routing, &channels) {
+        (Some(spec), _) => (spec, "routing".to_owned()),
+        (None, Some(_)) => return Ok((resolve_channels(app, channels)?, None)),
+        (None, None) => match app.settings.routing.default_for(template, msg_type) {
+            Some(spec) => (spec, "routing (configured default)".to_owned()),
+            None => return Ok((resolve_channels(app, None)?, None)),
+        },
+    };
+    let policy = spec
+        .validate(&|name| check_instance(app, name))
+        .map_err(|(f, e)| ApiError::invalid(&format!("{field}.{f}"), e))?;
+    let names = policy.steps.iter().map(|s| s.channel.clone()).collect();
+    Ok(match policy.policy {
+        PolicyKind::All => (names, None),
+        PolicyKind::Failover => (names, Some(policy)),
+    })
+}
+
+/// A channel instance a send may name: configured and enabled.
+fn check_instance(app: &AppState, name: &str) -> Result<(), String> {
+    match app.dispatcher.instance(name) {
+        Some(i) if !i.enabled => Err(format!(
+            "channel instance `{name}` is disabled (enabled = false)"
+        )),
+        Some(_) => Ok(()),
+        None => {
+            let known: Vec<&str> = app
+                .dispatcher
+                .instances()
+                .map(|i| i.name.as_str())
+                .collect();
+            Err(format!(
+                "unknown channel instance `{name}` (configured: {})",
+                known.join(", ")
+            ))
+        }
+    }
 }
 
 pub fn page_request(params: &Params) -> Result<PageRequest, ApiError> {

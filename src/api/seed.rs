@@ -41,6 +41,9 @@ pub async fn send_message(
         template: None,
         data: None,
         sender: b.sender,
+        routing: None,
+        send_at: None,
+        expires_at: None,
     };
     messages::accept(&app, req, idem).await
 }

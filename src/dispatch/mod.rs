@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 
 pub mod outbox;
 pub mod pending;
+pub mod schedule;
 use outbox::{Limits, Worker, WorkerHandle};
 use pending::PendingIndex;
 
@@ -79,6 +80,8 @@ struct Inner {
     /// Outbox worker handles of the provider instances (wake-ups, limits, in-flight).
     workers: HashMap<String, WorkerHandle>,
     clock: Arc<dyn Clock>,
+    /// Wakes the scheduler (new timers, status changes that may move a failover chain).
+    scheduler: Arc<tokio::sync::Notify>,
 }
 
 impl Dispatcher {
@@ -93,7 +96,14 @@ impl Dispatcher {
         clock: Arc<dyn Clock>,
     ) -> (Dispatcher, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(queue);
-        let task = tokio::spawn(status_writer(store.clone(), rx, batch, metrics.clone()));
+        let scheduler = Arc::new(tokio::sync::Notify::new());
+        let task = tokio::spawn(status_writer(
+            store.clone(),
+            rx,
+            batch,
+            metrics.clone(),
+            scheduler.clone(),
+        ));
         let names = instances
             .keys()
             .map(|n| (n.clone(), Arc::from(n.as_str())))
@@ -115,6 +125,7 @@ impl Dispatcher {
                 pending: PendingIndex::default(),
                 workers,
                 clock,
+                scheduler,
             }),
         };
         (d, task)
@@ -164,6 +175,25 @@ impl Dispatcher {
         for w in self.inner.workers.values() {
             w.notify.notify_one();
         }
+    }
+
+    /// Tell the scheduler to look for due timers now.
+    pub fn wake_scheduler(&self) {
+        self.inner.scheduler.notify_one();
+    }
+
+    pub(crate) fn scheduler_notify(&self) -> &tokio::sync::Notify {
+        &self.inner.scheduler
+    }
+
+    /// The names of the presence (WebSocket-like) instances.
+    pub fn presence_instances(&self) -> Vec<String> {
+        self.inner
+            .instances
+            .values()
+            .filter(|i| i.descriptor.presence)
+            .map(|i| i.name.clone())
+            .collect()
     }
 
     /// Sends in flight on a provider instance.
@@ -331,6 +361,10 @@ impl Dispatcher {
         if let Some(c) = self.inner.metrics.channel(channel) {
             c.count_n(Status::Delivered, items.len() as u64);
         }
+        if !items.is_empty() {
+            // A collected message may end a failover chain.
+            self.wake_scheduler();
+        }
         Ok(items)
     }
 
@@ -397,6 +431,7 @@ async fn status_writer(
     mut rx: mpsc::Receiver<StatusItem>,
     batch: usize,
     metrics: Arc<Metrics>,
+    scheduler: Arc<tokio::sync::Notify>,
 ) {
     let mut items = Vec::with_capacity(batch);
     while rx.recv_many(&mut items, batch).await > 0 {
@@ -416,6 +451,11 @@ async fn status_writer(
         while !changes.is_empty() {
             match store.apply_status(changes.clone()).await {
                 Ok(applied) => {
+                    if applied.iter().any(|&moved| moved) {
+                        // A moved status may end or advance a failover chain (the store
+                        // made its route due in the same transaction).
+                        scheduler.notify_one();
+                    }
                     // Count only real transitions.
                     for ((channel, change), moved) in channels.iter().zip(&changes).zip(applied) {
                         if let (true, Some(c)) = (moved, metrics.channel(channel)) {

@@ -570,7 +570,10 @@ fn retry_or_fail(
     }
 }
 
-fn view(m: OutboxMessage, family: &str) -> (i64, (Arc<MessageView>, Option<Arc<Rendered>>)) {
+pub(crate) fn view(
+    m: OutboxMessage,
+    family: &str,
+) -> (i64, (Arc<MessageView>, Option<Arc<Rendered>>)) {
     let rendered = m
         .rendered
         .get(family)

@@ -78,6 +78,10 @@ impl SessionRegistry for MemoryRegistry {
         users
     }
 
+    async fn is_online(&self, user: &str) -> bool {
+        self.users.shard(user).contains_key(user)
+    }
+
     async fn list(&self) -> Vec<SessionInfo> {
         let mut all = Vec::new();
         self.each_shard(|m| all.extend(m.values().flatten().map(|h| h.info.clone())));

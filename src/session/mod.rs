@@ -210,6 +210,8 @@ pub trait SessionRegistry: Send + Sync + 'static {
     fn push(&self, user: &str, item: &Outbound) -> Pushed;
     /// Users with at least one session.
     async fn online_users(&self) -> Vec<String>;
+    /// Does `user` have a session (failover routing is presence-aware)?
+    async fn is_online(&self, user: &str) -> bool;
     /// Every session.
     async fn list(&self) -> Vec<SessionInfo>;
     /// Sessions on this node.

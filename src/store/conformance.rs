@@ -30,6 +30,7 @@ fn msg(receivers: &[&str], channel: &str) -> NewMessage {
         template: None,
         data: None,
         rendered: Default::default(),
+        ..Default::default()
     }
 }
 
@@ -74,7 +75,256 @@ pub async fn run_all(store: Arc<dyn Store>) {
     concurrent_inserts_all_commit(store.clone()).await;
     listing(s).await;
     outbox_claims_leases_and_outcomes(s).await;
+    scheduled_messages_are_held_released_and_expired(s).await;
+    failover_routes_advance_under_their_lease(s).await;
     s.ready().await.unwrap();
+}
+
+/// Claim every timer due at `at` and keep those of message `seq`.
+async fn timers_of(store: &dyn Store, seq: i64, at: i64, lease: i64) -> Vec<Timer> {
+    store
+        .claim_timers(at, lease, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.message_seq == seq)
+        .collect()
+}
+
+async fn seq_of(store: &dyn Store, id: &str) -> i64 {
+    store.get_message(id).await.unwrap().unwrap().seq
+}
+
+async fn scheduled_messages_are_held_released_and_expired(store: &dyn Store) {
+    let now = now_ms();
+    let mut m = msg(&["held-u"], "websocket");
+    let mut sms = m.deliveries[0].clone();
+    sms.channel = "sms".into();
+    sms.outbox = true;
+    m.deliveries.push(sms);
+    m.send_at_ms = Some(now + 60_000);
+    m.expires_at_ms = Some(now + 120_000);
+    let (id, ids) = insert(store, m).await;
+    let seq = seq_of(store, &id).await;
+    let presence = vec!["websocket".to_string()];
+    // Held: invisible to replay, the inbox and the count; the outbox row is due at sendAt.
+    assert!(store
+        .undelivered("held-u", "websocket", 0, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store
+            .count_undelivered("held-u", "websocket")
+            .await
+            .unwrap()
+            .0,
+        0
+    );
+    let page = PageRequest { page: 1, size: 10 };
+    assert_eq!(
+        store
+            .inbox("held-u", "websocket", false, page)
+            .await
+            .unwrap()
+            .total,
+        0
+    );
+    assert_eq!(store.count_due("sms", now, 10).await.unwrap(), 0);
+    assert!(
+        timers_of(store, seq, now, now + 1).await.is_empty(),
+        "nothing due yet"
+    );
+    assert_eq!(
+        store
+            .next_timer_due()
+            .await
+            .unwrap()
+            .map(|t| t <= now + 60_000),
+        Some(true)
+    );
+
+    // sendAt: the release timer un-holds the presence row, once.
+    let t = timers_of(store, seq, now + 60_000, now + 70_000).await;
+    assert_eq!(t.len(), 1, "{t:?}");
+    assert_eq!(t[0].kind, TimerKind::Release);
+    let released = store.release_held(&t[0], &presence).await.unwrap().unwrap();
+    assert_eq!(
+        released,
+        vec![(ids[0], "held-u".to_string(), "websocket".to_string())]
+    );
+    assert!(
+        store
+            .release_held(&t[0], &presence)
+            .await
+            .unwrap()
+            .is_none(),
+        "done once"
+    );
+    assert_eq!(
+        store
+            .count_undelivered("held-u", "websocket")
+            .await
+            .unwrap(),
+        (1, seq)
+    );
+    assert_eq!(
+        store
+            .undelivered("held-u", "websocket", 0, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // expiresAt: a stale lease changes nothing; the holder fails what is undelivered.
+    let t = timers_of(store, seq, now + 120_000, now + 130_000).await;
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0].kind, TimerKind::Expire);
+    let stale = Timer {
+        lease_until_ms: now + 1,
+        ..t[0].clone()
+    };
+    assert!(store
+        .expire_message(&stale, &presence, now)
+        .await
+        .unwrap()
+        .is_none());
+    let mut expired = store
+        .expire_message(&t[0], &presence, now + 120_000)
+        .await
+        .unwrap()
+        .unwrap();
+    expired.sort();
+    assert_eq!(expired, ["sms", "websocket"]);
+    let got = store.get_message(&id).await.unwrap().unwrap();
+    assert!(got
+        .deliveries
+        .iter()
+        .all(|d| d.status == Status::Failed && d.error.as_deref() == Some("expired")));
+    assert!(store
+        .undelivered("held-u", "websocket", 0, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(timers_of(store, seq, i64::MAX / 2, i64::MAX / 2)
+        .await
+        .is_empty());
+}
+
+async fn failover_routes_advance_under_their_lease(store: &dyn Store) {
+    use crate::routing::{LogEntry, Policy, PolicyKind, Progress, RouteState, Step};
+    let now = now_ms();
+    let mut m = msg(&[], "websocket");
+    m.routing = Some(Policy {
+        policy: PolicyKind::Failover,
+        steps: vec![Step {
+            channel: "sms".into(),
+            wait_ms: Some(1_000),
+        }],
+    });
+    m.routes = vec!["route-u".into()];
+    m.created_at_ms = now;
+    let (id, ids) = insert(store, m).await;
+    assert!(ids.is_empty(), "a chain creates its deliveries itself");
+    let seq = seq_of(store, &id).await;
+    let t = timers_of(store, seq, now, now + 5_000).await;
+    assert_eq!(t.len(), 1);
+    assert_eq!(
+        (t[0].kind, t[0].receiver.as_str()),
+        (TimerKind::Route, "route-u")
+    );
+    assert_eq!(t[0].progress.step, None);
+    let entry = |event: &str| LogEntry {
+        at: rfc3339(now),
+        step: Some(0),
+        channel: Some("sms".into()),
+        event: event.into(),
+        reason: "r".into(),
+    };
+    let advance = |t: &Timer, state, log| RouteAdvance {
+        timer_id: t.id,
+        lease_until_ms: t.lease_until_ms,
+        message_seq: seq,
+        receiver: "route-u".into(),
+        state,
+        progress: Progress {
+            step: Some(0),
+            started_at_ms: Some(now),
+        },
+        due_at_ms: Some(now + 1_000),
+        log,
+        start: Vec::new(),
+        supersede: Vec::new(),
+        now_ms: now,
+    };
+    let mut first = advance(&t[0], RouteState::Running, vec![entry("started")]);
+    first.start = vec![NewDelivery {
+        receiver: "route-u".into(),
+        channel: "sms".into(),
+        status: Status::Pending,
+        error: None,
+        address: None,
+        outbox: true,
+    }];
+    let created = store.advance_route(first.clone()).await.unwrap().unwrap();
+    assert_eq!(created.len(), 1);
+    let seen = store.receiver_deliveries(seq, "route-u").await.unwrap();
+    assert_eq!(
+        (seen.len(), seen[0].id, seen[0].status),
+        (1, created[0], Status::Pending)
+    );
+    assert!(
+        store.count_due("sms", now, 1000).await.unwrap() >= 1,
+        "due at once"
+    );
+    assert!(
+        timers_of(store, seq, now + 999, now + 2_000)
+            .await
+            .is_empty(),
+        "waits for its wait"
+    );
+
+    // A status change of the receiver's delivery makes the chain due at once, and takes
+    // the lease from whoever held it.
+    let t = timers_of(store, seq, now + 1_000, now + 9_000).await;
+    assert_eq!(t[0].progress.step, Some(0));
+    store
+        .apply_status(vec![StatusChange::Delivery {
+            delivery_id: created[0],
+            status: Status::Sent,
+            error: None,
+            count_attempt: false,
+        }])
+        .await
+        .unwrap();
+    let late = advance(&t[0], RouteState::Succeeded, vec![entry("succeeded")]);
+    assert!(
+        store.advance_route(late).await.unwrap().is_none(),
+        "lease lost"
+    );
+    let t = timers_of(store, seq, now, now + 9_500).await;
+    assert_eq!(t.len(), 1, "due again after the status change");
+    let mut done = advance(&t[0], RouteState::Succeeded, vec![entry("succeeded")]);
+    done.due_at_ms = None;
+    assert!(store.advance_route(done).await.unwrap().is_some());
+    let got = store.get_message(&id).await.unwrap().unwrap();
+    assert_eq!(got.routes.len(), 1);
+    assert_eq!(got.routes[0].state, RouteState::Succeeded);
+    let events: Vec<&str> = got.routes[0].log.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(events, ["started", "succeeded"]);
+    assert!(
+        timers_of(store, seq, i64::MAX / 2, i64::MAX / 2)
+            .await
+            .is_empty(),
+        "finished"
+    );
+    assert!(store.delete_message(&id).await.unwrap());
+    assert!(store
+        .receiver_deliveries(seq, "route-u")
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 fn outbox_msg(receivers: &[&str], channel: &str) -> NewMessage {

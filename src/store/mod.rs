@@ -4,7 +4,12 @@
 //! * `insert_message` returns only after the message and all its deliveries are committed.
 //! * A delivery's status only moves forward (`pending` < `sent` < `delivered` < `read`;
 //!   `failed` only from `pending`/`sent`); changes that would move it back are ignored.
-//! * A deleted message and its deliveries are gone; nothing can reach them afterwards.
+//! * A deleted message and its deliveries are gone; nothing can reach them afterwards
+//!   (its timers and failover chains go with it).
+//! * Presence deliveries held for `sendAt` (`next_attempt_at` set) are invisible to replay,
+//!   the inbox and collect until released.
+//! * A delivery's status change makes its receiver's running failover chain due at once,
+//!   in the same transaction.
 
 use async_trait::async_trait;
 
@@ -12,7 +17,7 @@ use std::collections::HashMap;
 
 use crate::model::{
     ClaimResult, DeviceRecord, InboxItem, Inserted, Message, MessageFilter, NewDevice, NewMessage,
-    OutboxMessage, Page, PageRequest, QuotaClaim, Recipient, StatusChange,
+    OutboxMessage, Page, PageRequest, QuotaClaim, Recipient, RouteAdvance, StatusChange, Timer,
 };
 
 pub mod sqlite;
@@ -161,6 +166,58 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deactivate devices a provider reported gone: (device id, reason).
     async fn deactivate_devices(&self, dead: Vec<(i64, String)>) -> Result<u64, StoreError>;
+
+    /// Undelivered, released deliveries of `receiver` on `channel`: how many, and the
+    /// highest message `seq` among them (what a connecting session will replay).
+    async fn count_undelivered(
+        &self,
+        receiver: &str,
+        channel: &str,
+    ) -> Result<(u64, i64), StoreError>;
+
+    /// Lease up to `limit` due timers until `lease_until_ms` (the lease end becomes their
+    /// due time, as in the outbox). Oldest due first.
+    async fn claim_timers(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<Timer>, StoreError>;
+
+    /// When the next timer is due.
+    async fn next_timer_due(&self) -> Result<Option<i64>, StoreError>;
+
+    /// A release timer fired: un-hold the message's pending deliveries on the `presence`
+    /// channels and drop the timer, if the lease still holds (`None` otherwise). Returns
+    /// the released deliveries: (id, receiver, channel).
+    async fn release_held(
+        &self,
+        timer: &Timer,
+        presence: &[String],
+    ) -> Result<Option<Vec<(i64, String, String)>>, StoreError>;
+
+    /// An expire timer fired: fail the message's `pending` deliveries (and `sent` ones on
+    /// `presence` channels, which would be replayed) with `expired`, end its running
+    /// chains, drop the timer. `None` when the lease was lost; else the channels of the
+    /// expired deliveries (one entry per delivery).
+    async fn expire_message(
+        &self,
+        timer: &Timer,
+        presence: &[String],
+        now_ms: i64,
+    ) -> Result<Option<Vec<String>>, StoreError>;
+
+    /// A receiver's deliveries of a message (a failover chain's steps so far).
+    async fn receiver_deliveries(
+        &self,
+        message_seq: i64,
+        receiver: &str,
+    ) -> Result<Vec<crate::model::Delivery>, StoreError>;
+
+    /// Store a chain's evaluation in one transaction, if its lease still holds (`None`
+    /// otherwise): progress, log entries, new deliveries (their ids are returned),
+    /// superseded ones.
+    async fn advance_route(&self, advance: RouteAdvance) -> Result<Option<Vec<i64>>, StoreError>;
 
     /// The database answers and the migrations are applied.
     async fn ready(&self) -> Result<(), StoreError>;

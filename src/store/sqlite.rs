@@ -22,8 +22,11 @@ use crate::config::{DatabaseSettings, Synchronous};
 use crate::model::{
     now_ms, AttemptOutcome, ClaimResult, Claimed, Delivery, DeviceRecord, InboxItem, Inserted,
     Message, MessageFilter, NewDevice, NewMessage, OutboxMessage, Page, PageRequest, QuotaClaim,
-    Recipient, Status, StatusChange, StatusFilter,
+    Recipient, RouteAdvance, RouteRecord, Status, StatusChange, StatusFilter, Timer,
 };
+use crate::routing::{LogEntry, Policy, RouteState};
+
+mod timers;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -58,8 +61,28 @@ enum WriteOp {
         quota: Option<QuotaClaim>,
         reply: Reply<ClaimResult>,
     },
+    /// Scheduler work on the `schedule` table.
+    Timers(TimerOp, Reply<TimerOutcome>),
     /// Finish everything queued before it, close the connection, answer, stop.
     Close(oneshot::Sender<()>),
+}
+
+enum TimerOp {
+    Claim {
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    },
+    Release(Timer, Vec<String>),
+    Expire(Timer, Vec<String>, i64),
+    Advance(Box<RouteAdvance>),
+}
+
+enum TimerOutcome {
+    Claimed(Vec<Timer>),
+    Released(Option<Vec<(i64, String, String)>>),
+    Expired(Option<Vec<String>>),
+    Advanced(Option<Vec<i64>>),
 }
 
 pub struct SqliteStore {
@@ -192,6 +215,7 @@ enum Outcome {
     Claimed(ClaimResult),
     Device(DeviceRecord, bool),
     Count(u64),
+    Timers(TimerOutcome),
 }
 
 /// Run one operation inside the current transaction (by reference: it may run again).
@@ -259,6 +283,20 @@ async fn apply(conn: &mut SqliteConnection, op: &WriteOp, now: i64) -> Result<Ou
             }
             Outcome::Count(n)
         }
+        WriteOp::Timers(op, _) => Outcome::Timers(match op {
+            TimerOp::Claim {
+                now,
+                lease_until,
+                limit,
+            } => TimerOutcome::Claimed(timers::claim(conn, *now, *lease_until, *limit).await?),
+            TimerOp::Release(t, presence) => {
+                TimerOutcome::Released(timers::release(conn, t, presence, now).await?)
+            }
+            TimerOp::Expire(t, presence, at) => {
+                TimerOutcome::Expired(timers::expire(conn, t, presence, *at).await?)
+            }
+            TimerOp::Advance(a) => TimerOutcome::Advanced(timers::advance(conn, a).await?),
+        }),
         WriteOp::Close(_) => Outcome::Flag(true),
     })
 }
@@ -307,6 +345,10 @@ fn answer(op: WriteOp, result: Result<Outcome, StoreError>) {
         }),
         WriteOp::Claim { reply: tx, .. } => reply(tx, result, |o| match o {
             Outcome::Claimed(c) => Some(c),
+            _ => None,
+        }),
+        WriteOp::Timers(_, tx) => reply(tx, result, |o| match o {
+            Outcome::Timers(t) => Some(t),
             _ => None,
         }),
         WriteOp::Close(done) => {
@@ -377,6 +419,7 @@ fn fail(op: WriteOp, msg: &str) {
         WriteOp::DeactivateDevices(_, r) => drop(r.send(Err(err()))),
         WriteOp::PutRecipient(_, r) => drop(r.send(Err(err()))),
         WriteOp::DeleteRecipient(_, r) => drop(r.send(Err(err()))),
+        WriteOp::Timers(_, r) => drop(r.send(Err(err()))),
         WriteOp::Close(done) => {
             let _ = done.send(());
         }
@@ -409,8 +452,9 @@ async fn insert(
         }
     }
     let seq = sqlx::query(
-        "INSERT INTO messages (id, title, content, msg_type, sender, created_at, template, data, rendered) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO messages (id, title, content, msg_type, sender, created_at, template, data, rendered, \
+           send_at, expires_at, routing) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&msg.id)
     .bind(&msg.title)
@@ -425,6 +469,9 @@ async fn insert(
     } else {
         serde_json::to_string(&msg.rendered).ok()
     })
+    .bind(msg.send_at_ms)
+    .bind(msg.expires_at_ms)
+    .bind(msg.routing.as_ref().and_then(|r| serde_json::to_string(r).ok()))
     .execute(&mut *conn)
     .await?
     .last_insert_rowid();
@@ -432,13 +479,19 @@ async fn insert(
     // database's only writer and one INSERT stores its rows in order with consecutive
     // rowids, so the chunk's ids are the `n` ids ending at `last_insert_rowid`.
     let mut ids = Vec::with_capacity(msg.deliveries.len());
+    let held = msg.held_until();
     for chunk in msg.deliveries.chunks(INSERT_CHUNK) {
         let mut qb = QueryBuilder::<Sqlite>::new(
             "INSERT INTO deliveries (message_seq, receiver, channel, status, last_error, next_attempt_at, created_at, updated_at) ",
         );
         qb.push_values(chunk, |mut row, d| {
-            // Outbox rows are due at once (the message's own clock: tests inject one).
-            let due = (d.outbox && d.status == Status::Pending).then_some(msg.created_at_ms);
+            // Outbox rows are due at once, or at sendAt (the message's own clock: tests
+            // inject one); presence rows of a scheduled message are held until sendAt.
+            let due = match (d.outbox, d.status) {
+                (true, Status::Pending) => Some(held.unwrap_or(msg.created_at_ms)),
+                (false, Status::Pending) => held,
+                _ => None,
+            };
             row.push_bind(seq)
                 .push_bind(d.receiver.as_str())
                 .push_bind(d.channel.as_str())
@@ -453,6 +506,7 @@ async fn insert(
         ids.extend(first..=last);
     }
 
+    timers::insert_for(conn, seq, msg).await?;
     if let Some(idem) = &msg.idempotency {
         sqlx::query(
             "INSERT OR REPLACE INTO idempotency_keys (key, request_hash, message_id, deliveries, created_at) \
@@ -676,7 +730,8 @@ async fn collect(
 ) -> Result<Vec<InboxItem>, StoreError> {
     let rows = sqlx::query(&format!(
         "SELECT {INBOX_COLUMNS} FROM deliveries d JOIN messages m ON m.seq = d.message_seq \
-         WHERE d.receiver = ? AND d.channel = ? AND d.status < 2 ORDER BY d.message_seq LIMIT ?"
+         WHERE d.receiver = ? AND d.channel = ? AND d.status < 2 AND d.next_attempt_at IS NULL \
+         ORDER BY d.message_seq LIMIT ?"
     ))
     .bind(receiver)
     .bind(channel)
@@ -904,10 +959,23 @@ fn message_head(row: &sqlx::sqlite::SqliteRow) -> Result<Message, StoreError> {
         sender: row.try_get("sender")?,
         created_at_ms: row.try_get("created_at")?,
         template: row.try_get("template")?,
+        send_at_ms: row.try_get("send_at")?,
+        expires_at_ms: row.try_get("expires_at")?,
+        routing: policy(row.try_get("routing")?)?,
+        routes: Vec::new(),
         deliveries: Vec::new(),
         delivery_counts: [0; 5],
     })
 }
+
+fn policy(json: Option<String>) -> Result<Option<Policy>, StoreError> {
+    json.map(|j| serde_json::from_str(&j))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("messages.routing: {e}")))
+}
+
+const HEAD_COLUMNS: &str = "m.seq, m.id, m.title, m.content, m.msg_type, m.sender, m.created_at, \
+     m.template, m.send_at, m.expires_at, m.routing";
 
 /// Add the `WHERE` clause of a message filter (over `messages m`).
 fn push_filter(qb: &mut QueryBuilder<'_, Sqlite>, f: &MessageFilter) {
@@ -946,10 +1014,12 @@ impl Store for SqliteStore {
     }
 
     async fn get_message(&self, id: &str) -> Result<Option<Message>, StoreError> {
-        let Some(row) = sqlx::query("SELECT seq, id, title, content, msg_type, sender, created_at, template FROM messages WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.readers)
-            .await?
+        let Some(row) = sqlx::query(&format!(
+            "SELECT {HEAD_COLUMNS} FROM messages m WHERE m.id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.readers)
+        .await?
         else {
             return Ok(None);
         };
@@ -965,6 +1035,25 @@ impl Store for SqliteStore {
             msg.delivery_counts[d.status.code() as usize] += 1;
             msg.deliveries.push(d);
         }
+        if msg.routing.is_some() {
+            let rows = sqlx::query(
+                "SELECT receiver, state, step, log FROM schedule WHERE message_seq = ? AND kind = 2 ORDER BY id",
+            )
+            .bind(msg.seq)
+            .fetch_all(&self.readers)
+            .await?;
+            for r in &rows {
+                let step: i64 = r.try_get(2)?;
+                let log: String = r.try_get(3)?;
+                msg.routes.push(RouteRecord {
+                    receiver: r.try_get(0)?,
+                    state: RouteState::from_code(r.try_get(1)?),
+                    step: usize::try_from(step).ok(),
+                    log: serde_json::from_str::<Vec<LogEntry>>(&log)
+                        .map_err(|e| StoreError::Corrupt(format!("schedule.log: {e}")))?,
+                });
+            }
+        }
         Ok(Some(msg))
     }
 
@@ -978,9 +1067,7 @@ impl Store for SqliteStore {
         push_filter(&mut count, filter);
         let total: i64 = count.build().fetch_one(&self.readers).await?.try_get(0)?;
 
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "SELECT m.seq, m.id, m.title, m.content, m.msg_type, m.sender, m.created_at, m.template FROM messages m",
-        );
+        let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {HEAD_COLUMNS} FROM messages m"));
         push_filter(&mut q, filter);
         q.push(" ORDER BY m.seq DESC LIMIT ")
             .push_bind(i64::from(page.size))
@@ -1049,6 +1136,7 @@ impl Store for SqliteStore {
         let rows = sqlx::query(&format!(
             "SELECT {INBOX_COLUMNS} FROM deliveries d JOIN messages m ON m.seq = d.message_seq \
              WHERE d.receiver = ? AND d.channel = ? AND d.status < 2 AND d.message_seq > ? \
+               AND d.next_attempt_at IS NULL \
              ORDER BY d.message_seq LIMIT ?"
         ))
         .bind(receiver)
@@ -1079,10 +1167,11 @@ impl Store for SqliteStore {
         undelivered_only: bool,
         page: PageRequest,
     ) -> Result<Page<InboxItem>, StoreError> {
+        // Held (scheduled, not yet released) deliveries are not shown.
         let cond = if undelivered_only {
-            " AND d.status < 2"
+            " AND d.status < 2 AND d.next_attempt_at IS NULL"
         } else {
-            ""
+            " AND d.next_attempt_at IS NULL"
         };
         let total: i64 = sqlx::query(&format!(
             "SELECT count(*) FROM deliveries d WHERE d.receiver = ? AND d.channel = ?{cond}"
@@ -1270,8 +1359,8 @@ impl Store for SqliteStore {
         let mut out = Vec::with_capacity(seqs.len());
         for chunk in seqs.chunks(500) {
             let mut qb = QueryBuilder::<Sqlite>::new(
-                "SELECT seq, id, title, content, msg_type, sender, created_at, template, data, rendered \
-                 FROM messages WHERE seq IN (",
+                "SELECT seq, id, title, content, msg_type, sender, created_at, template, data, rendered, \
+                   expires_at, routing FROM messages WHERE seq IN (",
             );
             let mut sep = qb.separated(", ");
             for seq in chunk {
@@ -1299,6 +1388,8 @@ impl Store for SqliteStore {
                         .transpose()
                         .map_err(|e| StoreError::Corrupt(format!("messages.rendered: {e}")))?
                         .unwrap_or_default(),
+                    expires_at_ms: r.try_get(10)?,
+                    routing: policy(r.try_get(11)?)?,
                 });
             }
         }
@@ -1359,6 +1450,97 @@ impl Store for SqliteStore {
             return Ok(0);
         }
         self.write(|r| WriteOp::DeactivateDevices(dead, r)).await
+    }
+
+    async fn count_undelivered(
+        &self,
+        receiver: &str,
+        channel: &str,
+    ) -> Result<(u64, i64), StoreError> {
+        let row = sqlx::query(
+            "SELECT count(*), COALESCE(max(message_seq), 0) FROM deliveries \
+             WHERE receiver = ? AND channel = ? AND status < 2 AND next_attempt_at IS NULL",
+        )
+        .bind(receiver)
+        .bind(channel)
+        .fetch_one(&self.readers)
+        .await?;
+        let n: i64 = row.try_get(0)?;
+        Ok((n.max(0) as u64, row.try_get(1)?))
+    }
+
+    async fn claim_timers(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<Timer>, StoreError> {
+        let op = TimerOp::Claim {
+            now: now_ms,
+            lease_until: lease_until_ms,
+            limit,
+        };
+        match self.write(|r| WriteOp::Timers(op, r)).await? {
+            TimerOutcome::Claimed(t) => Ok(t),
+            _ => Err(StoreError::Corrupt("mismatched outcome".into())),
+        }
+    }
+
+    async fn next_timer_due(&self) -> Result<Option<i64>, StoreError> {
+        Ok(
+            sqlx::query("SELECT min(due_at) FROM schedule WHERE due_at IS NOT NULL")
+                .fetch_one(&self.readers)
+                .await?
+                .try_get(0)?,
+        )
+    }
+
+    async fn release_held(
+        &self,
+        timer: &Timer,
+        presence: &[String],
+    ) -> Result<Option<Vec<(i64, String, String)>>, StoreError> {
+        let op = TimerOp::Release(timer.clone(), presence.to_vec());
+        match self.write(|r| WriteOp::Timers(op, r)).await? {
+            TimerOutcome::Released(t) => Ok(t),
+            _ => Err(StoreError::Corrupt("mismatched outcome".into())),
+        }
+    }
+
+    async fn expire_message(
+        &self,
+        timer: &Timer,
+        presence: &[String],
+        now_ms: i64,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        let op = TimerOp::Expire(timer.clone(), presence.to_vec(), now_ms);
+        match self.write(|r| WriteOp::Timers(op, r)).await? {
+            TimerOutcome::Expired(t) => Ok(t),
+            _ => Err(StoreError::Corrupt("mismatched outcome".into())),
+        }
+    }
+
+    async fn receiver_deliveries(
+        &self,
+        message_seq: i64,
+        receiver: &str,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_seq = ? AND receiver = ? ORDER BY id"
+        ))
+        .bind(message_seq)
+        .bind(receiver)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter().map(delivery).collect()
+    }
+
+    async fn advance_route(&self, advance: RouteAdvance) -> Result<Option<Vec<i64>>, StoreError> {
+        let op = TimerOp::Advance(Box::new(advance));
+        match self.write(|r| WriteOp::Timers(op, r)).await? {
+            TimerOutcome::Advanced(t) => Ok(t),
+            _ => Err(StoreError::Corrupt("mismatched outcome".into())),
+        }
     }
 
     async fn ready(&self) -> Result<(), StoreError> {
@@ -1438,6 +1620,7 @@ mod tests {
                         template: None,
                         data: None,
                         rendered: Default::default(),
+                        ..Default::default()
                     };
                     store.insert_message(m).await.is_ok()
                 })
@@ -1478,6 +1661,7 @@ mod tests {
             template: None,
             data: None,
             rendered: Default::default(),
+            ..Default::default()
         }
     }
 

@@ -14,6 +14,9 @@ pub enum ServerFrame<'a> {
         session_id: &'a str,
         user_id: &'a str,
         server_time: String,
+        /// How many undelivered messages the replay right after this frame sends, so a
+        /// client knows when it has caught up (a message deleted meanwhile is skipped).
+        pending: u64,
     },
     #[serde(rename_all = "camelCase")]
     Message {
@@ -138,13 +141,14 @@ mod tests {
                 session_id: "s",
                 user_id: "u",
                 server_time: "t".into(),
+                pending: 2,
             }
             .to_json(),
         )
         .unwrap();
         assert_eq!(
             w,
-            serde_json::json!({"type":"welcome","sessionId":"s","userId":"u","serverTime":"t"})
+            serde_json::json!({"type":"welcome","sessionId":"s","userId":"u","serverTime":"t","pending":2})
         );
     }
 }

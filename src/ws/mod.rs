@@ -244,10 +244,25 @@ struct Session {
 
 impl Session {
     async fn run(&mut self) -> End {
+        // The gap signal: what the replay will send, counted after registering (so later
+        // messages arrive live) and before the welcome. Most sessions skip the query.
+        let user = &self.handle.info.user_id;
+        let version = self.app.dispatcher.pending_version(user);
+        let (pending, until) = match version {
+            None => (0, 0),
+            Some(_) => match self.app.store.count_undelivered(user, WEBSOCKET).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "replay count failed");
+                    return End::StoreFailed;
+                }
+            },
+        };
         let welcome = ServerFrame::Welcome {
             session_id: &self.handle.info.session_id,
             user_id: &self.handle.info.user_id,
             server_time: rfc3339(now_ms()),
+            pending,
         }
         .to_json();
         if let Err(end) = self.write(Message::Text(welcome.into()), true).await {
@@ -255,7 +270,7 @@ impl Session {
         }
         // Boxed: the replay runs once, and its state would otherwise enlarge every idle
         // session's future for its whole life.
-        let mut replayed = match Box::pin(self.replay()).await {
+        let mut replayed = match Box::pin(self.replay(version, pending, until)).await {
             Ok(ids) => Some(ids),
             Err(end) => return end,
         };
@@ -309,16 +324,27 @@ impl Session {
         }
     }
 
-    /// Send every undelivered message, oldest first, in pages. Returns the replayed ids.
-    async fn replay(&mut self) -> Result<HashSet<String>, End> {
+    /// Send every undelivered message up to `until` (a message `seq`; later ones arrive
+    /// live), oldest first, in pages. Returns the replayed ids.
+    async fn replay(
+        &mut self,
+        version: Option<u64>,
+        pending: u64,
+        until: i64,
+    ) -> Result<HashSet<String>, End> {
         let batch = self.app.settings.websocket.replay_batch as u32;
         let user = self.handle.info.user_id.clone();
         let mut after = 0;
         let mut ids = HashSet::new();
         // Most connections have nothing to replay: skip the query when certainly so.
-        let Some(version) = self.app.dispatcher.pending_version(&user) else {
+        let Some(version) = version else {
             return Ok(ids);
         };
+        if pending == 0 {
+            // Counted before the welcome under this version: nothing was undelivered.
+            self.app.dispatcher.replay_found_nothing(&user, version);
+            return Ok(ids);
+        }
         let mut found = false;
         loop {
             let page = match self
@@ -337,6 +363,8 @@ impl Session {
             found = true;
             after = last.seq;
             let full = page.len() as u32 == batch;
+            let page: Vec<InboxItem> = page.into_iter().filter(|i| i.seq <= until).collect();
+            let past_snapshot = after > until;
             for item in &page {
                 if self.app.dispatcher.is_deleted(&item.id) {
                     continue;
@@ -353,7 +381,7 @@ impl Session {
             for item in &page {
                 self.record_sent(item.delivery_id).await;
             }
-            if !full {
+            if !full || past_snapshot {
                 break;
             }
         }

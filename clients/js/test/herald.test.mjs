@@ -141,6 +141,21 @@ describe("against a real server", () => {
     for (const id of ids) await server.waitForStatus(id, user, "delivered");
   });
 
+  test("replay-complete comes right after the replay the welcome announced (no idle wait)", async () => {
+    // An idle timer far beyond the test's deadline: only the welcome's count can end the replay.
+    const { herald, user, events } = client({ replayIdle: 600_000 });
+    const ids = [];
+    for (let i = 0; i < 2; i++) ids.push(await server.send({ title: `gap ${i}`, content: "x", receivers: [user] }));
+    herald.connect();
+    await waitFor(() => events["replay-complete"].length === 1, { message: "replay-complete from the count" });
+    assert.equal(events.open[0].pending, 2);
+    assert.equal(events["replay-complete"][0].count, 2);
+    assert.deepEqual(events.message.map((m) => m.id), ids);
+    const live = await server.send({ title: "live", content: "x", receivers: [user] });
+    await waitFor(() => events.message.length === 3, { message: "the live message" });
+    assert.deepEqual([events.message[2].id, events.message[2].replayed], [live, false]);
+  });
+
   test("de-duplicates a message replayed after a reconnect (manual ack)", async () => {
     const rec = recordingSocket();
     const { herald, user, events } = client({ autoAck: false, WebSocket: rec.WebSocket });
