@@ -204,6 +204,10 @@ pub async fn start_with_options(
     let registry: Arc<dyn SessionRegistry> = Arc::new(MemoryRegistry::default());
     let mut services = Services::default();
     services.insert(registry.clone());
+    // Token caches and refresh locks the channels share (in-process on a single node).
+    services.insert(herald_channel::shared::Shared(Arc::new(
+        herald_channel::shared::LocalCache::default(),
+    )));
     let instances = build_instances(&settings, &services)?;
     let metrics = Arc::new(Metrics::with_kinds(
         instances

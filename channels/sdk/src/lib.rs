@@ -49,6 +49,7 @@ use std::time::Duration;
 pub use async_trait::async_trait;
 pub use inventory;
 
+pub mod shared;
 pub mod testkit;
 
 /// The recipient address a channel needs, looked up by the core before `send`.
