@@ -1,18 +1,20 @@
 //! Identities: user tokens (JWT HS256 by default, pluggable through [`Authenticator`]) and
-//! the management API key. Secrets never reach the logs.
+//! the management API keys with their scopes ([`ApiKeys`]). Secrets never reach the logs.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::{Secret, Settings};
+use crate::config::{ConfigError, Secret, Settings, MAIN_API_KEY_NAME};
+use crate::limits::SendLimiter;
 
 /// Who a user token speaks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,9 +166,159 @@ pub fn mint_token(
     format!("{signing_input}.{}", B64.encode(sig))
 }
 
-/// Constant-time comparison of a presented API key with the configured one.
+/// Constant-time comparison of a presented API key with the configured one. The SHA-256
+/// digests are compared, so neither the bytes nor the length of the key show in the timing.
 pub fn api_key_matches(presented: &str, expected: &str) -> bool {
-    presented.as_bytes().ct_eq(expected.as_bytes()).into()
+    key_digest(presented).ct_eq(&key_digest(expected)).into()
+}
+
+fn key_digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// What a management API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Send messages: `POST /api/v1/messages`, `POST /message/sendMessage`.
+    Send,
+    /// Every management route (sends included).
+    Admin,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Send => "send",
+            Scope::Admin => "admin",
+        }
+    }
+
+    /// The scope an API-key route needs. Only the two send routes need just `send`; every
+    /// other route — any added later included — needs `admin`, so a new route is closed to
+    /// send-only keys until it is listed here.
+    pub fn for_route(method: &axum::http::Method, path: &str) -> Scope {
+        match (method, path) {
+            (&axum::http::Method::POST, "/api/v1/messages" | "/message/sendMessage") => Scope::Send,
+            _ => Scope::Admin,
+        }
+    }
+}
+
+/// The scopes of one key. `admin` includes `send`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scopes {
+    send: bool,
+    admin: bool,
+}
+
+impl Scopes {
+    /// The main `api_key`: everything.
+    pub const ALL: Scopes = Scopes {
+        send: true,
+        admin: true,
+    };
+
+    /// From validated `scopes = [...]` names (unknown names were rejected at start).
+    pub fn from_names(names: &[String]) -> Scopes {
+        Scopes {
+            send: names.iter().any(|n| n == "send"),
+            admin: names.iter().any(|n| n == "admin"),
+        }
+    }
+
+    pub fn allows(self, needed: Scope) -> bool {
+        self.admin || (self.send && needed == Scope::Send)
+    }
+
+    /// For logs: `"admin"` or `"send"`.
+    pub fn describe(self) -> &'static str {
+        if self.admin {
+            "admin"
+        } else {
+            "send"
+        }
+    }
+}
+
+/// One management API key: its name (for logs and metrics), the digest of the secret, its
+/// scopes and its send limit.
+pub struct ApiKeyEntry {
+    pub name: Arc<str>,
+    digest: [u8; 32],
+    pub scopes: Scopes,
+    pub send_limit: Option<SendLimiter>,
+}
+
+impl std::fmt::Debug for ApiKeyEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeyEntry")
+            .field("name", &self.name)
+            .field("scopes", &self.scopes)
+            .field("send_limit", &self.send_limit.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every management API key the server accepts: the main `api_key` (configured or
+/// generated; every scope; `api_key_rate_limit`) and the `[[api_keys]]` entries. Only
+/// SHA-256 digests are kept.
+#[derive(Debug)]
+pub struct ApiKeys {
+    entries: Vec<ApiKeyEntry>,
+}
+
+impl ApiKeys {
+    /// From validated settings and the resolved main key.
+    pub fn new(main: &Secret, settings: &Settings) -> Result<ApiKeys, ConfigError> {
+        let limiter = |path: &str, text: Option<&str>| {
+            Ok::<_, ConfigError>(
+                crate::limits::parse_optional(path, text)?
+                    .and_then(|rate| SendLimiter::new(rate, text.unwrap_or_default())),
+            )
+        };
+        let mut entries = vec![ApiKeyEntry {
+            name: Arc::from(MAIN_API_KEY_NAME),
+            digest: key_digest(main.expose()),
+            scopes: Scopes::ALL,
+            send_limit: limiter("api_key_rate_limit", settings.api_key_rate_limit.as_deref())?,
+        }];
+        for (i, k) in settings.api_keys.iter().enumerate() {
+            let digest = key_digest(k.key.expose());
+            if entries.iter().any(|e| e.digest == digest) {
+                return Err(ConfigError::Invalid(format!(
+                    "api_keys[{i}] (\"{}\").key: the same key is configured twice; every key must be distinct",
+                    k.name
+                )));
+            }
+            entries.push(ApiKeyEntry {
+                name: Arc::from(k.name.as_str()),
+                digest,
+                scopes: Scopes::from_names(&k.scopes),
+                send_limit: limiter(
+                    &format!("api_keys[{i}] (\"{}\").rate_limit", k.name),
+                    k.rate_limit.as_deref(),
+                )?,
+            });
+        }
+        Ok(ApiKeys { entries })
+    }
+
+    /// The key `presented` is, if any. The presented key is hashed once and its digest
+    /// compared with every key's in constant time, without stopping at a match.
+    pub fn find(&self, presented: &str) -> Option<&ApiKeyEntry> {
+        let digest = key_digest(presented);
+        let mut found = None;
+        for e in &self.entries {
+            if bool::from(e.digest.ct_eq(&digest)) {
+                found = Some(e);
+            }
+        }
+        found
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &ApiKeyEntry> {
+        self.entries.iter()
+    }
 }
 
 /// The secrets a server runs with, after resolution.
@@ -357,6 +509,68 @@ mod tests {
         assert!(api_key_matches("abc", "abc"));
         assert!(!api_key_matches("abd", "abc"));
         assert!(!api_key_matches("ab", "abc"));
+        assert!(!api_key_matches("", "abc"));
+    }
+
+    #[test]
+    fn scopes_admin_includes_send() {
+        let send = Scopes::from_names(&["send".into()]);
+        let admin = Scopes::from_names(&["admin".into()]);
+        assert!(send.allows(Scope::Send) && !send.allows(Scope::Admin));
+        assert!(admin.allows(Scope::Send) && admin.allows(Scope::Admin));
+        assert!(Scopes::ALL.allows(Scope::Admin));
+    }
+
+    #[test]
+    fn only_the_send_routes_need_only_send() {
+        use axum::http::Method;
+        assert_eq!(
+            Scope::for_route(&Method::POST, "/api/v1/messages"),
+            Scope::Send
+        );
+        assert_eq!(
+            Scope::for_route(&Method::POST, "/message/sendMessage"),
+            Scope::Send
+        );
+        for (m, p) in [
+            (Method::GET, "/api/v1/messages"),
+            (Method::GET, "/api/v1/messages/{id}"),
+            (Method::DELETE, "/api/v1/messages/{id}"),
+            (Method::GET, "/message/getMessagePage"),
+            (Method::PUT, "/api/v1/recipients/{user_id}"),
+            (Method::POST, "/api/v1/some/future/route"),
+        ] {
+            assert_eq!(Scope::for_route(&m, p), Scope::Admin, "{m} {p}");
+        }
+    }
+
+    #[test]
+    fn key_ring_finds_each_key_with_its_scopes() {
+        let settings = Settings {
+            api_keys: vec![crate::config::ApiKeySettings {
+                name: "reports".into(),
+                key: Secret::new("reports-key-0123456789"),
+                scopes: vec!["send".into()],
+                rate_limit: Some("2/min".into()),
+            }],
+            ..Settings::default()
+        };
+        let keys = ApiKeys::new(&Secret::new("main-key"), &settings).unwrap();
+        let main = keys.find("main-key").unwrap();
+        assert_eq!(&*main.name, MAIN_API_KEY_NAME);
+        assert_eq!(main.scopes, Scopes::ALL);
+        assert!(main.send_limit.is_none());
+        let reports = keys.find("reports-key-0123456789").unwrap();
+        assert_eq!(&*reports.name, "reports");
+        assert!(!reports.scopes.allows(Scope::Admin));
+        assert!(reports.send_limit.is_some());
+        assert!(keys.find("reports-key-012345678").is_none());
+        assert!(keys.find("").is_none());
+        assert!(!format!("{keys:?}").contains("reports-key"));
+
+        // A generated main key that happens to equal a configured one is refused.
+        let err = ApiKeys::new(&Secret::new("reports-key-0123456789"), &settings).unwrap_err();
+        assert!(err.to_string().contains("api_keys[0]"), "{err}");
     }
 
     #[test]

@@ -27,6 +27,10 @@ pub struct Inner {
     pub dispatcher: Dispatcher,
     pub auth: Arc<dyn Authenticator>,
     pub api_key: Secret,
+    /// Every management API key with its scopes and send limit (the main one included).
+    pub api_keys: crate::auth::ApiKeys,
+    /// `websocket.handshake_rate_limit` per client address; `None`: off.
+    pub ws_handshakes: Option<crate::limits::HandshakeLimiter>,
     pub metrics: Arc<Metrics>,
     /// Cancelled on SIGTERM/Ctrl-C: sessions close with 1001.
     pub shutdown: CancellationToken,

@@ -18,7 +18,7 @@ use crate::state::AppState;
     get,
     path = "/api/v1/clients",
     tag = "clients",
-    responses((status = 200, body = Vec<ClientDto>), (status = 401, body = ErrorBody)),
+    responses((status = 200, body = Vec<ClientDto>), (status = 401, body = ErrorBody), (status = 403, description = "The API key lacks the `admin` scope", body = ErrorBody)),
     security(("api_key" = []))
 )]
 pub async fn clients(State(app): State<AppState>, _key: ApiKey) -> Json<Vec<ClientDto>> {
@@ -37,7 +37,7 @@ pub async fn clients(State(app): State<AppState>, _key: ApiKey) -> Json<Vec<Clie
     get,
     path = "/api/v1/channels",
     tag = "channels",
-    responses((status = 200, body = Vec<ChannelDto>), (status = 401, body = ErrorBody)),
+    responses((status = 200, body = Vec<ChannelDto>), (status = 401, body = ErrorBody), (status = 403, description = "The API key lacks the `admin` scope", body = ErrorBody)),
     security(("api_key" = []))
 )]
 pub async fn channels(

@@ -195,7 +195,7 @@ pub async fn delete(
     path = "/api/v1/recipients/{userId}/devices/{id}",
     tag = "recipients",
     params(("userId" = String, Path), ("id" = i64, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, description = "The API key lacks the `admin` scope", body = ErrorBody)),
     security(("api_key" = []))
 )]
 pub async fn admin_delete(

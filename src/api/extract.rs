@@ -3,13 +3,16 @@
 use std::collections::HashMap;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use std::sync::Arc;
+
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Query, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
-use crate::auth::{api_key_matches, UserIdentity};
+use crate::auth::{Scope, UserIdentity};
 use crate::state::AppState;
 
 /// A JSON body: 413 over the body limit, 400 for invalid JSON, 422 naming the field for
@@ -107,20 +110,65 @@ fn bearer(parts: &Parts) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// The management API key (`Authorization: Bearer <key>`), compared in constant time.
-pub struct ApiKey;
+/// A management API key (`Authorization: Bearer <key>`) that may use this route: the main
+/// `api_key` or an `[[api_keys]]` entry holding the scope the route needs
+/// ([`Scope::for_route`]). Keys are compared in constant time (see [`crate::auth::ApiKeys`]).
+/// On the send routes it also takes one send from the key's rate limit, before the body is
+/// read. Missing or unknown key → `401`; known key without the scope → `403`; over the
+/// key's send limit → `429` with `Retry-After`.
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    /// The key's name (`api_key` for the main key), for logs; never the secret.
+    pub name: Arc<str>,
+}
 
 impl FromRequestParts<AppState> for ApiKey {
-    type Rejection = ApiError;
+    type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        match bearer(parts) {
-            None => Err(ApiError::unauthorized(
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Response> {
+        let Some(presented) = bearer(parts) else {
+            return Err(ApiError::unauthorized(
                 "missing API key: send Authorization: Bearer <key>",
-            )),
-            Some(key) if api_key_matches(key, app.api_key.expose()) => Ok(ApiKey),
-            Some(_) => Err(ApiError::unauthorized("invalid API key")),
+            )
+            .into_response());
+        };
+        let Some(key) = app.api_keys.find(presented) else {
+            return Err(ApiError::unauthorized("invalid API key").into_response());
+        };
+        let route = parts
+            .extensions
+            .get::<MatchedPath>()
+            .map_or(parts.uri.path(), MatchedPath::as_str);
+        let needed = Scope::for_route(&parts.method, route);
+        if !key.scopes.allows(needed) {
+            tracing::debug!(key = %key.name, scope = needed.as_str(), route, "API key lacks the scope");
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "API key \"{}\" lacks the \"{}\" scope this route needs",
+                    key.name,
+                    needed.as_str()
+                ),
+            )
+            .into_response());
         }
+        if needed == Scope::Send {
+            if let Some(limit) = &key.send_limit {
+                // Cluster mode: one budget per key for every node (Redis).
+                let taken = match app.dispatcher.shared_rate() {
+                    Some(shared) => limit.take_shared(&key.name, shared.as_ref()).await,
+                    None => limit.take(&key.name),
+                };
+                if let Err(over) = taken {
+                    app.metrics.count_api_rate_limited(&key.name);
+                    tracing::debug!(key = %key.name, "send rate limit of the API key exceeded");
+                    return Err(over.into_response());
+                }
+            }
+        }
+        Ok(ApiKey {
+            name: key.name.clone(),
+        })
     }
 }
 

@@ -80,6 +80,9 @@ impl From<SendRequest> for Send {
         (status = 202, description = "Accepted and stored", body = SendResponse),
         (status = 400, description = "Invalid JSON or header", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 403, description = "The API key has neither the `send` nor the `admin` scope", body = ErrorBody),
+        (status = 429, description = "Over the API key's send rate limit; nothing stored", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until the key may send again"))),
         (status = 413, description = "Body over the limit", body = ErrorBody),
         (status = 422, description = "A field is invalid (named in `error`/`field`)", body = ErrorBody),
     ),
@@ -621,6 +624,7 @@ pub fn page_request(params: &Params) -> Result<PageRequest, ApiError> {
         (status = 200, body = MessagePage),
         (status = 400, description = "A query parameter is invalid", body = ErrorBody),
         (status = 401, body = ErrorBody),
+        (status = 403, description = "The API key lacks the `admin` scope", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -683,7 +687,7 @@ pub async fn list_messages(app: &AppState, params: &Params) -> Result<MessagePag
     path = "/api/v1/messages/{id}",
     tag = "messages",
     params(("id" = String, Path)),
-    responses((status = 200, body = MessageDto), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)),
+    responses((status = 200, body = MessageDto), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, description = "The API key lacks the `admin` scope", body = ErrorBody)),
     security(("api_key" = []))
 )]
 pub async fn get(
@@ -705,7 +709,7 @@ pub async fn get(
     path = "/api/v1/messages/{id}",
     tag = "messages",
     params(("id" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, description = "The API key lacks the `admin` scope", body = ErrorBody)),
     security(("api_key" = []))
 )]
 pub async fn delete(

@@ -12,6 +12,7 @@ use crate::state::AppState;
 
 pub mod callbacks;
 pub mod clients;
+pub mod cors;
 pub mod devices;
 pub mod dto;
 pub mod error;
@@ -27,7 +28,8 @@ use error::ApiError;
 /// The whole application router. Tests can drive it with `tower::ServiceExt::oneshot`.
 pub fn router(app: AppState) -> Router {
     let body_limit = app.settings.http.body_limit;
-    Router::new()
+    let cors = cors::Cors::from_settings(&app.settings.http.cors);
+    let router = Router::new()
         .route("/websocket/{token}", get(crate::ws::ws_path))
         .route("/websocket", get(crate::ws::ws_query))
         .route("/api/v1/messages", post(messages::send).get(messages::list))
@@ -84,7 +86,9 @@ pub fn router(app: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(app)
+        .with_state(app);
+    // Outermost, so preflights are answered before routing and errors carry the headers.
+    cors::apply(router, cors)
 }
 
 async fn not_found() -> ApiError {
@@ -193,7 +197,7 @@ impl Modify for Security {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("Management API key"))
+                    .description(Some("Management API key: the main `api_key` (every scope) or an `[[api_keys]]` entry whose scopes (`send`, `admin`) cover the route (`403` otherwise)"))
                     .build(),
             ),
         );

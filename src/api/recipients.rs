@@ -154,7 +154,7 @@ pub fn valid_e164(s: &str) -> bool {
     responses(
         (status = 200, description = "Replaced", body = RecipientDto),
         (status = 201, description = "Created", body = RecipientDto),
-        (status = 422, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, description = "The API key lacks the `admin` scope", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -240,7 +240,7 @@ pub async fn put(
     path = "/api/v1/recipients/{userId}",
     tag = "recipients",
     params(("userId" = String, Path)),
-    responses((status = 200, body = RecipientDto), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)),
+    responses((status = 200, body = RecipientDto), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, description = "The API key lacks the `admin` scope", body = ErrorBody)),
     security(("api_key" = []))
 )]
 pub async fn get(
@@ -271,7 +271,7 @@ pub async fn get(
     path = "/api/v1/recipients/{userId}",
     tag = "recipients",
     params(("userId" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, description = "The API key lacks the `admin` scope", body = ErrorBody)),
     security(("api_key" = []))
 )]
 pub async fn delete(

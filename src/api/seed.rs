@@ -21,7 +21,13 @@ use crate::state::AppState;
     path = "/message/sendMessage",
     tag = "seed-compatible",
     request_body = SeedSendRequest,
-    responses((status = 202, body = SendResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)),
+    responses(
+        (status = 202, body = SendResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, description = "The API key has neither the `send` nor the `admin` scope", body = ErrorBody),
+        (status = 429, description = "Over the API key's send rate limit; nothing stored", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until the key may send again"))),
+        (status = 422, body = ErrorBody),
+    ),
     security(("api_key" = []))
 )]
 pub async fn send_message(
@@ -56,7 +62,7 @@ pub async fn send_message(
     path = "/message/getMessagePage",
     tag = "seed-compatible",
     params(("pageNum" = Option<u32>, Query), ("pageSize" = Option<u32>, Query)),
-    responses((status = 200, body = MessagePage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    responses((status = 200, body = MessagePage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, description = "The API key lacks the `admin` scope", body = ErrorBody)),
     security(("api_key" = []))
 )]
 pub async fn get_message_page(
@@ -73,7 +79,7 @@ pub async fn get_message_page(
     path = "/message/deleteMessageById",
     tag = "seed-compatible",
     params(("id" = String, Query)),
-    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, description = "The API key lacks the `admin` scope", body = ErrorBody)),
     security(("api_key" = []))
 )]
 pub async fn delete_message_by_id(
@@ -92,7 +98,7 @@ pub async fn delete_message_by_id(
     get,
     path = "/message/getWebSocketClients",
     tag = "seed-compatible",
-    responses((status = 200, body = Vec<ClientDto>), (status = 401, body = ErrorBody)),
+    responses((status = 200, body = Vec<ClientDto>), (status = 401, body = ErrorBody), (status = 403, description = "The API key lacks the `admin` scope", body = ErrorBody)),
     security(("api_key" = []))
 )]
 pub async fn get_websocket_clients(state: State<AppState>, key: ApiKey) -> Json<Vec<ClientDto>> {

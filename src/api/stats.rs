@@ -19,7 +19,7 @@ use crate::state::AppState;
     get,
     path = "/api/v1/stats/deliveries",
     tag = "channels",
-    responses((status = 200, body = DeliveryStats), (status = 401, body = ErrorBody)),
+    responses((status = 200, body = DeliveryStats), (status = 401, body = ErrorBody), (status = 403, description = "The API key lacks the `admin` scope", body = ErrorBody)),
     security(("api_key" = []))
 )]
 pub async fn deliveries(State(app): State<AppState>, _key: ApiKey) -> Json<DeliveryStats> {
