@@ -29,7 +29,7 @@ pub enum Command {
         /// Listen address (HERALD_BIND).
         #[arg(long, value_name = "ADDR")]
         bind: Option<String>,
-        /// sqlite://FILE (HERALD_DATABASE_URL).
+        /// sqlite://FILE or postgres://… (HERALD_DATABASE_URL).
         #[arg(long, value_name = "URL")]
         database_url: Option<String>,
     },
@@ -190,7 +190,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             if let Some(path) = settings.sqlite_path() {
                 crate::store::sqlite::SqliteStore::ensure_parent(&path)?;
             }
-            crate::store::sqlite::SqliteStore::migrate_only(&settings.database_url).await?;
+            crate::store::migrate_only(&settings.database_url).await?;
             println!(
                 "migrations applied to {}",
                 crate::redact_url(&settings.database_url)

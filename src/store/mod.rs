@@ -20,7 +20,18 @@ use crate::model::{
     OutboxMessage, Page, PageRequest, QuotaClaim, Recipient, RouteAdvance, StatusChange, Timer,
 };
 
+pub mod postgres;
 pub mod sqlite;
+
+/// Apply the migrations of the database at `url` (`sqlite://…` or `postgres://…`) and
+/// return (`herald migrate`).
+pub async fn migrate_only(url: &str) -> Result<(), StoreError> {
+    if postgres::is_postgres_url(url) {
+        postgres::PgStore::migrate_only(url).await
+    } else {
+        sqlite::SqliteStore::migrate_only(url).await
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
