@@ -35,7 +35,7 @@ pub struct Settings {
     pub bind: String,
     /// `sqlite://FILE` (created if missing) or, in cluster mode, `postgres://…`.
     pub database_url: String,
-    /// Cluster mode (not yet implemented; must be absent).
+    /// Cluster mode: sessions, fan-out and shared caches in Redis (absent: single node).
     pub redis_url: Option<String>,
     /// HS256 secret for user tokens. Generated and stored beside the database when absent.
     pub jwt_secret: Option<Secret>,
@@ -55,6 +55,13 @@ pub struct Settings {
     pub channels: ChannelTables,
     /// Default routing policies per template and message type (`[routing.…]`).
     pub routing: crate::routing::RoutingSettings,
+    /// Cluster mode tuning (`[cluster]`; used with `redis_url`).
+    pub cluster: crate::cluster::ClusterSettings,
+    /// Send rate limit of the main `api_key` (e.g. `"50/s"`); absent: none. Keys in
+    /// `[[api_keys]]` have their own `rate_limit`.
+    pub api_key_rate_limit: Option<String>,
+    /// Extra management API keys with scopes and their own send limits (`[[api_keys]]`).
+    pub api_keys: Vec<ApiKeySettings>,
 }
 
 /// The `[channels.<name>]` tables, as given. They hold credentials, so `Debug` shows only
@@ -105,6 +112,8 @@ pub struct HttpSettings {
     /// Time allowed for in-flight work after SIGTERM before the process exits anyway.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Cross-origin access for browser clients (`[http.cors]`); default: none.
+    pub cors: CorsSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -128,6 +137,9 @@ pub struct WsSettings {
     /// Socket read/write buffer sizes (tungstenite). Small values keep idle sessions cheap.
     pub read_buffer_size: usize,
     pub write_buffer_size: usize,
+    /// Handshakes per client IP address (IPv6: per /64), e.g. `"20/s"`; absent, `"0"` or
+    /// `"off"`: no limit. Over it → `429` before the token is checked.
+    pub handshake_rate_limit: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -139,6 +151,8 @@ pub struct DatabaseSettings {
     pub max_readers: u32,
     /// Most write operations committed in one transaction (group commit).
     pub max_batch: usize,
+    /// PostgreSQL: connections in the pool (each operation is a transaction on one).
+    pub max_connections: u32,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -215,6 +229,9 @@ impl Default for Settings {
             log: LogSettings::default(),
             channels: ChannelTables::default(),
             routing: Default::default(),
+            cluster: Default::default(),
+            api_key_rate_limit: None,
+            api_keys: Vec::new(),
         }
     }
 }
@@ -224,6 +241,7 @@ impl Default for HttpSettings {
         Self {
             body_limit: 1024 * 1024,
             shutdown_timeout: Duration::from_secs(10),
+            cors: CorsSettings::default(),
         }
     }
 }
@@ -239,6 +257,7 @@ impl Default for WsSettings {
             replay_batch: 200,
             read_buffer_size: 512,
             write_buffer_size: 4 * 1024,
+            handshake_rate_limit: None,
         }
     }
 }
@@ -249,6 +268,7 @@ impl Default for DatabaseSettings {
             synchronous: Synchronous::Full,
             max_readers: 4,
             max_batch: 512,
+            max_connections: 10,
         }
     }
 }
@@ -366,21 +386,25 @@ impl Settings {
                 self.bind
             )));
         }
-        if !(self.database_url.starts_with("sqlite:") || self.database_url.starts_with("postgres"))
+        if !(self.database_url.starts_with("sqlite:")
+            || crate::store::postgres::is_postgres_url(&self.database_url))
         {
             return Err(ConfigError::Invalid(
-                "database_url: expected sqlite://FILE (postgres:// comes with cluster mode)".into(),
+                "database_url: expected sqlite://FILE or postgres://USER@HOST[:PORT]/DB".into(),
             ));
         }
-        if self.database_url.starts_with("postgres") {
-            return Err(ConfigError::Invalid(
-                "database_url: the PostgreSQL store is not available in this build yet; use sqlite://FILE".into(),
-            ));
-        }
-        if self.redis_url.is_some() {
-            return Err(ConfigError::Invalid(
-                "redis_url: cluster mode is not available in this build yet; remove it to run a single node".into(),
-            ));
+        if let Some(url) = &self.redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("unix://")) {
+                return Err(ConfigError::Invalid(
+                    "redis_url: expected redis://HOST[:PORT][/DB] (cluster mode) or unset (single node)".into(),
+                ));
+            }
+            if self.database_url.starts_with("sqlite:") {
+                return Err(ConfigError::Invalid(
+                    "redis_url: cluster mode needs a shared database: set database_url to postgres://… (SQLite is one node's file)".into(),
+                ));
+            }
+            self.cluster.validate().map_err(ConfigError::Invalid)?;
         }
         let ws = &self.websocket;
         if ws.queue_capacity == 0 {
@@ -408,9 +432,12 @@ impl Settings {
                 "http.body_limit: must be at least 64 bytes".into(),
             ));
         }
-        if self.database.max_batch == 0 || self.database.max_readers == 0 {
+        if self.database.max_batch == 0
+            || self.database.max_readers == 0
+            || self.database.max_connections == 0
+        {
             return Err(ConfigError::Invalid(
-                "database.max_batch and database.max_readers: must be at least 1".into(),
+                "database.max_batch, database.max_readers and database.max_connections: must be at least 1".into(),
             ));
         }
         if self.dispatch.status_queue == 0 || self.dispatch.status_batch == 0 {
@@ -449,6 +476,7 @@ impl Settings {
                 "channels.websocket: the websocket instance always exists and is configured under [websocket]".into(),
             ));
         }
+        self.validate_limits()?;
         Ok(())
     }
 
@@ -479,17 +507,196 @@ impl Settings {
 
     pub fn node(&self) -> String {
         self.node_name.clone().unwrap_or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
+            let host = std::fs::read_to_string("/etc/hostname")
                 .ok()
                 .map(|s| s.trim().to_owned())
                 .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| "herald".into())
+                .unwrap_or_else(|| "herald".into());
+            // Cluster nodes need distinct names; several may run on one host.
+            match (&self.redis_url, self.bind.rsplit_once(':')) {
+                (Some(_), Some((_, port))) => format!("{host}:{port}"),
+                _ => host,
+            }
         })
     }
 }
 
 fn invalid(e: config::ConfigError) -> ConfigError {
     ConfigError::Invalid(e.to_string())
+}
+
+// ---------------------------------------------------------------------------------------------
+// API keys, scopes and limits: `api_key_rate_limit`, `[[api_keys]]`, `[http.cors]`,
+// `websocket.handshake_rate_limit`. The limiters themselves are in `crate::limits`.
+// ---------------------------------------------------------------------------------------------
+
+/// One extra management API key (`[[api_keys]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySettings {
+    /// Shown in logs and metrics (`herald_api_rate_limited_total{key}`), never the key:
+    /// 1–64 characters of `A-Z a-z 0-9 . _ -`.
+    pub name: String,
+    /// The secret sent as `Authorization: Bearer <key>`: at least 16 visible ASCII
+    /// characters, no spaces.
+    pub key: Secret,
+    /// `"send"` (`POST /api/v1/messages`, `POST /message/sendMessage`) and/or `"admin"`
+    /// (every management route; includes send).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Sends this key may make, e.g. `"50/s"` or `"600/min"`; absent: no limit.
+    #[serde(default)]
+    pub rate_limit: Option<String>,
+}
+
+/// `[http.cors]`: which browser origins may call Herald from another origin.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsSettings {
+    /// Origins like `https://app.example.com`, or `["*"]` for any. Empty (the default): no
+    /// CORS headers at all, so only same-origin pages can call the API.
+    pub allowed_origins: Vec<String>,
+    /// `false` (default): CORS only on the routes the browser client uses with a user
+    /// token (`/api/v1/inbox*`, `/api/v1/me/*`, `/message/collectMessage`, `/herald.js`).
+    /// `true`: on every route, the management API (API key) included.
+    pub all_routes: bool,
+}
+
+/// The name the main `api_key` has in logs and metrics; no `[[api_keys]]` entry may use it.
+pub const MAIN_API_KEY_NAME: &str = "api_key";
+
+/// `"0"`, `"off"`, `"none"` and `""` switch an optional rate limit off.
+pub fn rate_limit_is_off(s: &str) -> bool {
+    matches!(s.trim(), "" | "0" | "off" | "none")
+}
+
+impl Settings {
+    /// `[[api_keys]]`, `api_key_rate_limit`, `[http.cors]` and
+    /// `websocket.handshake_rate_limit`; every error names the key path.
+    pub fn validate_limits(&self) -> Result<(), ConfigError> {
+        use crate::dispatch::outbox::Rate;
+        let bad = |path: String, msg: String| Err(ConfigError::Invalid(format!("{path}: {msg}")));
+        let rate = |path: &dyn Fn() -> String, value: &Option<String>| match value {
+            Some(r) if !rate_limit_is_off(r) => Rate::parse(r)
+                .map(drop)
+                .map_err(|m| ConfigError::Invalid(format!("{}: {m} (\"off\": no limit)", path()))),
+            _ => Ok(()),
+        };
+        rate(&|| "api_key_rate_limit".into(), &self.api_key_rate_limit)?;
+        rate(
+            &|| "websocket.handshake_rate_limit".into(),
+            &self.websocket.handshake_rate_limit,
+        )?;
+        let mut names = std::collections::HashSet::new();
+        let mut keys = std::collections::HashSet::new();
+        if let Some(main) = &self.api_key {
+            keys.insert(main.expose());
+        }
+        for (i, k) in self.api_keys.iter().enumerate() {
+            let at = |field: &str| format!("api_keys[{i}] (\"{}\").{field}", k.name);
+            let name_ok = (1..=64).contains(&k.name.len())
+                && k.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            if !name_ok {
+                return bad(
+                    format!("api_keys[{i}].name"),
+                    format!(
+                        "`{}` must be 1-64 characters of A-Z, a-z, 0-9, '.', '_', '-'",
+                        k.name.escape_default()
+                    ),
+                );
+            }
+            if k.name == MAIN_API_KEY_NAME {
+                return bad(
+                    at("name"),
+                    format!(
+                        "`{MAIN_API_KEY_NAME}` is the name of the main api_key; choose another"
+                    ),
+                );
+            }
+            if !names.insert(k.name.as_str()) {
+                return bad(
+                    at("name"),
+                    "another [[api_keys]] entry has this name".into(),
+                );
+            }
+            let key = k.key.expose();
+            if key.is_empty() {
+                return bad(at("key"), "must not be empty".into());
+            }
+            if key.len() < 16 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+                return bad(
+                    at("key"),
+                    "must be at least 16 visible ASCII characters without spaces (e.g. `openssl rand -base64 32`)".into(),
+                );
+            }
+            if !keys.insert(key) {
+                return bad(
+                    at("key"),
+                    "the same key is configured twice (here and in another [[api_keys]] entry or api_key); every key must be distinct".into(),
+                );
+            }
+            if k.scopes.is_empty() {
+                return bad(
+                    at("scopes"),
+                    "give at least one scope: \"send\" and/or \"admin\"".into(),
+                );
+            }
+            if let Some(s) = k
+                .scopes
+                .iter()
+                .find(|s| !matches!(s.as_str(), "send" | "admin"))
+            {
+                return bad(
+                    at("scopes"),
+                    format!(
+                        "unknown scope `{}` (expected \"send\" or \"admin\")",
+                        s.escape_default()
+                    ),
+                );
+            }
+            rate(&|| at("rate_limit"), &k.rate_limit)?;
+        }
+        let origins = &self.http.cors.allowed_origins;
+        for (i, o) in origins.iter().enumerate() {
+            if o == "*" {
+                if origins.len() > 1 {
+                    return bad(
+                        format!("http.cors.allowed_origins[{i}]"),
+                        "\"*\" allows every origin and must be the only entry".into(),
+                    );
+                }
+            } else if let Err(m) = check_origin(o) {
+                return bad(format!("http.cors.allowed_origins[{i}]"), m);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An origin as browsers send it: `scheme://host[:port]`, no path, query or trailing slash.
+fn check_origin(o: &str) -> Result<(), String> {
+    let err = || {
+        format!(
+            "`{}` is not an origin like https://app.example.com (scheme://host[:port], no path or trailing slash)",
+            o.escape_default()
+        )
+    };
+    let (scheme, rest) = o.split_once("://").ok_or_else(err)?;
+    let scheme_ok = !scheme.is_empty()
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+    let host_ok = !rest.is_empty()
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+    if scheme_ok && host_ok {
+        Ok(())
+    } else {
+        Err(err())
+    }
 }
 
 #[cfg(test)]

@@ -30,8 +30,11 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod dispatch;
+pub mod fuzz;
+pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod routing;
@@ -74,6 +77,8 @@ pub enum StartError {
     TemplateDir(std::path::PathBuf),
     #[error("{0}")]
     Routing(String),
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -200,20 +205,70 @@ pub async fn start_with_options(
         }
     }
 
+    // Management API keys with scopes and send limits; the per-IP handshake limit.
+    let api_keys = auth::ApiKeys::new(&secrets.api_key, &settings)?;
+    let ws_handshakes =
+        limits::HandshakeLimiter::from_setting(settings.websocket.handshake_rate_limit.as_deref())?;
+    for k in api_keys.iter().skip(1) {
+        tracing::info!(key = %k.name, scopes = k.scopes.describe(),
+            rate_limited = k.send_limit.is_some(), "extra API key");
+    }
+
     let store = open_store(&settings).await?;
-    let registry: Arc<dyn SessionRegistry> = Arc::new(MemoryRegistry::default());
+    // Cluster mode: sessions, fan-out and shared caches in Redis; else all in memory.
+    let cluster_stop = CancellationToken::new();
+    #[allow(clippy::type_complexity)]
+    let (registry, shared, shared_rate, cluster_tasks): (
+        Arc<dyn SessionRegistry>,
+        Arc<dyn herald_channel::shared::SharedCache>,
+        Option<Arc<dyn dispatch::outbox::SharedRate>>,
+        Vec<tokio::task::JoinHandle<()>>,
+    ) = match &settings.redis_url {
+        None => (
+            Arc::new(MemoryRegistry::default()),
+            Arc::new(herald_channel::shared::LocalCache::default()),
+            None,
+            Vec::new(),
+        ),
+        Some(url) => {
+            let node = settings.node();
+            let reg =
+                cluster::registry::RedisRegistry::connect(url, &node, &settings.cluster).await?;
+            let (_, conn) = cluster::connect(url).await?;
+            let tasks = reg.spawn(cluster_stop.clone());
+            tracing::info!(%node, redis = %cluster::redact(url), "cluster mode");
+            (
+                reg,
+                Arc::new(cluster::cache::RedisCache::new(
+                    conn.clone(),
+                    &settings.cluster.prefix,
+                )),
+                Some(Arc::new(cluster::limiter::RedisRate::new(
+                    conn,
+                    &settings.cluster.prefix,
+                ))),
+                tasks,
+            )
+        }
+    };
     let mut services = Services::default();
     services.insert(registry.clone());
     // Token caches and refresh locks the channels share (in-process on a single node).
-    services.insert(herald_channel::shared::Shared(Arc::new(
-        herald_channel::shared::LocalCache::default(),
-    )));
+    services.insert(herald_channel::shared::Shared(shared));
     let instances = build_instances(&settings, &services)?;
-    let metrics = Arc::new(Metrics::with_kinds(
-        instances
-            .values()
-            .map(|i| (i.name.as_str(), i.descriptor.kind)),
-    ));
+    let metrics = Arc::new(
+        Metrics::with_kinds(
+            instances
+                .values()
+                .map(|i| (i.name.as_str(), i.descriptor.kind)),
+        )
+        .with_api_keys(
+            api_keys
+                .iter()
+                .filter(|k| k.send_limit.is_some())
+                .map(|k| &*k.name),
+        ),
+    );
     let (dispatcher, status_task) = Dispatcher::new(
         store.clone(),
         instances,
@@ -222,6 +277,12 @@ pub async fn start_with_options(
         settings.dispatch.status_batch,
         clock.unwrap_or_else(|| Arc::new(clock::SystemClock)),
     );
+    if registry.is_shared() {
+        dispatcher.always_replay();
+    }
+    if let Some(r) = shared_rate {
+        dispatcher.share_rate_limits(r);
+    }
     settings
         .routing
         .validate(&|name| match dispatcher.instance(name) {
@@ -283,6 +344,8 @@ pub async fn start_with_options(
         dispatcher: dispatcher.clone(),
         auth,
         api_key: secrets.api_key.clone(),
+        api_keys,
+        ws_handshakes,
         metrics,
         shutdown: shutdown.clone(),
         sessions: TaskTracker::new(),
@@ -310,6 +373,11 @@ pub async fn start_with_options(
             .is_err()
         {
             tracing::warn!("some WebSocket sessions did not close in time");
+        }
+        // Cluster mode: leave (this node's sessions and liveness key are removed).
+        cluster_stop.cancel();
+        for t in cluster_tasks {
+            let _ = t.await;
         }
         // Stop claiming; sends already started finish (bounded by dispatch.send_timeout).
         outbox_stop.cancel();
@@ -343,16 +411,26 @@ pub async fn start_with_options(
     })
 }
 
+/// The store for `database_url`'s scheme: `postgres://`/`postgresql://` → `PgStore`,
+/// otherwise (`sqlite://`) `SqliteStore`.
 async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StartError> {
+    let url = &settings.database_url;
+    let failed = |source| StartError::Store {
+        url: redact_url(url),
+        source,
+    };
+    if store::postgres::is_postgres_url(url) {
+        let store = store::postgres::PgStore::open(url, &settings.database)
+            .await
+            .map_err(failed)?;
+        return Ok(Arc::new(store));
+    }
     if let Some(path) = settings.sqlite_path() {
         SqliteStore::ensure_parent(&path).map_err(|e| StartError::DataDir(path.clone(), e))?;
     }
-    let store = SqliteStore::open(&settings.database_url, &settings.database)
+    let store = SqliteStore::open(url, &settings.database)
         .await
-        .map_err(|source| StartError::Store {
-            url: redact_url(&settings.database_url),
-            source,
-        })?;
+        .map_err(failed)?;
     Ok(Arc::new(store))
 }
 

@@ -170,6 +170,11 @@ pub struct Metrics {
     pub status_write_errors: AtomicU64,
     /// Failover chain events, indexed like [`ROUTE_EVENTS`].
     pub route_events: [AtomicU64; ROUTE_EVENTS.len()],
+    /// WebSocket handshakes refused by `websocket.handshake_rate_limit`.
+    pub ws_handshakes_limited: AtomicU64,
+    /// Sends refused by an API key's rate limit, by key name (keys with a limit; fixed at
+    /// start, see [`Metrics::with_api_keys`]).
+    pub api_rate_limited: BTreeMap<String, AtomicU64>,
     /// Per channel instance; the key set is fixed at start (no lock on the hot path).
     /// `herald_channel_info{channel,kind}` joins instances to kinds (providers).
     pub channels: BTreeMap<String, ChannelCounters>,
@@ -227,6 +232,22 @@ impl Metrics {
         self.channels.get(name)
     }
 
+    /// Register the API keys (by name) that have a send rate limit.
+    pub fn with_api_keys<'a>(mut self, names: impl IntoIterator<Item = &'a str>) -> Metrics {
+        self.api_rate_limited = names
+            .into_iter()
+            .map(|n| (n.to_owned(), AtomicU64::new(0)))
+            .collect();
+        self
+    }
+
+    /// A send refused by key `name`'s rate limit.
+    pub fn count_api_rate_limited(&self, name: &str) {
+        if let Some(c) = self.api_rate_limited.get(name) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
         let mut gauge = |name: &str, help: &str, v: i64| {
@@ -237,7 +258,7 @@ impl Metrics {
             "Open WebSocket sessions on this node.",
             self.connections.load(Relaxed),
         );
-        let counters: [(&str, &str, &AtomicU64); 9] = [
+        let counters: [(&str, &str, &AtomicU64); 10] = [
             (
                 "herald_connections_total",
                 "WebSocket sessions opened.",
@@ -247,6 +268,11 @@ impl Metrics {
                 "herald_handshakes_rejected_total",
                 "WebSocket handshakes refused (bad token).",
                 &self.handshake_rejected,
+            ),
+            (
+                "herald_ws_handshakes_rate_limited_total",
+                "WebSocket handshakes refused by websocket.handshake_rate_limit (429).",
+                &self.ws_handshakes_limited,
             ),
             (
                 "herald_slow_consumers_total",
@@ -394,6 +420,17 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "herald_route_events_total{{event=\"{event}\"}} {}",
+                n.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP herald_api_rate_limited_total Sends refused (429) by an API key's rate limit, by key name.\n# TYPE herald_api_rate_limited_total counter"
+        );
+        for (key, n) in &self.api_rate_limited {
+            let _ = writeln!(
+                out,
+                "herald_api_rate_limited_total{{key=\"{key}\"}} {}",
                 n.load(Relaxed)
             );
         }

@@ -732,14 +732,17 @@ steps = [{ channel = "websocket" }]
 "#,
         )
         .unwrap();
-        let s = crate::config::Settings::load_from(Some(&file), vec![], &Default::default())
-            .unwrap();
+        let s =
+            crate::config::Settings::load_from(Some(&file), vec![], &Default::default()).unwrap();
         let r = &s.routing;
         let t = r.default_for(Some("report_ready"), 3).unwrap();
         assert_eq!(t.policy, PolicyKind::Failover);
         assert_eq!(t.steps[0].wait.as_deref(), Some("2m"));
         assert_eq!(r.default_for(None, 3).unwrap().policy, PolicyKind::All);
-        assert_eq!(r.default_for(Some("other"), 3).unwrap().policy, PolicyKind::All);
+        assert_eq!(
+            r.default_for(Some("other"), 3).unwrap().policy,
+            PolicyKind::All
+        );
         assert!(r.default_for(None, 4).is_none());
         let known = |c: &str| {
             if c == "websocket" {
@@ -749,7 +752,10 @@ steps = [{ channel = "websocket" }]
             }
         };
         let err = r.validate(&known).unwrap_err();
-        assert!(err.starts_with("routing.templates.report_ready.steps[1].channel"), "{err}");
+        assert!(
+            err.starts_with("routing.templates.report_ready.steps[1].channel"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -629,3 +629,32 @@ async fn unknown_channels_in_configured_policies_fail_the_start() {
     );
     assert!(err.contains("pager"), "{err}");
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_routing_and_scheduling() {
+    let app = spawn_app().await;
+    let doc: Value = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let schemas = &doc["components"]["schemas"];
+    let send = &schemas["SendRequest"]["properties"];
+    for field in ["routing", "sendAt", "expiresAt"] {
+        assert!(
+            send.get(field).is_some(),
+            "SendRequest.{field} missing: {send}"
+        );
+    }
+    let policy = &schemas["PolicySpec"];
+    assert!(policy["properties"].get("steps").is_some(), "{policy}");
+    let message = &schemas["MessageDto"]["properties"];
+    for field in ["routes", "sendAt", "expiresAt", "routing"] {
+        assert!(message.get(field).is_some(), "MessageDto.{field} missing");
+    }
+    assert!(schemas["RouteDto"]["properties"].get("log").is_some());
+}

@@ -82,6 +82,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     /// Wakes the scheduler (new timers, status changes that may move a failover chain).
     scheduler: Arc<tokio::sync::Notify>,
+    /// Cluster mode: provider rate limits shared by every node.
+    shared_rate: std::sync::OnceLock<Arc<dyn outbox::SharedRate>>,
 }
 
 impl Dispatcher {
@@ -126,6 +128,7 @@ impl Dispatcher {
                 workers,
                 clock,
                 scheduler,
+                shared_rate: std::sync::OnceLock::new(),
             }),
         };
         (d, task)
@@ -222,6 +225,21 @@ impl Dispatcher {
             }
         }
         Ok(())
+    }
+
+    /// Cluster mode: provider `rate_limit`s are shared by every node (set before
+    /// [`Dispatcher::start_outbox`]).
+    pub fn share_rate_limits(&self, shared: Arc<dyn outbox::SharedRate>) {
+        let _ = self.inner.shared_rate.set(shared);
+    }
+
+    pub(crate) fn shared_rate(&self) -> Option<Arc<dyn outbox::SharedRate>> {
+        self.inner.shared_rate.get().cloned()
+    }
+
+    /// Cluster mode: other nodes commit deliveries too, so every session replays.
+    pub fn always_replay(&self) {
+        self.inner.pending.set_always();
     }
 
     /// `Some(version)` when `user` may have undelivered presence deliveries (so a new

@@ -85,6 +85,14 @@ impl DailyQuota {
     }
 }
 
+/// A rate limit shared by every node of a cluster (Redis); single nodes use governor.
+#[async_trait::async_trait]
+pub trait SharedRate: Send + Sync + 'static {
+    /// Take up to `want` cells of `key` under `rate`: how many were granted and, when none
+    /// was, how long until the next one.
+    async fn take(&self, key: &str, rate: Rate, want: u32) -> Result<(u32, Duration), String>;
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
     pub count: NonZeroU32,
@@ -222,7 +230,48 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            if let Some(l) = &limiter {
+            let shared = handle
+                .limits
+                .rate
+                .and_then(|r| self.dispatcher.shared_rate().map(|s| (s, r)));
+            if let Some((shared, rate)) = shared {
+                // Cluster: the instance's rate is shared by every node (Redis).
+                let now = clock.now_ms();
+                let due = match store.count_due(&self.name, now, permits.len() as u32).await {
+                    Ok(n) => n as usize,
+                    Err(e) => {
+                        tracing::warn!(channel = %self.name, error = %e, "outbox: counting due work failed");
+                        0
+                    }
+                };
+                if due == 0 {
+                    drop(permits);
+                    self.idle(handle, now).await;
+                    continue;
+                }
+                permits.truncate(due);
+                match shared.take(&self.name, rate, permits.len() as u32).await {
+                    Ok((0, wait)) => {
+                        drop(permits);
+                        tokio::select! {
+                            () = tokio::time::sleep(wait.min(self.settings.poll_interval)) => {}
+                            () = self.shutdown.cancelled() => break,
+                        }
+                        continue;
+                    }
+                    Ok((granted, _)) => permits.truncate(granted as usize),
+                    Err(e) => {
+                        tracing::warn!(channel = %self.name, error = %e,
+                            "shared rate limit unavailable; sending nothing until it answers");
+                        drop(permits);
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            () = self.shutdown.cancelled() => break,
+                        }
+                        continue;
+                    }
+                }
+            } else if let Some(l) = &limiter {
                 // Take cells only for rows that are due (an idle poll must not spend them).
                 let now = clock.now_ms();
                 let due = match store.count_due(&self.name, now, permits.len() as u32).await {

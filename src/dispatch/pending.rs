@@ -7,13 +7,16 @@
 //! nothing *and* nothing was added for that user since the query began (version check).
 //! A false "maybe" costs one query; a false "no" cannot happen on a single node.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::sharded::ShardedMap;
 
 pub struct PendingIndex {
     users: ShardedMap<u64>,
     version: AtomicU64,
+    /// Cluster mode: another node may commit a user's deliveries, so this node can never
+    /// say "nothing pending": every session queries.
+    always: AtomicBool,
 }
 
 impl Default for PendingIndex {
@@ -21,6 +24,7 @@ impl Default for PendingIndex {
         Self {
             users: ShardedMap::default(),
             version: AtomicU64::new(1),
+            always: AtomicBool::new(false),
         }
     }
 }
@@ -47,7 +51,15 @@ impl PendingIndex {
 
     /// `Some(version)` when `user` may have something undelivered.
     pub fn check(&self, user: &str) -> Option<u64> {
+        if self.always.load(Ordering::Relaxed) {
+            return Some(0);
+        }
         self.shard(user).get(user).copied()
+    }
+
+    /// Cluster mode: always answer "maybe".
+    pub fn set_always(&self) {
+        self.always.store(true, Ordering::Relaxed);
     }
 
     /// A replay that began at `version` found nothing: forget `user` unless something was
@@ -88,5 +100,7 @@ mod tests {
         p.clear("a", v2);
         assert_eq!(p.check("a"), None);
         assert!(p.is_empty());
+        p.set_always();
+        assert!(p.check("b").is_some(), "a cluster node always replays");
     }
 }

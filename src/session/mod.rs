@@ -219,4 +219,8 @@ pub trait SessionRegistry: Send + Sync + 'static {
     /// Visit every session on this node (heartbeat, shutdown). Called under short locks:
     /// `f` must not block.
     fn for_each_local(&self, f: &mut dyn FnMut(&Arc<SessionHandle>));
+    /// Shared by several nodes (cluster mode).
+    fn is_shared(&self) -> bool {
+        false
+    }
 }

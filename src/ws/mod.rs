@@ -43,6 +43,8 @@ const INTERNAL: u16 = 1011;
     responses(
         (status = 101, description = "Upgraded; frames as in API.md §3"),
         (status = 401, description = "Bad, expired or missing token", body = crate::api::error::ErrorBody),
+        (status = 429, description = "Too many handshakes from this address (`websocket.handshake_rate_limit`); checked before the token", body = crate::api::error::ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until a handshake is allowed again"))),
     )
 )]
 pub async fn ws_path(
@@ -63,6 +65,8 @@ pub async fn ws_path(
     responses(
         (status = 101, description = "Upgraded; frames as in API.md §3"),
         (status = 401, description = "Bad, expired or missing token", body = crate::api::error::ErrorBody),
+        (status = 429, description = "Too many handshakes from this address (`websocket.handshake_rate_limit`); checked before the token", body = crate::api::error::ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until a handshake is allowed again"))),
     )
 )]
 pub async fn ws_query(
@@ -81,6 +85,13 @@ async fn connect(
     remote: SocketAddr,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    // Per-address handshake limit first: a flood costs neither a token check nor an upgrade.
+    if let Some(limiter) = &app.ws_handshakes {
+        if let Err(over) = limiter.check(remote.ip()) {
+            app.metrics.ws_handshakes_limited.fetch_add(1, Relaxed);
+            return over.into_response();
+        }
+    }
     let identity = match app.auth.verify(token.as_deref().unwrap_or("")).await {
         Ok(id) => id,
         Err(e) => {
@@ -106,7 +117,10 @@ async fn connect(
     upgrade
         .read_buffer_size(ws.read_buffer_size)
         .write_buffer_size(ws.write_buffer_size)
-        .max_write_buffer_size(ws.write_buffer_size.max(ws.max_frame_size) * 4)
+        // No cap: the sink flushes before it takes a frame after a blocked write, so the
+        // buffer holds at most `write_buffer_size` plus one frame. A cap would make every
+        // larger frame undeliverable (WriteBufferFull on each replay: a poison message).
+        .max_write_buffer_size(usize::MAX)
         .max_message_size(ws.max_frame_size)
         .max_frame_size(ws.max_frame_size)
         .on_upgrade(move |socket| tracker.track_future(run_session(app, socket, identity, remote)))

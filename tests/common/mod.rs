@@ -640,18 +640,23 @@ pub fn herald_command(dir: &Path, env: &[(&str, &str)]) -> Command {
     cmd
 }
 
-/// Start `herald serve --bind 127.0.0.1:PORT --database-url sqlite://DIR/herald.db` and wait
-/// (with a deadline) until `GET /healthz` answers 200.
+/// Start `herald serve --bind 127.0.0.1:PORT --database-url sqlite://DIR/herald.db` (unless
+/// `env` sets `HERALD_DATABASE_URL`) and wait (with a deadline) until `GET /healthz` answers
+/// 200.
 pub async fn spawn_process(dir: &Path, port: u16, env: &[(&str, &str)]) -> HeraldProcess {
     let log = dir.join(format!("herald-{port}.log"));
     let out = std::fs::File::create(&log).expect("create log file");
     let err = out.try_clone().expect("clone log file");
-    let child = herald_command(dir, env)
-        .arg("serve")
+    let mut cmd = herald_command(dir, env);
+    cmd.arg("serve")
         .arg("--bind")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--database-url")
-        .arg(format!("sqlite://{}", dir.join("herald.db").display()))
+        .arg(format!("127.0.0.1:{port}"));
+    // A database given in the environment (cluster tests: PostgreSQL) wins.
+    if !env.iter().any(|(k, _)| *k == "HERALD_DATABASE_URL") {
+        cmd.arg("--database-url")
+            .arg(format!("sqlite://{}", dir.join("herald.db").display()));
+    }
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err))

@@ -26,17 +26,30 @@
 //! rendered `push` template (or are just `messageId`).
 //!
 //! **Provider token.** One ES256 JWT (`{alg: ES256, kid: key_id}.{iss: team_id, iat}`) per
-//! instance, reused for every request and replaced once it is 50 minutes old (Apple refuses
-//! tokens older than an hour), and never sooner than 20 minutes after the previous one (Apple
-//! answers 429 `TooManyProviderTokenUpdates` otherwise). A 403 `ExpiredProviderToken`
-//! replaces it (if that floor allows) and retries that device once. The clock is
-//! injectable through [`herald_channel::Services`] (see `fcm::WallClock`).
+//! APNs key for the whole cluster: it lives in the core's shared cache under
+//! `herald:token:apns:<team_id>:<key_id>` for 50 minutes (Apple refuses tokens older than an
+//! hour), is signed by one caller in the cluster when there is none ([`crate::token`]), and
+//! is reused by every instance and node with that key. So the cluster makes a new one every
+//! 50 minutes, never within 20 minutes of the previous one (Apple answers 429
+//! `TooManyProviderTokenUpdates` otherwise), unless Apple refused it:
+//!
+//! * 403 `ExpiredProviderToken` for a token at least 20 minutes old by this node's clock
+//!   (e.g. signed by a node whose clock is behind): it is deleted from the shared cache, the
+//!   cluster's replacement is taken (signed once) and the device retried once. For a younger
+//!   token this host's clock disagrees with Apple's: a new token would be as stale and count
+//!   as an update too many, so the send fails `transient` (unless another node has already
+//!   replaced it).
+//! * 403 `InvalidProviderToken` for a token this instance's key did not sign (another
+//!   instance or node signed it with another key): replaced the same way and retried once. A
+//!   token this key signed is refused for the key itself: `config`.
+//!
+//! The clock is injectable through [`herald_channel::Services`] (see `fcm::WallClock`).
 //!
 //! Invariants: no other retry, no sleep, no store; the private key and the JWT never appear
 //! in errors, logs or `Debug` output; device tokens are hex-checked before they enter a URL.
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -45,8 +58,8 @@ use herald_channel::{
     async_trait, Accepted, AddressKind, BuildContext, Channel, ChannelDescriptor, ChannelError,
     ConfigError, ErrorKind, Outgoing,
 };
-use p256::ecdsa::signature::Signer;
-use p256::ecdsa::{Signature, SigningKey};
+use p256::ecdsa::signature::{Signer, Verifier};
+use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
 use p256::pkcs8::DecodePrivateKey;
 use p256::SecretKey;
 use serde_json::{json, Map, Value};
@@ -57,6 +70,7 @@ use crate::fcm::{
     timeout_value, unix_secs, vendor_text, Content, Outcome, Secret, Verdict, WallClock,
     MAX_PAYLOAD,
 };
+use crate::token::{Fresh, SharedToken};
 
 /// The kind this file registers.
 pub const KIND: &str = "push.apns";
@@ -70,6 +84,11 @@ const MIN_REFRESH_INTERVAL_SECS: u64 = 20 * 60;
 const MAX_COLLAPSE_ID: usize = 64;
 const DEFAULT_TTL: &str = "4w";
 const USER_AGENT: &str = concat!("herald-apns/", env!("CARGO_PKG_VERSION"));
+
+/// The shared cache's key for the provider token of an APNs key.
+pub(crate) fn cache_key(team_id: &str, key_id: &str) -> String {
+    format!("herald:token:apns:{team_id}:{key_id}")
+}
 
 herald_channel::inventory::submit! {
     ChannelDescriptor {
@@ -159,13 +178,8 @@ pub struct ApnsChannel {
     timeout: Duration,
     http: reqwest::Client,
     clock: WallClock,
-    token: Mutex<Option<ProviderToken>>,
-}
-
-struct ProviderToken {
-    jwt: Secret,
-    /// Unix seconds.
-    iat: u64,
+    /// The provider token, shared by every instance and node with this team and key.
+    tokens: SharedToken,
 }
 
 impl fmt::Debug for ApnsChannel {
@@ -286,8 +300,10 @@ impl ApnsChannel {
                 format!("cannot build the HTTP client: {e}"),
             )
         })?;
+        let clock = clock_from(ctx.services);
         Ok(Self {
             name: name.to_owned(),
+            tokens: SharedToken::new(ctx.services, cache_key(&team_id, &key_id), clock.clone()),
             team_id,
             key_id,
             key,
@@ -298,8 +314,7 @@ impl ApnsChannel {
             ttl,
             timeout,
             http,
-            clock: clock_from(ctx.services),
-            token: Mutex::new(None),
+            clock,
         })
     }
 
@@ -318,35 +333,68 @@ impl ApnsChannel {
         ))
     }
 
-    /// The instance's provider token: the current one while it is younger than 50 minutes
-    /// and not `expired` (Apple just said `ExpiredProviderToken` for it); a new one otherwise,
-    /// but never within 20 minutes of the previous one.
-    fn provider_token(&self, expired: Option<&Secret>) -> Result<Secret, ChannelError> {
+    /// The cluster's provider token, or a new one signed by one caller in the cluster when
+    /// there is none (the last one is 50 minutes old).
+    async fn provider_token(&self) -> Result<Secret, ChannelError> {
+        self.tokens.get(None, || self.sign_new()).await
+    }
+
+    async fn sign_new(&self) -> Result<Fresh, ChannelError> {
         let now = unix_secs(&self.clock);
-        let mut state = self
-            .token
-            .lock()
-            .map_err(|_| ChannelError::transient("provider token lock poisoned"))?;
-        if let Some(current) = state.as_ref() {
-            let age = now.saturating_sub(current.iat);
-            let rejected = expired == Some(&current.jwt);
-            if age < MIN_REFRESH_INTERVAL_SECS && rejected {
+        tracing::debug!(channel = %self.name, "APNs provider token signed");
+        Ok(Fresh {
+            token: self.jwt(now),
+            reuse_secs: REFRESH_AFTER_SECS,
+        })
+    }
+
+    /// After Apple refused `jwt` with `reason` (`ExpiredProviderToken` or
+    /// `InvalidProviderToken`): the token to retry with, `Ok(None)` when no other token can
+    /// help (the answer is classified as it is), or the error to report. See the module's
+    /// documentation.
+    async fn replace_provider_token(
+        &self,
+        jwt: &Secret,
+        reason: &str,
+    ) -> Result<Option<Secret>, ChannelError> {
+        if reason == "ExpiredProviderToken" {
+            let now = unix_secs(&self.clock);
+            let age = jwt_iat(jwt.expose()).map_or(u64::MAX, |iat| now.saturating_sub(iat));
+            if age < MIN_REFRESH_INTERVAL_SECS {
+                // Not ours to replace yet; another node may have done it already.
+                if let Some(other) = self.tokens.other_than(jwt).await {
+                    return Ok(Some(other));
+                }
                 return Err(ChannelError::transient(format!(
                     "APNs says the provider token expired, but it is only {age} s old and \
                      Apple allows one new token per 20 minutes; check the host's clock"
                 ))
                 .with_code("ExpiredProviderToken"));
             }
-            if !rejected && age < REFRESH_AFTER_SECS {
-                return Ok(current.jwt.clone());
-            }
+        } else if self.signed_with_our_key(jwt.expose()) {
+            return Ok(None);
         }
-        let jwt = self.jwt(now);
-        *state = Some(ProviderToken {
-            jwt: jwt.clone(),
-            iat: now,
-        });
-        Ok(jwt)
+        self.tokens
+            .get(Some(jwt), || self.sign_new())
+            .await
+            .map(Some)
+    }
+
+    /// Whether this instance's key signed `jwt` (then a new token from it is refused too).
+    fn signed_with_our_key(&self, jwt: &str) -> bool {
+        let Some((input, signature)) = jwt.rsplit_once('.') else {
+            return false;
+        };
+        let Some(signature) = URL_SAFE_NO_PAD
+            .decode(signature)
+            .ok()
+            .and_then(|s| Signature::from_slice(&s).ok())
+        else {
+            return false;
+        };
+        VerifyingKey::from(&self.key)
+            .verify(input.as_bytes(), &signature)
+            .is_ok()
     }
 
     /// `{"aps": {…}, <data>…}`.
@@ -376,7 +424,7 @@ impl ApnsChannel {
 
     async fn send_one(&self, device_token: &str, collapse_id: &str, body: &[u8]) -> Outcome {
         let url = format!("{}/3/device/{device_token}", self.endpoint);
-        let mut token = match self.provider_token(None) {
+        let mut token = match self.provider_token().await {
             Ok(t) => t,
             Err(e) => return Outcome::Failed(e),
         };
@@ -413,13 +461,19 @@ impl ApnsChannel {
             let reason = serde_json::from_str::<Value>(&text)
                 .ok()
                 .and_then(|v| v.get("reason").and_then(Value::as_str).map(str::to_owned));
-            if status == 403 && reason.as_deref() == Some("ExpiredProviderToken") && !retried {
-                retried = true;
-                match self.provider_token(Some(&token)) {
-                    Ok(t) => token = t,
-                    Err(e) => return Outcome::Failed(e),
+            if let Some(r @ ("ExpiredProviderToken" | "InvalidProviderToken")) = reason.as_deref() {
+                if status == 403 && !retried {
+                    // Replaced (for the whole cluster) and this device retried once.
+                    retried = true;
+                    match self.replace_provider_token(&token, r).await {
+                        Ok(Some(t)) => {
+                            token = t;
+                            continue;
+                        }
+                        Ok(None) => {}
+                        Err(e) => return Outcome::Failed(e),
+                    }
                 }
-                continue;
             }
             let reason = reason.map(|r| vendor_text(&r, &[device_token]));
             return match classify(status, reason.as_deref(), retry_after) {
@@ -428,6 +482,13 @@ impl ApnsChannel {
             };
         }
     }
+}
+
+/// The `iat` claim of a provider token.
+fn jwt_iat(jwt: &str) -> Option<u64> {
+    let claims = jwt.split('.').nth(1)?;
+    let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims).ok()?).ok()?;
+    claims.get("iat")?.as_u64()
 }
 
 /// APNs device tokens are hex (64 characters today; Apple says not to assume a length).

@@ -17,11 +17,13 @@
 //! * `android`, `apns` (optional tables): copied verbatim into every message's `android` /
 //!   `apns` field (e.g. `android = { priority = "high" }`).
 //!
-//! **Access tokens.** One per instance, fetched by one caller at a time (the cache's async
-//! mutex is held across the fetch: concurrent sends on a cold cache wait and reuse it), used
-//! until 5 minutes before Google's `expires_in`. A send answered 401 `UNAUTHENTICATED`
-//! (token revoked or expired early) forces one new token and is retried once, within the
-//! same attempt.
+//! **Access tokens.** One per service account for the whole cluster: it lives in the core's
+//! shared cache under `herald:token:fcm:<client_email>` until 5 minutes before Google's
+//! `expires_in`, is fetched by one caller in the cluster at a time (the others wait for it)
+//! and copied in-process for at most a minute ([`crate::token`]). A send answered 401
+//! `UNAUTHENTICATED` (token revoked or expired early) deletes that token from the shared
+//! cache, takes the new one (fetched once for the whole cluster) and is retried once, within
+//! the same attempt.
 //!
 //! **Clock.** Token expiry reads a wall clock, which a host (or a test) may lend through
 //! [`herald_channel::Services`] as a [`WallClock`]; the system clock otherwise.
@@ -53,6 +55,8 @@ use rsa::RsaPrivateKey;
 use serde_json::{json, Map, Value};
 use sha2::Sha256;
 
+use crate::token::{Fresh, SharedToken};
+
 /// The kind this file registers.
 pub const KIND: &str = "push.fcm";
 
@@ -65,6 +69,20 @@ const ASSERTION_LIFETIME_SECS: u64 = 3600;
 /// An access token is replaced this long before Google says it expires.
 const REFRESH_MARGIN_SECS: u64 = 300;
 const USER_AGENT: &str = concat!("herald-fcm/", env!("CARGO_PKG_VERSION"));
+
+/// The shared cache's key for a service account's access token.
+pub(crate) fn cache_key(client_email: &str) -> String {
+    format!("herald:token:fcm:{client_email}")
+}
+
+/// How long an access token with this `expires_in` is used.
+fn reuse_secs(expires_in: u64) -> u64 {
+    if expires_in > 2 * REFRESH_MARGIN_SECS {
+        expires_in - REFRESH_MARGIN_SECS
+    } else {
+        expires_in / 2
+    }
+}
 
 herald_channel::inventory::submit! {
     ChannelDescriptor {
@@ -192,14 +210,8 @@ pub struct FcmChannel {
     apns: Option<Value>,
     http: reqwest::Client,
     clock: WallClock,
-    /// The access token; the async mutex is held across a fetch (single flight).
-    token: tokio::sync::Mutex<Option<CachedToken>>,
-}
-
-struct CachedToken {
-    token: Secret,
-    /// Unix seconds from which a new token is fetched.
-    refresh_at: u64,
+    /// The access token, shared by every instance and node with this service account.
+    tokens: SharedToken,
 }
 
 impl fmt::Debug for FcmChannel {
@@ -285,8 +297,14 @@ impl FcmChannel {
                 format!("cannot build the HTTP client: {e}"),
             )
         })?;
+        let clock = clock_from(ctx.services);
         Ok(Self {
             name: name.to_owned(),
+            tokens: SharedToken::new(
+                ctx.services,
+                cache_key(&account.client_email),
+                clock.clone(),
+            ),
             account,
             project_id,
             endpoint,
@@ -294,8 +312,7 @@ impl FcmChannel {
             android,
             apns,
             http,
-            clock: clock_from(ctx.services),
-            token: tokio::sync::Mutex::new(None),
+            clock,
         })
     }
 
@@ -325,31 +342,18 @@ impl FcmChannel {
         format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature))
     }
 
-    /// A usable access token: the cached one unless it is stale or is `rejected` (FCM just
-    /// refused it), else a new one. One fetch at a time.
+    /// A usable access token: the cluster's unless it is due or is `rejected` (FCM just
+    /// refused it), else a new one, fetched by one caller in the cluster at a time.
     async fn access_token(&self, rejected: Option<&Secret>) -> Result<Secret, ChannelError> {
-        let mut cache = self.token.lock().await;
-        let now = self.now();
-        if let Some(c) = cache.as_ref() {
-            if Some(&c.token) != rejected && now < c.refresh_at {
-                return Ok(c.token.clone());
-            }
-        }
-        if rejected.is_some() {
-            *cache = None;
-        }
-        let (token, expires_in) = self.fetch_token(now).await?;
-        let now = self.now();
-        let reuse = if expires_in > 2 * REFRESH_MARGIN_SECS {
-            expires_in - REFRESH_MARGIN_SECS
-        } else {
-            expires_in / 2
-        };
-        *cache = Some(CachedToken {
-            token: token.clone(),
-            refresh_at: now + reuse,
-        });
-        Ok(token)
+        self.tokens
+            .get(rejected, || async {
+                let (token, expires_in) = self.fetch_token(self.now()).await?;
+                Ok(Fresh {
+                    token,
+                    reuse_secs: reuse_secs(expires_in),
+                })
+            })
+            .await
     }
 
     async fn fetch_token(&self, now: u64) -> Result<(Secret, u64), ChannelError> {

@@ -6,9 +6,13 @@
 #[path = "support/apns_service.rs"]
 mod service;
 
+#[path = "support/cluster.rs"]
+mod cluster;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use cluster::WatchedCache;
 use herald_channel::testkit::{message, rendered, to_devices};
 use herald_channel::{Accepted, BuildContext, Channel, ConfigError, ErrorKind, Services};
 use serde_json::{json, Value};
@@ -47,6 +51,44 @@ async fn setup() -> (Apple, Arc<dyn Channel>, Clock, String) {
     let apple = Apple::start(public, clock.clone()).await;
     let ch = build(config(&apple, &pem), &clock.services()).expect("a valid configuration");
     (apple, ch, clock, pem)
+}
+
+/// A stand-in and two instances with the same team, key and one shared cache (and clock):
+/// two "nodes" of a cluster.
+async fn two_nodes() -> (Apple, [Arc<dyn Channel>; 2], Clock, Arc<WatchedCache>) {
+    let (pem, public) = p8_key();
+    let clock = Clock::new();
+    let apple = Apple::start(public, clock.clone()).await;
+    let cache = WatchedCache::new();
+    let services = cache.services(clock.services());
+    let node = || build(config(&apple, &pem), &services).expect("a valid configuration");
+    let nodes = [node(), node()];
+    (apple, nodes, clock, cache)
+}
+
+/// One send on each node at the same time, the token's storing held until one node waits
+/// for the other's token; their results.
+async fn send_on_both_at_once(
+    nodes: &[Arc<dyn Channel>; 2],
+    cache: &WatchedCache,
+    device_token: &str,
+) -> Vec<Result<Accepted, herald_channel::ChannelError>> {
+    cache.hold_sets();
+    let tasks: Vec<_> = nodes
+        .iter()
+        .map(|ch| {
+            let ch = ch.clone();
+            let out = to_devices(message("t", "b"), "42", &[device_token]);
+            tokio::spawn(async move { ch.send(&out).await })
+        })
+        .collect();
+    cache.lock_refused().await;
+    cache.release_sets();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    results
 }
 
 fn provider_id(n: usize) -> Accepted {
@@ -364,4 +406,77 @@ impl WithPriority for Value {
         self["priority"] = json!(p);
         self
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_sending_concurrently_sign_one_provider_token() {
+    let (apple, nodes, clock, cache) = two_nodes().await;
+    for result in send_on_both_at_once(&nodes, &cache, &device(1)).await {
+        assert!(matches!(result, Ok(Accepted::Sent { .. })), "{result:?}");
+    }
+    assert_eq!(apple.distinct_tokens(), 1);
+    // 51 minutes later: one new token for both.
+    clock.advance_minutes(51);
+    for result in send_on_both_at_once(&nodes, &cache, &device(2)).await {
+        assert!(matches!(result, Ok(Accepted::Sent { .. })), "{result:?}");
+    }
+    assert_eq!(apple.distinct_tokens(), 2);
+    assert_eq!(apple.seen(|s| (s.requests, s.accepted.len())), (4, 4));
+    apple.assert_no_problems();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_provider_token_is_replaced_once_for_both_nodes() {
+    let (apple, nodes, clock, cache) = two_nodes().await;
+    let out = to_devices(message("t", "b"), "42", &[&device(1)]);
+    for ch in &nodes {
+        ch.send(&out).await.unwrap();
+    }
+    assert_eq!(apple.distinct_tokens(), 1);
+    let first = apple.seen(|s| s.tokens[0].clone());
+    apple.seen(|s| s.expired.insert(first));
+    // 5 minutes after it was signed: no node signs another (Apple allows one per 20 min).
+    clock.advance_minutes(5);
+    for ch in &nodes {
+        let e = ch.send(&out).await.unwrap_err();
+        assert_eq!(e.code(), Some("ExpiredProviderToken"), "{e}");
+    }
+    assert_eq!(apple.distinct_tokens(), 1);
+    // 25 minutes after: both refused at once, one new token for both, each device retried.
+    clock.advance_minutes(20);
+    for result in send_on_both_at_once(&nodes, &cache, &device(1)).await {
+        assert!(matches!(result, Ok(Accepted::Sent { .. })), "{result:?}");
+    }
+    assert_eq!(apple.distinct_tokens(), 2);
+    // 2 warm-up, 2 refused at 5 min, 2 refused at 25 min, 2 retried.
+    assert_eq!(apple.seen(|s| (s.requests, s.accepted.len())), (8, 4));
+    for ch in &nodes {
+        ch.send(&out).await.unwrap();
+    }
+    assert_eq!(apple.distinct_tokens(), 2);
+    apple.assert_no_problems();
+}
+
+#[tokio::test]
+async fn a_token_another_node_signed_with_a_wrong_key_is_replaced() {
+    let (pem, public) = p8_key();
+    let (wrong_pem, _) = p8_key();
+    let clock = Clock::new();
+    let apple = Apple::start(public, clock.clone()).await;
+    let cache = WatchedCache::new();
+    let services = cache.services(clock.services());
+    let wrong = build(config(&apple, &wrong_pem), &services).unwrap();
+    let right = build(config(&apple, &pem), &services).unwrap();
+    let out = to_devices(message("t", "b"), "42", &[&device(1)]);
+    // The misconfigured node signs the cluster's token; Apple refuses it: its own key.
+    let e = wrong.send(&out).await.unwrap_err();
+    assert_eq!(
+        (e.kind(), e.code()),
+        (ErrorKind::Config, Some("InvalidProviderToken"))
+    );
+    // The node with the right key finds that token refused, signs its own, and retries.
+    assert_eq!(right.send(&out).await.unwrap(), provider_id(1));
+    assert_eq!(apple.seen(|s| s.requests), 3);
+    assert_eq!(right.send(&out).await.unwrap(), provider_id(2));
+    assert_eq!(apple.seen(|s| s.requests), 4);
 }

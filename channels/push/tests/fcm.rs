@@ -6,9 +6,13 @@
 #[path = "support/fcm_service.rs"]
 mod service;
 
+#[path = "support/cluster.rs"]
+mod cluster;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use cluster::WatchedCache;
 use herald_channel::testkit::{message, rendered, to_devices};
 use herald_channel::{Accepted, BuildContext, Channel, ConfigError, ErrorKind, Services};
 use serde_json::{json, Value};
@@ -31,6 +35,15 @@ fn build(config: Value, services: &Services) -> Result<Arc<dyn Channel>, ConfigE
 
 fn channel(google: &Google, clock: &Clock) -> Arc<dyn Channel> {
     build(google.config(), &clock.services()).expect("a valid configuration")
+}
+
+/// Two instances with the same service account and one shared cache (and clock): two
+/// "nodes" of a cluster.
+fn two_nodes(google: &Google, clock: &Clock) -> ([Arc<dyn Channel>; 2], Arc<WatchedCache>) {
+    let cache = WatchedCache::new();
+    let services = cache.services(clock.services());
+    let node = || build(google.config(), &services).expect("a valid configuration");
+    ([node(), node()], cache)
 }
 
 fn config_error(config: Value) -> String {
@@ -375,4 +388,81 @@ async fn android_and_apns_tables_are_passed_through() {
     let m = google.seen(|s| s.messages[0].clone());
     assert_eq!(m["android"], json!({"priority": "high", "ttl": "3600s"}));
     assert_eq!(m["apns"]["headers"]["apns-priority"], "10");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_sending_concurrently_fetch_one_token() {
+    let google = Google::start().await;
+    let (nodes, cache) = two_nodes(&google, &Clock::new());
+    // The node that fetches keeps the refresh lock until we let it store the token.
+    cache.hold_sets();
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let ch = nodes[i % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            let out = to_devices(message("t", "b"), "42", &[&format!("device-{i}")]);
+            ch.send(&out).await
+        }));
+    }
+    // The other node waits for that token instead of fetching its own.
+    cache.lock_refused().await;
+    cache.release_sets();
+    for t in tasks {
+        assert!(matches!(t.await.unwrap(), Ok(Accepted::Sent { .. })));
+    }
+    google.assert_no_problems();
+    assert_eq!(google.seen(|s| s.token_fetches), 1);
+    let bearers = google.seen(|s| s.bearers.clone());
+    assert_eq!(bearers.len(), 6);
+    assert!(
+        bearers.iter().all(|b| b == "ya29.test-token-1"),
+        "{bearers:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_on_two_nodes_is_refreshed_once_for_both() {
+    let google = Google::start().await;
+    let (nodes, cache) = two_nodes(&google, &Clock::new());
+    let out = to_devices(message("t", "b"), "42", &["device-1"]);
+    for ch in &nodes {
+        ch.send(&out).await.unwrap();
+    }
+    assert_eq!(google.seen(|s| s.token_fetches), 1);
+    google.seen(|s| s.revoked.insert("ya29.test-token-1".into()));
+
+    cache.hold_sets();
+    let tasks: Vec<_> = nodes
+        .iter()
+        .map(|ch| {
+            let ch = ch.clone();
+            tokio::spawn(async move {
+                let out = to_devices(message("t", "b"), "42", &["device-1"]);
+                ch.send(&out).await
+            })
+        })
+        .collect();
+    // Both got 401 for token 1; one node fetches the new token, the other waits for it.
+    cache.lock_refused().await;
+    cache.release_sets();
+    for t in tasks {
+        assert!(matches!(t.await.unwrap(), Ok(Accepted::Sent { .. })));
+    }
+    assert_eq!(
+        google.seen(|s| (s.token_fetches, s.sends)),
+        (2, 6),
+        "one new token; 2 warm-up sends, 2 refused, 2 retried"
+    );
+    // Both nodes keep using it.
+    for ch in &nodes {
+        ch.send(&out).await.unwrap();
+    }
+    assert_eq!(google.seen(|s| s.token_fetches), 2);
+    let bearers = google.seen(|s| s.bearers.clone());
+    assert_eq!(bearers[..2], ["ya29.test-token-1", "ya29.test-token-1"]);
+    assert!(
+        bearers[2..].iter().all(|b| b == "ya29.test-token-2"),
+        "{bearers:?}"
+    );
+    google.assert_no_problems();
 }

@@ -190,21 +190,39 @@ mod tests {
     #[tokio::test]
     async fn a_rejected_value_is_invalidated_only_if_unchanged() {
         let cache = LocalCache::default();
-        cache.set("k", "old", Duration::from_secs(60)).await.unwrap();
+        cache
+            .set("k", "old", Duration::from_secs(60))
+            .await
+            .unwrap();
         cache.delete_if("k", "other").await.unwrap();
         assert_eq!(cache.get("k").await.unwrap().as_deref(), Some("old"));
         cache.delete_if("k", "old").await.unwrap();
         assert_eq!(cache.get("k").await.unwrap(), None);
-        let t = cache.try_lock("l", Duration::from_secs(5)).await.unwrap().unwrap();
-        assert!(cache.try_lock("l", Duration::from_secs(5)).await.unwrap().is_none());
+        let t = cache
+            .try_lock("l", Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(cache
+            .try_lock("l", Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_none());
         cache.unlock("l", &t).await.unwrap();
-        assert!(cache.try_lock("l", Duration::from_secs(5)).await.unwrap().is_some());
+        assert!(cache
+            .try_lock("l", Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_some());
     }
 
     #[tokio::test]
     async fn refresh_errors_are_returned_and_not_cached() {
         let cache = LocalCache::default();
-        let r = get_or_refresh(&cache, "k", || async { Err::<(String, Duration), _>("down") }).await;
+        let r = get_or_refresh(&cache, "k", || async {
+            Err::<(String, Duration), _>("down")
+        })
+        .await;
         assert_eq!(r, Err("down"));
         let r = get_or_refresh(&cache, "k", || async {
             Ok::<_, &str>(("v".to_owned(), Duration::from_secs(1)))

@@ -4,8 +4,10 @@
 //!
 //! * [`KIND_TEMPLATE`] (`wechat.template`, [`template`]): template messages of a WeChat
 //!   official account to the recipient's `wechatOpenId`. The access token comes from
-//!   `stable_token`, is cached until `expires_in - 300` s and refreshed by one caller at a time
-//!   ([`token`]); the clock is injectable ([`Clock`]).
+//!   `stable_token`, lives in the core's shared cache under `herald:token:wechat:<appid>`
+//!   until `expires_in - 300` s (one token per account for the whole cluster) and is
+//!   refreshed by one caller in the cluster at a time ([`token`]); the clock is injectable
+//!   ([`Clock`]).
 //! * [`KIND_ROBOT`] (`wechat.robot`, [`robot`]): a WeCom group robot's webhook; each delivery
 //!   is one post to the robot's group.
 //!

@@ -3,7 +3,8 @@
 //! One `send` is one `POST {endpoint}/cgi-bin/message/template/send?access_token=…` to the
 //! recipient's openid, with the WeChat template id mapped from the message's Herald template
 //! and the `data`/`url` of its `wechat.json.j2` rendering. The access token comes from
-//! `POST {endpoint}/cgi-bin/stable_token` and is cached ([`crate::token`]). The one retry
+//! `POST {endpoint}/cgi-bin/stable_token` and is shared by every instance and node with the
+//! same AppID through the core's shared cache ([`crate::token`]). The one retry
 //! inside an attempt: when WeChat rejects the token (40001/42001/40014) the token is
 //! refreshed (forced) once and the call repeated once. Vendor codes are mapped in
 //! `classify()` (sends) and `classify_token()` (tokens).
@@ -24,7 +25,8 @@ use crate::common::{
     config_error, default_timeout, http_client, parse, parse_endpoint, parse_timeout, read_reply,
     request_error, vendor_text, Reply, Secret,
 };
-use crate::token::{Clock, Fetched, SystemClock, TokenCache};
+use crate::token::{cache_key, Clock, Fetched, SystemClock, TokenCache};
+use herald_channel::shared::Shared;
 
 /// The default `endpoint`.
 pub const DEFAULT_ENDPOINT: &str = "https://api.weixin.qq.com";
@@ -107,6 +109,8 @@ pub struct TemplateChannel {
     templates: BTreeMap<String, Mapping>,
     http: reqwest::Client,
     clock: Arc<dyn Clock>,
+    /// The core's cluster-wide cache, where the access token lives.
+    shared: Shared,
     tokens: TokenCache,
 }
 
@@ -209,7 +213,9 @@ impl TemplateChannel {
         let http = http_client(timeout)
             .map_err(|e| ConfigError::new(name, format!("HTTP client: {e}")))?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let shared = Shared::from_services(ctx.services);
         Ok(Self {
+            tokens: TokenCache::new(clock.clone(), shared.clone(), cache_key(&app_id)),
             name: name.to_owned(),
             app_id,
             app_secret: cfg.app_secret,
@@ -217,15 +223,15 @@ impl TemplateChannel {
             timeout,
             templates,
             http,
-            tokens: TokenCache::new(clock.clone()),
+            shared,
             clock,
         })
     }
 
     /// Use `clock` for token expiry and quota retry times (tests). Call before the first
-    /// send: the token cache starts empty again.
+    /// send: the instance's copy of the token starts empty again (the shared one stays).
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.tokens = TokenCache::new(clock.clone());
+        self.tokens = TokenCache::new(clock.clone(), self.shared.clone(), cache_key(&self.app_id));
         self.clock = clock;
         self
     }
@@ -342,7 +348,8 @@ impl TemplateChannel {
         }
     }
 
-    /// A usable token (cached, or fetched by one caller at a time).
+    /// A usable token (the instance's copy, the cluster's, or fetched by one caller in the
+    /// cluster at a time).
     async fn token(&self, rejected: Option<&Secret>) -> Result<Secret, ChannelError> {
         self.tokens
             .get(rejected, |force| self.fetch_token(force))

@@ -381,6 +381,87 @@ async fn concurrent_sends_on_a_cold_cache_fetch_one_token() {
     assert_eq!(server.sends().len(), 8);
 }
 
+/// Two instances of the same account, built with one shared cache: two "nodes" of a
+/// cluster.
+fn two_nodes(server: &WeChatServer) -> ([Arc<dyn Channel>; 2], Arc<WatchedCache>) {
+    let cache = Arc::new(WatchedCache::default());
+    let services = cluster_services(cache.clone());
+    let node = || build_with("wechat.template", &server.config(), &services).expect("valid");
+    ([node(), node()], cache)
+}
+
+#[tokio::test]
+async fn two_nodes_sending_concurrently_fetch_one_token() {
+    let server = WeChatServer::start().await;
+    let (nodes, cache) = two_nodes(&server);
+    server.hold_tokens();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let ch = nodes[i % 2].clone();
+        let mut out = report_ready(FOLLOWER);
+        out.delivery_id = 700 + i as i64;
+        tasks.push(tokio::spawn(async move { ch.send(&out).await }));
+    }
+    // One node is fetching; the other waits for that fetch instead of making its own.
+    server.token_request_arrived().await;
+    cache.lock_refused().await;
+    server.release_tokens();
+    for t in tasks {
+        sent(t.await.expect("task"));
+    }
+    assert_eq!(server.token_requests(), vec![token_request(false)]);
+    let token = server.current_token().unwrap();
+    let sends = server.sends();
+    assert_eq!(sends.len(), 8);
+    assert!(sends.iter().all(|s| s.access_token == token));
+}
+
+#[tokio::test]
+async fn a_token_refused_on_two_nodes_is_refreshed_once_for_both() {
+    let server = WeChatServer::start().await;
+    let (nodes, cache) = two_nodes(&server);
+    for ch in &nodes {
+        sent(ch.send(&report_ready(FOLLOWER)).await);
+    }
+    assert_eq!(server.token_requests().len(), 1);
+    let old = server.current_token().unwrap();
+    server.rotate_token_elsewhere(); // both nodes' copies are now refused with 40001
+
+    server.hold_tokens();
+    let tasks: Vec<_> = nodes
+        .iter()
+        .map(|ch| {
+            let ch = ch.clone();
+            tokio::spawn(async move { ch.send(&report_ready(FOLLOWER)).await })
+        })
+        .collect();
+    // One node forces the refresh; the other waits for its token.
+    server.token_request_arrived().await;
+    cache.lock_refused().await;
+    server.release_tokens();
+    for t in tasks {
+        sent(t.await.expect("task"));
+    }
+    assert_eq!(
+        server.token_requests(),
+        vec![token_request(false), token_request(true)],
+        "one forced refresh in the cluster"
+    );
+    let new = server.current_token().unwrap();
+    assert_ne!(new, old);
+    let sends = server.sends();
+    assert_eq!(sends.len(), 6, "2 warm-up, 2 refused, 2 repeated");
+    let tokens: Vec<&str> = sends[2..].iter().map(|s| s.access_token.as_str()).collect();
+    assert_eq!(tokens.iter().filter(|t| **t == old).count(), 2);
+    assert_eq!(tokens.iter().filter(|t| **t == new).count(), 2);
+    // Both keep using the new token.
+    for ch in &nodes {
+        sent(ch.send(&report_ready(FOLLOWER)).await);
+    }
+    assert_eq!(server.token_requests().len(), 2);
+    assert!(server.sends()[6..].iter().all(|s| s.access_token == new));
+}
+
 #[tokio::test]
 async fn the_token_is_refreshed_after_expires_in_minus_300s() {
     let server = WeChatServer::start().await;

@@ -19,7 +19,10 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use herald_channel::{testkit, BuildContext, Channel, ConfigError, Outgoing, Services};
+use herald_channel::shared::{LocalCache, Shared, SharedCache, SharedError};
+use herald_channel::{
+    async_trait, testkit, BuildContext, Channel, ConfigError, Outgoing, Services,
+};
 use serde_json::{json, Value};
 
 pub const APP_ID: &str = "wx0123456789abcdef";
@@ -506,13 +509,73 @@ async fn webhook_send(
 
 /// Build an instance named `wechat` of `kind` through its registered descriptor.
 pub fn build(kind: &str, config: &Value) -> Result<Arc<dyn Channel>, ConfigError> {
+    build_with(kind, config, &Services::default())
+}
+
+/// [`build`] with the core's services (e.g. a shared cache: [`cluster_services`]).
+pub fn build_with(
+    kind: &str,
+    config: &Value,
+    services: &Services,
+) -> Result<Arc<dyn Channel>, ConfigError> {
     let descriptor = herald_channel::find(kind).expect("registered");
-    let services = Services::default();
     (descriptor.build)(BuildContext {
         name: "wechat",
         config,
-        services: &services,
+        services,
     })
+}
+
+// ---------------------------------------------------------------------------------------
+// A cluster's shared cache
+// ---------------------------------------------------------------------------------------
+
+/// The core's in-process [`LocalCache`], watched: it tells when a caller found the refresh
+/// lock taken, i.e. one "node" waits for another node's token refresh.
+#[derive(Default)]
+pub struct WatchedCache {
+    inner: LocalCache,
+    lock_refused: tokio::sync::Notify,
+}
+
+impl WatchedCache {
+    /// Returns once a caller has found a refresh lock taken (or panics after [`WAIT`]).
+    pub async fn lock_refused(&self) {
+        tokio::time::timeout(WAIT, self.lock_refused.notified())
+            .await
+            .expect("a caller waiting for another's refresh within the deadline");
+    }
+}
+
+#[async_trait]
+impl SharedCache for WatchedCache {
+    async fn get(&self, key: &str) -> Result<Option<String>, SharedError> {
+        self.inner.get(key).await
+    }
+    async fn set(&self, key: &str, value: &str, ttl: Duration) -> Result<(), SharedError> {
+        self.inner.set(key, value, ttl).await
+    }
+    async fn delete_if(&self, key: &str, value: &str) -> Result<(), SharedError> {
+        self.inner.delete_if(key, value).await
+    }
+    async fn try_lock(&self, key: &str, ttl: Duration) -> Result<Option<String>, SharedError> {
+        let taken = self.inner.try_lock(key, ttl).await?;
+        if taken.is_none() {
+            self.lock_refused.notify_one();
+        }
+        Ok(taken)
+    }
+    async fn unlock(&self, key: &str, token: &str) -> Result<(), SharedError> {
+        self.inner.unlock(key, token).await
+    }
+}
+
+/// Services holding `cache` as the shared cache, as the core lends them to every channel
+/// it builds (Redis in cluster mode): instances built with them are "nodes" of one cluster.
+pub fn cluster_services(cache: Arc<WatchedCache>) -> Services {
+    let mut services = Services::default();
+    services.insert(Shared(cache));
+    services
 }
 
 pub fn report_data() -> Value {
