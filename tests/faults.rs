@@ -647,6 +647,9 @@ async fn vendor_outage() {
                 s.channels.insert(name, t);
             }
             s.templates.dir = Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("templates"));
+            // A lease well beyond the vendors' Retry-After (30 s), so a scheduled retry
+            // (due in 30 s) is told apart from an attempt in flight (due at its lease end).
+            s.dispatch.lease = Duration::from_secs(120);
         },
         Some(herald::clock::ManualClock::default()),
     )
@@ -781,6 +784,13 @@ async fn vendor_outage() {
     }
     let refused: usize = outages.iter().map(|o| o.refused.load(SeqCst)).sum();
     assert_eq!(refused, expected * OUTAGE_ROUNDS as usize, "503s answered");
+    // Every retry waited as long as the vendor asked (Retry-After: 30).
+    assert!(
+        delays_ms.iter().all(|&d| d == 30_000),
+        "retries not scheduled at the vendor's Retry-After: {:?}..{:?}",
+        delays_ms.iter().min(),
+        delays_ms.iter().max()
+    );
     eprintln!(
         "FAULTS vendor-outage: vendors=3 deliveries={expected} outage_rounds={OUTAGE_ROUNDS} \
          refused_503={refused} retry_delays_ms={}..{} sent={} attempts_each={} \

@@ -439,6 +439,31 @@ pub(crate) fn request_error(e: reqwest::Error) -> Failure {
     ChannelError::transient(redact_phones(&message)).into()
 }
 
+/// Longest `Retry-After` honoured (a vendor asking for more is retried after this).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// A reply's `Retry-After` in seconds (HTTP dates are not used by these vendors).
+pub(crate) fn retry_after_of(resp: &reqwest::Response) -> Option<Duration> {
+    resp.headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER))
+}
+
+impl Failure {
+    /// A retryable failure (outage, throttling) waits as long as the vendor asked, unless
+    /// the classification already set a time.
+    pub(crate) fn honour_retry_after(mut self, after: Option<Duration>) -> Failure {
+        if let Some(after) = after {
+            if self.error.is_retryable() && self.error.retry_after().is_none() {
+                self.error = self.error.with_retry_after(after);
+            }
+        }
+        self
+    }
+}
+
 /// Read at most [`MAX_REPLY_BYTES`] of a reply's body.
 pub(crate) async fn read_body(mut resp: reqwest::Response) -> Result<Vec<u8>, Failure> {
     let mut body = Vec::new();

@@ -22,8 +22,8 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     config_error, data_value, default_timeout, e164, host_header, http_client, id_string, parse,
-    parse_base_url, parse_timeout, read_body, request_error, required, template_name, unmapped,
-    vendor_text, AccountHealth, Failure, Secret, Verdict,
+    parse_base_url, parse_timeout, read_body, request_error, required, retry_after_of,
+    template_name, unmapped, vendor_text, AccountHealth, Failure, Secret, Verdict,
 };
 
 pub(crate) const DEFAULT_ENDPOINT: &str = "https://sms.tencentcloudapi.com";
@@ -261,8 +261,10 @@ impl TencentSms {
             .await
             .map_err(request_error)?;
         let status = response.status().as_u16();
+        let retry_after = retry_after_of(&response);
         let body = read_body(response).await?;
         self.interpret(status, &body)
+            .map_err(|f| f.honour_retry_after(retry_after))
     }
 
     fn interpret(&self, status: u16, body: &[u8]) -> Result<Accepted, Failure> {

@@ -24,7 +24,8 @@ use sha1::Sha1;
 
 use crate::{
     config_error, default_timeout, e164, http_client, parse, parse_base_url, parse_timeout,
-    read_body, request_error, required, vendor_text, AccountHealth, Failure, Secret, Verdict,
+    read_body, request_error, required, retry_after_of, vendor_text, AccountHealth, Failure,
+    Secret, Verdict,
 };
 
 pub(crate) const DEFAULT_ENDPOINT: &str = "https://api.twilio.com";
@@ -236,14 +237,10 @@ impl TwilioSms {
             .await
             .map_err(request_error)?;
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = retry_after_of(&response);
         let body = read_body(response).await?;
         self.interpret(status, retry_after, &body)
+            .map_err(|f| f.honour_retry_after(retry_after))
     }
 
     fn interpret(
