@@ -1131,6 +1131,17 @@ async fn openapi_lists_seed_routes_and_docs_page_is_self_contained() {
     ] {
         assert!(paths.contains_key(p), "{p} missing from /openapi.json");
     }
+    // What the server enforces is what the document says (schemathesis checks both).
+    let delete_by_id = &paths["/message/deleteMessageById"];
+    assert!(delete_by_id.get("post").is_some() && delete_by_id.get("delete").is_some());
+    let page = paths["/api/v1/messages"]["get"]["parameters"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .find(|p| p["name"] == "page")
+        .expect("page parameter")
+        .clone();
+    assert_eq!(page["schema"]["minimum"], 1, "{page}");
     let resp = app.client.get(app.url("/docs")).send().await.expect("docs");
     assert_eq!(resp.status(), StatusCode::OK);
     let html = resp.text().await.expect("docs html");

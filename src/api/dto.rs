@@ -48,7 +48,8 @@ pub struct SendRequest {
     /// template needs but `data` lacks → 422 naming it.
     #[schema(value_type = Option<Object>)]
     pub data: Option<serde_json::Value>,
-    /// Who sends it (default `"api"`).
+    /// Who sends it (default `"api"`): 1–128 characters.
+    #[schema(min_length = 1, max_length = 128)]
     pub sender: Option<String>,
     /// Routing policy, instead of `channels`: `all` (every step's channel at once) or
     /// `failover` (one step after another per receiver, until one succeeds; see README
@@ -75,7 +76,9 @@ pub struct SeedSendRequest {
     pub title: Option<String>,
     #[serde(rename = "type", default)]
     pub msg_type: i64,
+    /// 1–128 characters (default `"api"`).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 128)]
     pub sender: Option<String>,
 }
 

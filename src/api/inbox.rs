@@ -20,7 +20,7 @@ pub const COLLECT_LIMIT: u32 = 1000;
     tag = "inbox",
     params(
         ("status" = Option<String>, Query, description = "`undelivered` (default) or `all`"),
-        ("page" = Option<u32>, Query), ("size" = Option<u32>, Query),
+        ("page" = Option<u32>, Query, minimum = 1), ("size" = Option<u32>, Query, minimum = 1, maximum = 1000),
     ),
     responses((status = 200, body = InboxPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
     security(("user_token" = []))

@@ -612,8 +612,8 @@ pub fn page_request(params: &Params) -> Result<PageRequest, ApiError> {
     path = "/api/v1/messages",
     tag = "messages",
     params(
-        ("page" = Option<u32>, Query, description = "1-based page (default 1)"),
-        ("size" = Option<u32>, Query, description = "Page size, 1–1000 (default 20)"),
+        ("page" = Option<u32>, Query, minimum = 1, description = "1-based page (default 1)"),
+        ("size" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, 1–1000 (default 20)"),
         ("status" = Option<String>, Query, description = "pending | sent | delivered | read | failed | undelivered"),
         ("receiver" = Option<String>, Query),
         ("sender" = Option<String>, Query),

@@ -154,6 +154,8 @@ pub fn valid_e164(s: &str) -> bool {
     responses(
         (status = 200, description = "Replaced", body = RecipientDto),
         (status = 201, description = "Created", body = RecipientDto),
+        (status = 400, description = "Empty or invalid JSON body", body = ErrorBody),
+        (status = 413, description = "Body over the limit", body = ErrorBody),
         (status = 422, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, description = "The API key lacks the `admin` scope", body = ErrorBody),
     ),
     security(("api_key" = []))

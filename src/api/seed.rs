@@ -61,7 +61,10 @@ pub async fn send_message(
     get,
     path = "/message/getMessagePage",
     tag = "seed-compatible",
-    params(("pageNum" = Option<u32>, Query), ("pageSize" = Option<u32>, Query)),
+    params(
+        ("pageNum" = Option<u32>, Query, minimum = 1, description = "1-based page (default 1); `page` also works"),
+        ("pageSize" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1–1000 (default 20); `size` also works"),
+    ),
     responses((status = 200, body = MessagePage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, description = "The API key lacks the `admin` scope", body = ErrorBody)),
     security(("api_key" = []))
 )]
@@ -75,7 +78,7 @@ pub async fn get_message_page(
 
 /// Delete a message (seed-compatible; also `DELETE`)
 #[utoipa::path(
-    post,
+    method(post, delete),
     path = "/message/deleteMessageById",
     tag = "seed-compatible",
     params(("id" = String, Query)),
