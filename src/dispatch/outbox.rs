@@ -234,8 +234,9 @@ impl Worker {
                 .limits
                 .rate
                 .and_then(|r| self.dispatcher.shared_rate().map(|s| (s, r)));
-            if let Some((shared, rate)) = shared {
-                // Cluster: the instance's rate is shared by every node (Redis).
+            if shared.is_some() || limiter.is_some() {
+                // Take rate cells only for rows that are due (an idle poll must not spend
+                // them).
                 let now = clock.now_ms();
                 let due = match store.count_due(&self.name, now, permits.len() as u32).await {
                     Ok(n) => n as usize,
@@ -250,43 +251,30 @@ impl Worker {
                     continue;
                 }
                 permits.truncate(due);
-                match shared.take(&self.name, rate, permits.len() as u32).await {
-                    Ok((0, wait)) => {
-                        drop(permits);
-                        tokio::select! {
-                            () = tokio::time::sleep(wait.min(self.settings.poll_interval)) => {}
-                            () = self.shutdown.cancelled() => break,
-                        }
-                        continue;
+            }
+            if let Some((shared, rate)) = shared {
+                // Cluster: the instance's rate is shared by every node (Redis).
+                let pause = match shared.take(&self.name, rate, permits.len() as u32).await {
+                    Ok((0, wait)) => wait.min(self.settings.poll_interval),
+                    Ok((granted, _)) => {
+                        permits.truncate(granted as usize);
+                        Duration::ZERO
                     }
-                    Ok((granted, _)) => permits.truncate(granted as usize),
                     Err(e) => {
                         tracing::warn!(channel = %self.name, error = %e,
                             "shared rate limit unavailable; sending nothing until it answers");
-                        drop(permits);
-                        tokio::select! {
-                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                            () = self.shutdown.cancelled() => break,
-                        }
-                        continue;
-                    }
-                }
-            } else if let Some(l) = &limiter {
-                // Take cells only for rows that are due (an idle poll must not spend them).
-                let now = clock.now_ms();
-                let due = match store.count_due(&self.name, now, permits.len() as u32).await {
-                    Ok(n) => n as usize,
-                    Err(e) => {
-                        tracing::warn!(channel = %self.name, error = %e, "outbox: counting due work failed");
-                        0
+                        Duration::from_secs(1)
                     }
                 };
-                if due == 0 {
+                if !pause.is_zero() {
                     drop(permits);
-                    self.idle(handle, now).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = self.shutdown.cancelled() => break,
+                    }
                     continue;
                 }
-                permits.truncate(due);
+            } else if let Some(l) = &limiter {
                 tokio::select! {
                     () = l.until_ready() => {}
                     () = self.shutdown.cancelled() => break,
