@@ -99,11 +99,17 @@ impl Cluster {
     }
 
     async fn with_toml(robot: Option<&Robot>, extra: &str) -> Cluster {
+        Cluster::with(robot, extra, "200ms", "1500ms").await
+    }
+
+    async fn with(robot: Option<&Robot>, extra: &str, heartbeat: &str, ttl: &str) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mut toml = String::from(extra);
+        toml.push_str(&format!(
+            "[cluster]\nheartbeat_interval = \"{heartbeat}\"\nnode_ttl = \"{ttl}\"\n\n"
+        ));
         toml.push_str(
-            "[cluster]\nheartbeat_interval = \"200ms\"\nnode_ttl = \"1500ms\"\n\n\
-             [dispatch]\nlease = \"4s\"\nsend_timeout = \"3s\"\npoll_interval = \"250ms\"\n",
+            "[dispatch]\nlease = \"4s\"\nsend_timeout = \"3s\"\npoll_interval = \"250ms\"\n",
         );
         if let Some(r) = robot {
             toml.push_str(&format!(
@@ -460,4 +466,29 @@ async fn a_channels_rate_limit_holds_for_the_whole_cluster() {
         }
     }
     assert_eq!(pending, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_just_joined_gets_live_frames_and_broadcasts_at_once() {
+    // Heartbeats every 30 s: node A's periodic view of the cluster never includes B during
+    // this test, so only the live lookups can get frames and broadcasts to B's users.
+    let mut c = Cluster::with(None, "", "30s", "60s").await;
+    c.start("a").await;
+    c.start("b").await;
+    let mut ub = login(c.node("b"), "ub").await;
+    c.wait_sessions("a", &pairs(&[("ub", "b")])).await;
+    let id = c
+        .send(
+            "a",
+            json!({"title": "t", "content": "x", "receivers": ["ub"]}),
+        )
+        .await;
+    assert_eq!(ub.next_message().await["id"], id.as_str());
+    let (status, body) = c
+        .node("a")
+        .send(&json!({"title": "everyone", "content": "x"}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["deliveries"], 1, "B's user is online for A: {body}");
+    assert_eq!(ub.next_message().await["id"], body["id"]);
 }

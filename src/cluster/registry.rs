@@ -439,11 +439,42 @@ impl RedisRegistry {
         self.alive.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The nodes alive right now (one round trip; a node that joined since the last
+    /// heartbeat counts). Falls back to the heartbeat's view when Redis does not answer.
+    async fn live_nodes(&self) -> HashSet<String> {
+        let mut c = self.conn();
+        let nodes: Vec<String> = match redis::cmd("SMEMBERS")
+            .arg(self.keys.nodes())
+            .query_async(&mut c)
+            .await
+        {
+            Ok(n) => n,
+            Err(_) => return self.alive_nodes(),
+        };
+        let mut pipe = redis::pipe();
+        for n in &nodes {
+            pipe.cmd("EXISTS").arg(self.keys.alive(n));
+        }
+        match pipe.query_async::<Vec<bool>>(&mut c).await {
+            Ok(up) => {
+                let mut live: HashSet<String> = nodes
+                    .into_iter()
+                    .zip(up)
+                    .filter_map(|(n, up)| up.then_some(n))
+                    .collect();
+                live.insert(self.node.clone());
+                live
+            }
+            Err(_) => self.alive_nodes(),
+        }
+    }
+
     /// Every session of every live node (this one's from memory).
     async fn all_sessions(&self) -> Vec<SessionInfo> {
         let mut all = self.local.list().await;
         let others: Vec<String> = self
-            .alive_nodes()
+            .live_nodes()
+            .await
             .into_iter()
             .filter(|n| *n != self.node)
             .collect();
@@ -485,11 +516,10 @@ impl SessionRegistry for RedisRegistry {
 
     fn push(&self, user: &str, item: &Outbound) -> Pushed {
         let pushed = self.local.push(user, item);
-        let alone = {
-            let alive = self.alive.lock().unwrap_or_else(|p| p.into_inner());
-            alive.len() <= 1
-        };
-        if !alone {
+        // Always published: a node that joined since the last heartbeat is not in `alive`
+        // yet, and its users must get their frames live too (found by benches/cluster.sh:
+        // up to a heartbeat's worth of frames reached a new node only by replay).
+        {
             let e = Envelope {
                 o: self.node.clone(),
                 u: user.to_owned(),
@@ -532,7 +562,10 @@ impl SessionRegistry for RedisRegistry {
                 return false;
             }
         };
-        let alive = self.alive_nodes();
+        if nodes.is_empty() {
+            return false;
+        }
+        let alive = self.live_nodes().await;
         nodes.iter().any(|n| alive.contains(n))
     }
 
