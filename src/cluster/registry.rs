@@ -6,12 +6,12 @@
 //!   heartbeat). Nothing is queued per session, so a burst of connects costs one round trip
 //!   and a missed update heals at the next heartbeat.
 //! * Pushing: the local sessions get the frame at once; the frame is also queued (bounded)
-//!   for the publisher task, and every other node's subscriber pushes it to its sessions of
-//!   that user. A frame that cannot be published (queue full, Redis down) is not lost: the
+//!   for the publisher task — always, even when no other node was seen at the last
+//!   heartbeat — and every other node's subscriber pushes it to its sessions of that user. A frame that cannot be published (queue full, Redis down) is not lost: the
 //!   delivery stays undelivered and is replayed when the user reconnects.
 //! * Liveness: a node renews `alive:{node}` every `heartbeat_interval` with a TTL of
-//!   `node_ttl`; listings and presence only count nodes whose key exists, so a node killed
-//!   with -9 disappears within `node_ttl`. The first node to notice a dead node removes its
+//!   `node_ttl`; listings and presence only count nodes whose key exists when they look, so
+//!   a node killed with -9 disappears within `node_ttl` and a new one counts at once. The first node to notice a dead node removes its
 //!   hashes.
 
 use std::collections::{HashMap, HashSet};
