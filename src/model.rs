@@ -239,6 +239,31 @@ pub struct Timer {
     pub progress: crate::routing::Progress,
 }
 
+impl Timer {
+    /// A timer from the columns a claim returns: (id, message_seq, kind), receiver,
+    /// (step, step_started_at), and the lease it was claimed under.
+    pub fn claimed(
+        (id, message_seq, kind): (i64, i64, i64),
+        receiver: String,
+        (step, started_at_ms): (i64, Option<i64>),
+        lease_until_ms: i64,
+    ) -> Result<Timer, crate::store::StoreError> {
+        Ok(Timer {
+            id,
+            message_seq,
+            kind: TimerKind::from_code(kind).ok_or_else(|| {
+                crate::store::StoreError::Corrupt(format!("schedule.kind {kind}"))
+            })?,
+            receiver,
+            lease_until_ms,
+            progress: crate::routing::Progress {
+                step: usize::try_from(step).ok(),
+                started_at_ms,
+            },
+        })
+    }
+}
+
 /// The result of evaluating a chain, stored atomically if the lease still holds.
 #[derive(Debug, Clone)]
 pub struct RouteAdvance {

@@ -156,14 +156,66 @@ async fn evaluate(app: &AppState, t: &Timer) -> Result<(), StoreError> {
             error: d.error,
         })
         .collect();
-    let online = app.registry.is_online(receiver).await;
+    // Most evaluations only wait or end the chain (an ack, a hand-over within its wait)
+    // and need nothing about the channels: decide once without probes, and look the
+    // channels (recipient record, devices, quota) and presence up only if it asked.
+    let asked = std::cell::Cell::new(false);
+    let decision = routing::decide(&policy.steps, t.progress, &seen, now, false, &mut |_| {
+        asked.set(true);
+        Probe::Skip(String::new())
+    });
+    let (decision, probes) = if asked.get() {
+        let probes = probe_steps(app, receiver, &policy.steps, m.msg_type, now).await?;
+        let online = app.registry.is_online(receiver).await;
+        let decision = routing::decide(&policy.steps, t.progress, &seen, now, online, &mut |s| {
+            probes
+                .get(&s.channel)
+                .map_or_else(|| Probe::Skip("unknown".into()), |(p, _)| p.clone())
+        });
+        (decision, probes)
+    } else {
+        (decision, HashMap::new())
+    };
+    let start: Vec<NewDelivery> = decision
+        .start
+        .iter()
+        .map(|s| {
+            let base = probes.get(&s.channel).and_then(|(_, d)| d.clone());
+            let mut d = base.unwrap_or_else(|| NewDelivery {
+                receiver: receiver.to_owned(),
+                channel: s.channel.clone(),
+                status: Status::Failed,
+                error: None,
+                address: None,
+                outbox: !s.presence,
+            });
+            if let Some(e) = &s.failed {
+                d.status = Status::Failed;
+                d.error = Some(e.clone());
+            }
+            d
+        })
+        .collect();
+    for e in &decision.log {
+        tracing::debug!(message = %m.id, receiver, event = %e.event, channel = ?e.channel, reason = %e.reason, "route");
+        app.metrics.count_route_event(&e.event);
+    }
+    store(app, t, &m, decision, start).await
+}
 
-    // What each step's channel would do now, looked up before deciding (the decision
-    // itself is a pure function). The record is read once.
+/// What each step's channel would do for `receiver` now (the record is read once): the
+/// probe for [`routing::decide`] and the delivery it would start.
+async fn probe_steps(
+    app: &AppState,
+    receiver: &str,
+    steps: &[routing::Step],
+    msg_type: i64,
+    now: i64,
+) -> Result<HashMap<String, (Probe, Option<NewDelivery>)>, StoreError> {
     let rec = app.store.get_recipient(receiver).await?;
     let mut probes: HashMap<String, (Probe, Option<NewDelivery>)> = HashMap::new();
-    for step in &policy.steps {
-        let planned = plan_one(app, receiver, &step.channel, rec.as_ref(), m.msg_type).await?;
+    for step in steps {
+        let planned = plan_one(app, receiver, &step.channel, rec.as_ref(), msg_type).await?;
         let probe = match &planned {
             None => Probe::Skip(format!(
                 "channel instance `{}` is not configured",
@@ -193,36 +245,7 @@ async fn evaluate(app: &AppState, t: &Timer) -> Result<(), StoreError> {
         };
         probes.insert(step.channel.clone(), (probe, planned));
     }
-    let decision = routing::decide(&policy.steps, t.progress, &seen, now, online, &mut |s| {
-        probes
-            .get(&s.channel)
-            .map_or_else(|| Probe::Skip("unknown".into()), |(p, _)| p.clone())
-    });
-    let start: Vec<NewDelivery> = decision
-        .start
-        .iter()
-        .map(|s| {
-            let base = probes.get(&s.channel).and_then(|(_, d)| d.clone());
-            let mut d = base.unwrap_or_else(|| NewDelivery {
-                receiver: receiver.to_owned(),
-                channel: s.channel.clone(),
-                status: Status::Failed,
-                error: None,
-                address: None,
-                outbox: !s.presence,
-            });
-            if let Some(e) = &s.failed {
-                d.status = Status::Failed;
-                d.error = Some(e.clone());
-            }
-            d
-        })
-        .collect();
-    for e in &decision.log {
-        tracing::debug!(message = %m.id, receiver, event = %e.event, channel = ?e.channel, reason = %e.reason, "route");
-        app.metrics.count_route_event(&e.event);
-    }
-    store(app, t, &m, decision, start).await
+    Ok(probes)
 }
 
 fn ended(t: &Timer, now: i64, state: RouteState, reason: &str) -> routing::Decision {

@@ -5,7 +5,7 @@
 use sqlx::{PgConnection, PgPool, Row};
 
 use crate::model::{NewMessage, RouteAdvance, Status, Timer, TimerKind};
-use crate::routing::{LogEntry, Progress};
+use crate::routing::LogEntry;
 use crate::store::StoreError;
 
 /// The timers a new message needs (inside the insert's transaction).
@@ -76,23 +76,17 @@ pub(super) async fn claim(
     .bind(i64::from(limit))
     .fetch_all(pool)
     .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let kind: i64 = r.try_get(2)?;
-        let step: i64 = r.try_get(4)?;
-        out.push(Timer {
-            id: r.try_get(0)?,
-            message_seq: r.try_get(1)?,
-            kind: TimerKind::from_code(kind)
-                .ok_or_else(|| StoreError::Corrupt(format!("schedule.kind {kind}")))?,
-            receiver: r.try_get(3)?,
-            lease_until_ms: lease_until,
-            progress: Progress {
-                step: usize::try_from(step).ok(),
-                started_at_ms: r.try_get(5)?,
-            },
-        });
-    }
+    let mut out = rows
+        .iter()
+        .map(|r| {
+            Timer::claimed(
+                (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?),
+                r.try_get(3)?,
+                (r.try_get(4)?, r.try_get(5)?),
+                lease_until,
+            )
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
     out.sort_by_key(|t| t.id);
     Ok(out)
 }
