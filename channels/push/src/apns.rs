@@ -68,7 +68,6 @@ use crate::fcm::{
     clock_from, config_error, content, duration_value, endpoint_value, finish, http_client,
     payload_too_large, request_error, retry_after_header, secret_value, string_value,
     timeout_value, unix_secs, vendor_text, Content, Outcome, Secret, Verdict, WallClock,
-    MAX_PAYLOAD,
 };
 use crate::token::{Fresh, SharedToken};
 
@@ -484,6 +483,19 @@ impl ApnsChannel {
     }
 }
 
+/// APNs' limit on the JSON payload: "For Voice over Internet Protocol (VoIP)
+/// notifications, the maximum size is 5 KB (5120 bytes). For all other remote
+/// notifications, the maximum size is 4 KB (4096 bytes)"
+/// (<https://developer.apple.com/documentation/usernotifications/generating-a-remote-notification>);
+/// APNs answers 413 `PayloadTooLarge` beyond it.
+pub(crate) fn max_payload(push_type: &str) -> usize {
+    if push_type == "voip" {
+        5120
+    } else {
+        4096
+    }
+}
+
 /// The `iat` claim of a provider token.
 fn jwt_iat(jwt: &str) -> Option<u64> {
     let claims = jwt.split('.').nth(1)?;
@@ -504,8 +516,14 @@ impl Channel for ApnsChannel {
         }
         let content = content(out)?;
         let body = self.body(&content).to_string().into_bytes();
-        if body.len() > MAX_PAYLOAD {
-            return Err(payload_too_large(body.len()));
+        let limit = max_payload(&self.push_type);
+        if body.len() > limit {
+            return Err(payload_too_large(
+                "the APNs payload",
+                "APNs",
+                body.len(),
+                limit,
+            ));
         }
         // At most 64 bytes, cut plainly (a header takes no ellipsis).
         let id = out.message.id.as_str();
@@ -758,5 +776,19 @@ mod tests {
         assert!(!valid_device_token(""));
         assert!(!valid_device_token("../../3/device/x"));
         assert!(!valid_device_token("abc?x=1"));
+    }
+
+    #[test]
+    fn payload_limits_are_apples() {
+        assert_eq!(max_payload("voip"), 5120);
+        for push_type in [
+            "alert",
+            "background",
+            "location",
+            "complication",
+            "fileprovider",
+        ] {
+            assert_eq!(max_payload(push_type), 4096, "{push_type}");
+        }
     }
 }

@@ -553,9 +553,15 @@ impl Channel for FcmChannel {
         }
         let content = content(out)?;
         let message = self.message(&content);
+        // Everything but the device token counts, which is at least what FCM counts.
         let size = Value::Object(message.clone()).to_string().len();
         if size > MAX_PAYLOAD {
-            return Err(payload_too_large(size));
+            return Err(payload_too_large(
+                "the FCM message",
+                "FCM",
+                size,
+                MAX_PAYLOAD,
+            ));
         }
         let token = self.access_token(None).await?;
         let url = format!(
@@ -645,15 +651,24 @@ pub(crate) fn classify(status: u16, code: Option<&str>, retry_after: Option<Dura
 // Shared with `push.apns`
 // ---------------------------------------------------------------------------------------
 
-/// The largest notification payload both vendors accept.
-pub(crate) const MAX_PAYLOAD: usize = 4096;
-/// The fallback title / body (no rendering) are cut to these many bytes.
-const MAX_TITLE: usize = 256;
-const MAX_BODY: usize = 2048;
+/// FCM's payload limit, for notification and data messages alike: "Maximum payload for
+/// both message types is 4096 bytes"
+/// (<https://firebase.google.com/docs/cloud-messaging/customize-messages/set-message-type>).
+/// `push.apns` has its own (`apns::max_payload`).
+const MAX_PAYLOAD: usize = 4096;
 
-pub(crate) fn payload_too_large(size: usize) -> ChannelError {
+/// A notification over the vendor's limit: `permanent`, before any request. Neither kind
+/// ever cuts the text to fit (a cut notification would be reported `sent` although the
+/// user never saw the end of it).
+pub(crate) fn payload_too_large(
+    what: &str,
+    vendor: &str,
+    size: usize,
+    limit: usize,
+) -> ChannelError {
     ChannelError::permanent(format!(
-        "the notification payload is {size} bytes, more than the {MAX_PAYLOAD} allowed"
+        "{what} is {size} bytes; {vendor} accepts at most {limit} bytes, so nothing was sent \
+         (the title and content are never cut: shorten them, or render a shorter push.json)"
     ))
     .with_code("payload_too_large")
 }
@@ -833,13 +848,14 @@ pub(crate) struct Content {
 }
 
 /// The rendered `push` `json` part (`{"title", "body", "data": {…}}`) when there is one,
-/// else the message's title and content (cut to 256 / 2048 bytes). `data` gets
-/// `messageId` unless the rendering sets it; non-string data values are stringified.
+/// else the message's title and content, whole (the caller refuses a payload over the
+/// vendor's limit). `data` gets `messageId` unless the rendering sets it; non-string data
+/// values are stringified.
 pub(crate) fn content(out: &Outgoing) -> Result<Content, ChannelError> {
     let message = &out.message;
     let mut content = Content {
-        title: truncate_bytes(&message.title, MAX_TITLE).into_owned(),
-        body: truncate_bytes(&message.content, MAX_BODY).into_owned(),
+        title: message.title.clone(),
+        body: message.content.clone(),
         data: BTreeMap::new(),
     };
     if let Some(json) = out.rendered.as_ref().and_then(|r| r.part("json")) {
@@ -1207,9 +1223,10 @@ mod tests {
         assert_eq!(c.data["url"], "/r/1");
         out.rendered = Some(rendered(&[("json", r#"{"data": [1]}"#)]));
         assert_eq!(content(&out).unwrap_err().code(), Some("bad_rendering"));
+        // Never cut, whatever the length.
         let long = to_devices(message(&"t".repeat(1000), &"é".repeat(5000)), "42", &["t"]);
         let c = content(&long).unwrap();
-        assert!(c.title.len() <= MAX_TITLE && c.title.ends_with('…'));
-        assert!(c.body.len() <= MAX_BODY && c.body.ends_with('…'));
+        assert_eq!((c.title.len(), c.body.len()), (1000, 10_000));
+        assert_eq!(c.body, long.message.content);
     }
 }

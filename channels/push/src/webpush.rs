@@ -36,7 +36,7 @@ use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
 use herald_channel::{
     async_trait, Accepted, AddressKind, BuildContext, Channel, ChannelDescriptor, ChannelError,
-    ConfigError, Device, ErrorKind, Outgoing,
+    ConfigError, Device, DeviceCheck, ErrorKind, InvalidDevice, Outgoing,
 };
 use hkdf::Hkdf;
 use p256::ecdsa::signature::Signer;
@@ -93,6 +93,16 @@ herald_channel::inventory::submit! {
 
 fn build(ctx: BuildContext<'_>) -> Result<Arc<dyn Channel>, ConfigError> {
     Ok(Arc::new(WebPushChannel::from_context(&ctx)?))
+}
+
+// A subscription `send` could not encrypt for (a `p256dh` that is 65 bytes but not a point
+// on P-256, …) is refused at registration, by the same parser `send` uses.
+herald_channel::inventory::submit! {
+    DeviceCheck { platform: "webpush", check: check_subscription }
+}
+
+fn check_subscription(token: &str) -> Result<(), InvalidDevice> {
+    Subscription::parse(token).map(drop)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -491,7 +501,7 @@ impl WebPushChannel {
 
     /// One attempt for one device.
     async fn send_one(&self, device: &Device, plaintext: &[u8]) -> DeviceOutcome {
-        let Some(sub) = Subscription::parse(&device.token) else {
+        let Ok(sub) = Subscription::parse(&device.token) else {
             return DeviceOutcome::Dead("malformed subscription".into());
         };
         let origin = sub.endpoint.origin().ascii_serialization();
@@ -709,24 +719,48 @@ struct RawKeys {
 }
 
 impl Subscription {
-    /// `None` when the JSON, the endpoint or a key is malformed.
-    fn parse(token: &str) -> Option<Self> {
-        let raw: RawSubscription = serde_json::from_str(token).ok()?;
-        let endpoint = Url::parse(raw.endpoint.trim()).ok()?;
-        if !matches!(endpoint.scheme(), "http" | "https") || endpoint.host_str().is_none() {
-            return None;
-        }
-        let p256dh = B64URL_LENIENT.decode(raw.keys.p256dh.trim()).ok()?;
-        if p256dh.len() != 65 {
-            return None;
-        }
-        let p256dh = PublicKey::from_sec1_bytes(&p256dh).ok()?;
+    /// The subscription, or which field is malformed (JSON, endpoint, keys). The errors
+    /// never quote the values: the endpoint is a capability URL.
+    fn parse(token: &str) -> Result<Self, InvalidDevice> {
+        let raw: RawSubscription = serde_json::from_str(token).map_err(|_| {
+            InvalidDevice::new(
+                "subscription",
+                "must be a PushSubscription: {\"endpoint\", \"keys\": {\"p256dh\", \"auth\"}}",
+            )
+        })?;
+        let endpoint = Url::parse(raw.endpoint.trim())
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+            .ok_or_else(|| InvalidDevice::new("subscription.endpoint", "must be an http(s) URL"))?;
+        let p256dh = B64URL_LENIENT
+            .decode(raw.keys.p256dh.trim())
+            .ok()
+            .filter(|k| k.len() == 65)
+            .ok_or_else(|| {
+                InvalidDevice::new(
+                    "subscription.keys.p256dh",
+                    "must be a base64url P-256 public key (65 bytes, uncompressed)",
+                )
+            })?;
+        // 65 bytes are not enough: RFC 8291 §3.1 needs a point on the curve for ECDH.
+        let p256dh = PublicKey::from_sec1_bytes(&p256dh).map_err(|_| {
+            InvalidDevice::new(
+                "subscription.keys.p256dh",
+                "is not a point on the P-256 curve (RFC 8291 §3.1); send the browser's \
+                 PushSubscription.toJSON() keys unchanged",
+            )
+        })?;
         let auth: [u8; 16] = B64URL_LENIENT
             .decode(raw.keys.auth.trim())
-            .ok()?
-            .try_into()
-            .ok()?;
-        Some(Self {
+            .ok()
+            .and_then(|a| a.try_into().ok())
+            .ok_or_else(|| {
+                InvalidDevice::new(
+                    "subscription.keys.auth",
+                    "must be a base64url 16-byte secret",
+                )
+            })?;
+        Ok(Self {
             endpoint,
             p256dh,
             auth,
@@ -1019,15 +1053,30 @@ mod tests {
         let ua = "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4";
         let good = json!({"endpoint": "https://push.example.net/p/abc", "expirationTime": null,
             "keys": {"p256dh": ua, "auth": "BTBZMqHH6r4Tts7J_aSIgg"}});
-        assert!(Subscription::parse(&good.to_string()).is_some());
-        for bad in [
-            "not json".to_owned(),
-            json!({"endpoint": "https://x/"}).to_string(),
-            json!({"endpoint": "ftp://x/", "keys": {"p256dh": ua, "auth": "BTBZMqHH6r4Tts7J_aSIgg"}}).to_string(),
-            json!({"endpoint": "https://x/", "keys": {"p256dh": "AAAA", "auth": "BTBZMqHH6r4Tts7J_aSIgg"}}).to_string(),
-            json!({"endpoint": "https://x/", "keys": {"p256dh": ua, "auth": "AAAA"}}).to_string(),
+        assert!(Subscription::parse(&good.to_string()).is_ok());
+        assert_eq!(check_subscription(&good.to_string()), Ok(()));
+        // 0x04 ‖ x ‖ y with y wrong: 65 bytes, uncompressed, but not on the curve.
+        let mut off_curve = B64URL_LENIENT.decode(ua).unwrap();
+        off_curve[64] ^= 1;
+        let off_curve = URL_SAFE_NO_PAD.encode(off_curve);
+        for (bad, field) in [
+            ("not json".to_owned(), "subscription"),
+            (json!({"endpoint": "https://x/"}).to_string(), "subscription"),
+            (json!({"endpoint": "ftp://x/", "keys": {"p256dh": ua, "auth": "BTBZMqHH6r4Tts7J_aSIgg"}}).to_string(), "subscription.endpoint"),
+            (json!({"endpoint": "https://x/", "keys": {"p256dh": "AAAA", "auth": "BTBZMqHH6r4Tts7J_aSIgg"}}).to_string(), "subscription.keys.p256dh"),
+            (json!({"endpoint": "https://x/", "keys": {"p256dh": off_curve, "auth": "BTBZMqHH6r4Tts7J_aSIgg"}}).to_string(), "subscription.keys.p256dh"),
+            (json!({"endpoint": "https://x/", "keys": {"p256dh": ua, "auth": "AAAA"}}).to_string(), "subscription.keys.auth"),
         ] {
-            assert!(Subscription::parse(&bad).is_none(), "{bad}");
+            let e = check_subscription(&bad).unwrap_err();
+            assert_eq!(e.field, field, "{bad}: {e:?}");
+            assert!(!e.message.contains("https://x/"), "{e:?}");
         }
+        // Registered for the platform, so the core runs it at registration.
+        let e = herald_channel::check_device(
+            "webpush",
+            &json!({"endpoint": "https://x/", "keys": {"p256dh": off_curve, "auth": "BTBZMqHH6r4Tts7J_aSIgg"}}).to_string(),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("P-256"), "{e:?}");
     }
 }

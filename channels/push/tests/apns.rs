@@ -292,9 +292,38 @@ async fn a_payload_over_4_kib_is_refused_without_a_request() {
         (ErrorKind::Permanent, Some("payload_too_large"))
     );
     assert_eq!(apple.seen(|s| s.requests), 0);
-    // The message's own content is cut to fit instead.
-    let out = to_devices(message("t", &"x".repeat(10_000)), "42", &[&device(1)]);
+}
+
+#[tokio::test]
+async fn a_2999_byte_content_arrives_whole() {
+    let (apple, ch, _, _) = setup().await;
+    let title = "Résultats ".repeat(30); // 330 bytes, over the old 256 cut
+    let content = format!("{}{}", "é".repeat(1000), "x".repeat(999));
+    assert_eq!(content.len(), 2999);
+    let out = to_devices(message(&title, &content), "42", &[&device(1)]);
     assert_eq!(ch.send(&out).await.unwrap(), provider_id(1));
+    apple.assert_no_problems();
+    let (_, _, body) = apple.seen(|s| s.accepted[0].clone());
+    assert_eq!(body["aps"]["alert"]["title"], title.as_str());
+    assert_eq!(body["aps"]["alert"]["body"], content.as_str());
+}
+
+#[tokio::test]
+async fn content_over_the_apns_limit_fails_permanent_and_is_never_cut() {
+    let (apple, ch, _, _) = setup().await;
+    let out = to_devices(message("t", &"x".repeat(10_000)), "42", &[&device(1)]);
+    let e = ch.send(&out).await.unwrap_err();
+    assert_eq!(
+        (e.kind(), e.code()),
+        (ErrorKind::Permanent, Some("payload_too_large"))
+    );
+    assert!(
+        e.message().contains("APNs accepts at most 4096 bytes")
+            && e.message().contains("never cut"),
+        "{e}"
+    );
+    assert_eq!(apple.seen(|s| s.requests), 0);
+    assert!(out.dead_devices.take().is_empty());
 }
 
 #[tokio::test]

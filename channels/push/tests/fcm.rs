@@ -283,6 +283,45 @@ async fn a_payload_over_4_kib_is_refused_without_a_request() {
     assert_eq!(google.seen(|s| (s.token_fetches, s.sends)), (0, 0));
 }
 
+/// 2,999 bytes of content (and a 300-byte title, over the old 2,048/256 cuts).
+fn long_text() -> (String, String) {
+    let title = "Résultats ".repeat(30); // 11 bytes × 30 = 330
+    let content = format!("{}{}", "é".repeat(1000), "x".repeat(999)); // 2,999 bytes
+    assert_eq!(content.len(), 2999);
+    (title, content)
+}
+
+#[tokio::test]
+async fn a_2999_byte_content_arrives_whole() {
+    let google = Google::start().await;
+    let ch = channel(&google, &Clock::new());
+    let (title, content) = long_text();
+    let out = to_devices(message(&title, &content), "42", &["device-1"]);
+    assert!(matches!(ch.send(&out).await, Ok(Accepted::Sent { .. })));
+    google.assert_no_problems();
+    let sent = google.seen(|s| s.messages[0].clone());
+    assert_eq!(sent["notification"]["title"], title.as_str());
+    assert_eq!(sent["notification"]["body"], content.as_str());
+}
+
+#[tokio::test]
+async fn content_over_the_fcm_limit_fails_permanent_and_is_never_cut() {
+    let google = Google::start().await;
+    let ch = channel(&google, &Clock::new());
+    let content = "x".repeat(4096);
+    let out = to_devices(message("Report", &content), "42", &["device-1"]);
+    let e = ch.send(&out).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Permanent);
+    assert_eq!(e.code(), Some("payload_too_large"));
+    assert!(
+        e.message().contains("FCM accepts at most 4096 bytes") && e.message().contains("never cut"),
+        "{e}"
+    );
+    // Refused before any request; nothing reached FCM cut or whole.
+    assert_eq!(google.seen(|s| (s.token_fetches, s.sends)), (0, 0));
+    assert!(out.dead_devices.take().is_empty());
+}
+
 #[tokio::test]
 async fn a_refused_assertion_is_a_configuration_error() {
     let google = Google::start().await;

@@ -122,6 +122,65 @@ pub fn find(kind: &str) -> Option<&'static ChannelDescriptor> {
         .find(|d| d.kind == kind)
 }
 
+/// A check a channel crate runs on every device registration of one platform
+/// (`POST /api/v1/me/devices`, a recipient's `devices`) after the core's own checks and
+/// before it stores anything: what the crate's `send` could never use is refused at
+/// registration with `422` naming the field, instead of a later `bad_recipient`.
+/// Collected with [`inventory`] like [`ChannelDescriptor`]; an unlinked crate's checks do
+/// not run.
+///
+/// ```
+/// use herald_channel::{check_device, DeviceCheck, InvalidDevice};
+///
+/// fn check(token: &str) -> Result<(), InvalidDevice> {
+///     if token.starts_with("dev-") {
+///         Ok(())
+///     } else {
+///         Err(InvalidDevice::new("token", "must start with `dev-`"))
+///     }
+/// }
+/// herald_channel::inventory::submit! { DeviceCheck { platform: "doc-platform", check } }
+///
+/// assert!(check_device("doc-platform", "dev-1").is_ok());
+/// assert_eq!(check_device("doc-platform", "x").unwrap_err().field, "token");
+/// assert!(check_device("other", "x").is_ok());
+/// ```
+pub struct DeviceCheck {
+    /// The platform, as in [`AddressKind::Device`] (`webpush`).
+    pub platform: &'static str,
+    /// Checks a registration's [`Device::token`] as the core will store it (for `webpush`
+    /// the subscription JSON `{"endpoint", "keys": {"p256dh", "auth"}}`). The error never
+    /// quotes the token: it may be a capability.
+    pub check: fn(&str) -> Result<(), InvalidDevice>,
+}
+
+inventory::collect!(DeviceCheck);
+
+/// Why a device registration is refused: the field of the registration body
+/// (`token`, `subscription.keys.p256dh`) and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidDevice {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl InvalidDevice {
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// Run every registered [`DeviceCheck`] of `platform` on `token`; the first refusal wins.
+pub fn check_device(platform: &str, token: &str) -> Result<(), InvalidDevice> {
+    inventory::iter::<DeviceCheck>
+        .into_iter()
+        .filter(|c| c.platform == platform)
+        .try_for_each(|c| (c.check)(token))
+}
+
 /// What a builder receives: the instance name, its configuration table (without `kind`) and
 /// the services the core offers (e.g. the session registry for WebSocket).
 pub struct BuildContext<'a> {
@@ -281,6 +340,15 @@ pub struct Outgoing {
     /// Where a push channel reports devices the vendor says are gone (FCM `UNREGISTERED`,
     /// APNs 410, Web Push 404/410). The core deactivates them after `send` returns.
     pub dead_devices: DeadDevices,
+}
+
+/// One message for many receivers of a presence channel ([`Channel::send_audience`]).
+pub struct Audience<'a> {
+    pub message: Arc<MessageView>,
+    /// The receivers, sorted by their bytes and without duplicates.
+    pub receivers: &'a [String],
+    /// The delivery id of receiver `i`.
+    pub delivery_id: &'a (dyn Fn(usize) -> i64 + Send + Sync),
 }
 
 /// A registered device of a receiver.
@@ -545,6 +613,29 @@ pub trait Channel: Send + Sync + 'static {
             results.push(self.send(out).await);
         }
         results
+    }
+
+    /// Hand one message to many receivers at once (a broadcast's audience on a presence
+    /// channel). The default builds one [`Outgoing`] per receiver and calls
+    /// [`Channel::send_batch`]; a channel that can fan out more cheaply (WebSocket: one pass
+    /// over its sessions) overrides it. One result per receiver, in order.
+    async fn send_audience(&self, audience: &Audience<'_>) -> Vec<Result<Accepted, ChannelError>> {
+        let outs: Vec<Outgoing> = audience
+            .receivers
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Outgoing {
+                delivery_id: (audience.delivery_id)(i),
+                message: audience.message.clone(),
+                receiver: r.clone(),
+                address: None,
+                rendered: None,
+                attempt: 1,
+                devices: Vec::new(),
+                dead_devices: DeadDevices::default(),
+            })
+            .collect();
+        self.send_batch(&outs).await
     }
 
     /// Current health, for the management API.
