@@ -307,6 +307,42 @@ async fn invalid_frames_get_error_and_connection_stays_usable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_fields_get_an_error_frame_on_every_frame_type() {
+    let app = spawn_app().await;
+    let id = send_ok(&app, msg("unacked", &["alice"])).await;
+    let (mut ws, _) = ws_login(&app, &app.token("alice")).await;
+    assert_eq!(ws.next_message().await["id"], id.as_str());
+    app.wait_status(&id, "alice", &["sent"]).await;
+
+    // A ping with an extra field gets an error frame, not a pong; an ack or read with one
+    // gets an error frame and is not applied.
+    for (bad, field) in [
+        (json!({"type": "ping", "x": 1}), "`x`"),
+        (json!({"type": "ack", "id": id, "x": 1}), "`x`"),
+        (json!({"type": "read", "id": id, "extra": true}), "`extra`"),
+    ] {
+        ws.send_json(bad.clone()).await;
+        let frame = ws.next_json().await;
+        assert_eq!(frame["type"], "error", "answer to {bad}: {frame}");
+        let error = frame["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("unknown field") && error.contains(field),
+            "the error for {bad} must name {field}: {frame}"
+        );
+    }
+    assert_eq!(
+        app.delivery_status(&id, "alice").await.as_deref(),
+        Some("sent")
+    );
+
+    // The connection stays usable.
+    ws.send_json(json!({"type": "ping"})).await;
+    assert_eq!(ws.next_json().await, json!({"type": "pong"}));
+    ws.ack(&id).await;
+    app.wait_status(&id, "alice", &["delivered"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_frame_closes_with_1009() {
     let app = spawn_app_with(|s| s.websocket.max_frame_size = 1024).await;
     let (mut ws, _) = ws_login(&app, &app.token("alice")).await;
@@ -323,6 +359,100 @@ async fn oversized_frame_closes_with_1009() {
         "close code must be 1009, got {close:?}"
     );
     app.wait_clients(0).await;
+}
+
+/// Each RFC 6455 violation, written over a raw TCP socket, is answered with the close
+/// frame §7.4.1 names (then the server ends the connection), not a bare TCP close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_violations_close_with_1002_or_1007() {
+    let app = spawn_app_with(|s| s.websocket.max_frame_size = 1024).await;
+    let token = app.token("alice");
+    const MASK: Option<[u8; 4]> = Some([0x37, 0xfa, 0x21, 0x3d]);
+    let ping = br#"{"type":"ping"}"#;
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        (
+            "invalid UTF-8 in a text frame",
+            raw_frame(0x81, b"{\"type\":\"\xff\xfe\"}", MASK),
+            1007,
+        ),
+        (
+            "invalid UTF-8 split across fragments",
+            [
+                raw_frame(0x01, b"caf\xc3", MASK),
+                raw_frame(0x80, b"\x28", MASK),
+            ]
+            .concat(),
+            1007,
+        ),
+        (
+            "invalid UTF-8 in a close reason",
+            raw_frame(0x88, b"\x03\xe8\xff", MASK),
+            1007,
+        ),
+        ("unmasked client frame", raw_frame(0x81, ping, None), 1002),
+        (
+            "control frame over 125 bytes",
+            raw_frame(0x89, &[b'p'; 126], MASK),
+            1002,
+        ),
+        (
+            "fragmented control frame",
+            raw_frame(0x09, b"p", MASK),
+            1002,
+        ),
+        (
+            "reserved data opcode 0x3",
+            raw_frame(0x83, ping, MASK),
+            1002,
+        ),
+        (
+            "reserved control opcode 0xB",
+            raw_frame(0x8b, b"", MASK),
+            1002,
+        ),
+        (
+            "RSV1 set without an extension",
+            raw_frame(0xc1, ping, MASK),
+            1002,
+        ),
+        (
+            "continuation without a message",
+            raw_frame(0x80, ping, MASK),
+            1002,
+        ),
+        (
+            "new message inside a fragmented one",
+            [raw_frame(0x01, b"{", MASK), raw_frame(0x81, ping, MASK)].concat(),
+            1002,
+        ),
+        (
+            "close frame with a 1-byte body",
+            raw_frame(0x88, b"\x03", MASK),
+            1002,
+        ),
+        // Unchanged: a frame over `websocket.max_frame_size` is 1009.
+        (
+            "frame over max_frame_size",
+            raw_frame(0x81, &[b'x'; 2048], MASK),
+            1009,
+        ),
+    ];
+    for (what, bytes, code) in cases {
+        let mut ws = raw_ws_login(&app, &token).await;
+        ws.write(&bytes).await;
+        let got = ws.expect_close().await;
+        assert_eq!(
+            got,
+            Some(code),
+            "{what}: expected close {code}, got {got:?}"
+        );
+        ws.expect_end().await;
+    }
+    // The sessions are gone; a well-behaved client still connects.
+    app.wait_clients(0).await;
+    let (mut ws, _) = ws_login(&app, &token).await;
+    ws.send_json(json!({"type": "ping"})).await;
+    assert_eq!(ws.next_json().await, json!({"type": "pong"}));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -571,6 +701,8 @@ async fn slow_consumer_is_closed_without_delaying_others_and_replayed_later() {
         // Long enough that only the full queue, not a write timeout, can close the session
         // within the test's deadline.
         s.websocket.write_timeout = Duration::from_secs(120);
+        // The slow client never answers the ping sent with the welcome either.
+        s.websocket.first_frame_timeout = Duration::from_secs(120);
     })
     .await;
     // The slow client never reads after the welcome: ~12 MB fill the loopback socket

@@ -5,11 +5,11 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::Utf8Bytes;
 use herald_channel::{
-    async_trait, Accepted, AddressKind, BuildContext, Channel, ChannelDescriptor, ChannelError,
-    ConfigError, Outgoing,
+    async_trait, Accepted, AddressKind, Audience, BuildContext, Channel, ChannelDescriptor,
+    ChannelError, ConfigError, Outgoing,
 };
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::session::{Outbound, SessionRegistry};
 
@@ -27,6 +27,10 @@ impl Channel for WebSocketChannel {
             .await
             .pop()
             .unwrap_or(Ok(Accepted::Held))
+    }
+
+    async fn send_audience(&self, audience: &Audience<'_>) -> Vec<Result<Accepted, ChannelError>> {
+        self.fan_out(audience)
     }
 
     async fn send_batch(&self, outs: &[Outgoing]) -> Vec<Result<Accepted, ChannelError>> {
@@ -52,6 +56,24 @@ impl Channel for WebSocketChannel {
                 } else {
                     Ok(Accepted::Held)
                 }
+            })
+            .collect()
+    }
+}
+
+impl WebSocketChannel {
+    /// The frame once, then one pass over this node's sessions (`push_audience`).
+    fn fan_out(&self, a: &Audience<'_>) -> Vec<Result<Accepted, ChannelError>> {
+        let frame = Utf8Bytes::from(super::frame::message_frame(&a.message));
+        self.registry
+            .push_audience(a.receivers, a.delivery_id, &a.message, &frame)
+            .into_iter()
+            .map(|queued| {
+                Ok(if queued {
+                    Accepted::Queued
+                } else {
+                    Accepted::Held
+                })
             })
             .collect()
     }

@@ -55,12 +55,34 @@ pub fn message_frame(m: &MessageView) -> String {
 }
 
 /// Client → server.
+///
+/// `deny_unknown_fields` covers only the struct variants: serde ignores it for a unit
+/// variant of an internally tagged enum (`{"type":"ping","x":1}` would pass), so [`decode`]
+/// checks every frame's fields itself against [`fields_of`].
 #[derive(Debug, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum ClientFrame {
     Ack { id: String },
     Read { id: String },
     Ping,
+}
+
+/// The fields a client frame of type `ty` may have (`type` included); `None` for an
+/// unknown type.
+fn fields_of(ty: &str) -> Option<&'static [&'static str]> {
+    match ty {
+        "ack" | "read" => Some(&["type", "id"]),
+        "ping" => Some(&["type"]),
+        _ => None,
+    }
+}
+
+/// A client-chosen name quoted in an error frame, cut to 64 characters.
+fn quoted(name: &str) -> String {
+    match name.char_indices().nth(64) {
+        Some((end, _)) => format!("`{}…`", &name[..end]),
+        None => format!("`{name}`"),
+    }
 }
 
 /// Decode a client text frame; the error text is sent back in an error frame.
@@ -70,14 +92,23 @@ pub fn decode(text: &str) -> Result<ClientFrame, String> {
     let Some(obj) = value.as_object() else {
         return Err("expected a JSON object with a \"type\" field".into());
     };
-    match obj.get("type").and_then(|t| t.as_str()) {
+    let ty = match obj.get("type").and_then(|t| t.as_str()) {
         None => return Err("missing field `type` (one of ack, read, ping)".into()),
-        Some("ack" | "read" | "ping") => {}
-        Some(other) => {
-            return Err(format!(
-                "unknown frame type `{other}` (expected ack, read or ping)"
-            ));
-        }
+        Some(ty) => ty,
+    };
+    let Some(fields) = fields_of(ty) else {
+        return Err(format!(
+            "unknown frame type {} (expected ack, read or ping)",
+            quoted(ty)
+        ));
+    };
+    // Every type alike, before serde (which would let a `ping` through, see above).
+    if let Some(extra) = obj.keys().find(|k| !fields.contains(&k.as_str())) {
+        let expected = match fields {
+            [_] => format!("`{ty}` frames have only `type`"),
+            _ => format!("`{ty}` frames have `type` and `id`"),
+        };
+        return Err(format!("unknown field {} ({expected})", quoted(extra)));
     }
     let frame: ClientFrame = serde_json::from_value(value).map_err(|e| e.to_string())?;
     match &frame {
@@ -116,6 +147,34 @@ mod tests {
             .unwrap_err()
             .contains("id"));
         assert!(decode(r#"{"type":"ack","id":5}"#).is_err());
+    }
+
+    #[test]
+    fn every_frame_type_rejects_unknown_fields() {
+        for (frame, field) in [
+            (r#"{"type":"ping","x":1}"#, "`x`"),
+            (r#"{"type":"ping","id":"m1"}"#, "`id`"),
+            (r#"{"type":"ack","id":"m1","x":1}"#, "`x`"),
+            (r#"{"type":"read","id":"m1","extra":null}"#, "`extra`"),
+            (r#"{"x":1,"type":"ack","id":"m1"}"#, "`x`"),
+        ] {
+            let err = decode(frame).unwrap_err();
+            assert!(
+                err.starts_with("unknown field ") && err.contains(field),
+                "{frame}: {err}"
+            );
+        }
+        // A long name is quoted cut, so an error frame stays small.
+        let long = format!(r#"{{"type":"ping","{}":1}}"#, "k".repeat(10_000));
+        let err = decode(&long).unwrap_err();
+        assert!(err.len() < 200, "{err}");
+        assert!(err.contains(&format!("`{}…`", "k".repeat(64))), "{err}");
+        // The known fields still decode.
+        assert_eq!(decode(r#"{"type":"ping"}"#), Ok(ClientFrame::Ping));
+        assert_eq!(
+            decode(r#"{"id":"m1","type":"read"}"#),
+            Ok(ClientFrame::Read { id: "m1".into() })
+        );
     }
 
     #[test]

@@ -8,13 +8,17 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::response::{IntoResponse, Response};
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use herald_channel::MessageView;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
 
 use crate::api::error::ApiError;
 use crate::auth::UserIdentity;
@@ -24,12 +28,18 @@ use crate::state::AppState;
 
 pub mod channel;
 pub mod frame;
+pub mod upgrade;
+
+/// A session's socket: tokio-tungstenite over the connection hyper handed over.
+type WebSocket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 pub use channel::WEBSOCKET;
 use frame::{ClientFrame, ServerFrame};
 
 /// Close codes (RFC 6455 §7.4.1).
 const GOING_AWAY: u16 = 1001;
+const PROTOCOL_ERROR: u16 = 1002;
+const INVALID_PAYLOAD: u16 = 1007;
 const POLICY: u16 = 1008;
 const TOO_BIG: u16 = 1009;
 const INTERNAL: u16 = 1011;
@@ -45,15 +55,17 @@ const INTERNAL: u16 = 1011;
         (status = 401, description = "Bad, expired or missing token", body = crate::api::error::ErrorBody),
         (status = 429, description = "Too many handshakes from this address (`websocket.handshake_rate_limit`); checked before the token", body = crate::api::error::ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds until a handshake is allowed again"))),
+        (status = 503, description = "Sessions hold every connection not reserved (`http.max_connections` - `http.reserved_connections`), or the server is shutting down", body = crate::api::error::ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again (when sessions are full)"))),
     )
 )]
 pub async fn ws_path(
     State(app): State<AppState>,
     Path(token): Path<String>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    req: Request,
 ) -> Response {
-    connect(app, Some(token), remote, upgrade).await
+    connect(app, Some(token), remote, req).await
 }
 
 /// `GET /websocket?token=…`
@@ -67,23 +79,25 @@ pub async fn ws_path(
         (status = 401, description = "Bad, expired or missing token", body = crate::api::error::ErrorBody),
         (status = 429, description = "Too many handshakes from this address (`websocket.handshake_rate_limit`); checked before the token", body = crate::api::error::ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds until a handshake is allowed again"))),
+        (status = 503, description = "Sessions hold every connection not reserved (`http.max_connections` - `http.reserved_connections`), or the server is shutting down", body = crate::api::error::ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again (when sessions are full)"))),
     )
 )]
 pub async fn ws_query(
     State(app): State<AppState>,
     query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    req: Request,
 ) -> Response {
     let token = query.ok().and_then(|Query(mut q)| q.remove("token"));
-    connect(app, token, remote, upgrade).await
+    connect(app, token, remote, req).await
 }
 
 async fn connect(
     app: AppState,
     token: Option<String>,
     remote: SocketAddr,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    mut req: Request,
 ) -> Response {
     // Per-address handshake limit first: a flood costs neither a token check nor an upgrade.
     if let Some(limiter) = &app.ws_handshakes {
@@ -99,31 +113,39 @@ async fn connect(
             return ApiError::unauthorized(e.to_string()).into_response();
         }
     };
-    let upgrade = match upgrade {
-        Ok(u) => u,
-        Err(rejection) => {
-            return ApiError::new(
-                rejection.status(),
-                format!("WebSocket upgrade required: {}", rejection.body_text()),
-            )
-            .into_response();
-        }
+    let handshake = match upgrade::Handshake::check(&mut req) {
+        Ok(h) => h,
+        Err(e) => return e.into_response(),
     };
     if app.shutdown.is_cancelled() {
         return ApiError::unavailable("shutting down").into_response();
     }
-    let ws = &app.settings.websocket;
+    let config = ws_config(&app.settings.websocket);
     let tracker = app.sessions.clone();
-    upgrade
+    handshake.accept(move |upgraded| {
+        tracker.track_future(async move {
+            let socket = WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Server,
+                Some(config),
+            )
+            .await;
+            run_session(app, socket, identity, remote).await;
+        })
+    })
+}
+
+/// tungstenite's limits from `[websocket]`.
+fn ws_config(ws: &crate::config::WsSettings) -> WebSocketConfig {
+    WebSocketConfig::default()
         .read_buffer_size(ws.read_buffer_size)
         .write_buffer_size(ws.write_buffer_size)
         // No cap: the sink flushes before it takes a frame after a blocked write, so the
         // buffer holds at most `write_buffer_size` plus one frame. A cap would make every
         // larger frame undeliverable (WriteBufferFull on each replay: a poison message).
         .max_write_buffer_size(usize::MAX)
-        .max_message_size(ws.max_frame_size)
-        .max_frame_size(ws.max_frame_size)
-        .on_upgrade(move |socket| tracker.track_future(run_session(app, socket, identity, remote)))
+        .max_message_size(Some(ws.max_frame_size))
+        .max_frame_size(Some(ws.max_frame_size))
 }
 
 /// Why a session ended.
@@ -132,6 +154,11 @@ enum End {
     Shutdown,
     SlowConsumer,
     TooBig,
+    /// The client broke RFC 6455 (unmasked frame, reserved bits or opcode, bad
+    /// fragmentation, control frame over 125 bytes, malformed close): close `1002`.
+    ProtocolError(&'static str),
+    /// A text frame (or a close reason) that is not UTF-8: close `1007`.
+    InvalidPayload,
     DeadPeer,
     ClientClosed,
     WriteFailed,
@@ -155,36 +182,73 @@ fn run_session(
         remote_addr: remote,
         node: app.node.clone(),
     };
-    let handle = SessionHandle::new(info, app.settings.websocket.queue_capacity);
+    let handle = SessionHandle::new(
+        info,
+        app.settings.websocket.queue_capacity,
+        app.backlog.clone(),
+    );
     handle.touch();
-    // Register before replaying: a message committed meanwhile is either in the replay or
-    // queued live (or both: the replay set removes that duplicate).
-    app.registry.register(handle.clone());
-    // Registered before this check, so a shutdown either sees this session or is seen here.
-    if app.shutdown.is_cancelled() {
-        handle.raise(signal::SHUTDOWN);
-    }
-    app.metrics.connections.fetch_add(1, Relaxed);
-    app.metrics.connections_total.fetch_add(1, Relaxed);
-    tracing::debug!(session = %handle.info.session_id, "session opened");
-
+    // Built here and moved in as the future's one upvar: upvars keep their space for the
+    // future's whole life, so anything captured apart would be stored twice.
     let mut session = Session {
         app,
         socket,
         handle,
     };
     async move {
+        // The one-off prologue and epilogue are boxed: inline, their state would enlarge
+        // every idle session.
+        Box::pin(session.open()).await;
         let end = session.run().await;
-        session.app.registry.unregister(&session.handle);
-        session.app.metrics.connections.fetch_sub(1, Relaxed);
-        tracing::debug!(session = %session.handle.info.session_id, reason = ?end, "session closed");
-        // Boxed: this runs once, at the end; inline it would enlarge every idle session.
-        Box::pin(close(session, end)).await;
+        Box::pin(session.finish(end)).await;
+    }
+}
+
+impl Session {
+    /// The history index first (broadcasts that see this session are queued after it),
+    /// then register before replaying: a message committed meanwhile is either in the
+    /// replay or queued live (or both: the replay set removes that duplicate).
+    async fn open(&mut self) {
+        presence(&self.app, &self.handle, true).await;
+        self.app.registry.register(self.handle.clone());
+        // Registered before this check, so a shutdown either sees this session or is seen
+        // here.
+        if self.app.shutdown.is_cancelled() {
+            self.handle.raise(signal::SHUTDOWN);
+        }
+        self.app.metrics.connections.fetch_add(1, Relaxed);
+        self.app.metrics.connections_total.fetch_add(1, Relaxed);
+        tracing::debug!(session = %self.handle.info.session_id, "session opened");
+    }
+
+    async fn finish(&mut self, end: End) {
+        self.app.registry.unregister(&self.handle);
+        self.app.metrics.connections.fetch_sub(1, Relaxed);
+        presence(&self.app, &self.handle, false).await;
+        tracing::debug!(session = %self.handle.info.session_id, reason = ?end, "session closed");
+        close(self, end).await;
+    }
+}
+
+/// Record that a session opened (before it is registered) or closed (after it was
+/// unregistered): the presence history that finds a user's broadcasts. A failure costs
+/// only that history (the store reports why it cannot write, once).
+async fn presence(app: &AppState, handle: &SessionHandle, open: bool) {
+    let info = &handle.info;
+    let result = if open {
+        app.store
+            .presence_open(&info.session_id, &info.user_id, &app.node, now_ms())
+            .await
+    } else {
+        app.store.presence_close(&info.session_id, now_ms()).await
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, session = %info.session_id, "presence record not written");
     }
 }
 
 /// Say goodbye with the close code that fits why the session ended.
-async fn close(mut session: Session, end: End) {
+async fn close(session: &mut Session, end: End) {
     let metrics = &session.app.metrics;
     let close = match end {
         End::Shutdown => Some((GOING_AWAY, "server shutting down")),
@@ -193,6 +257,10 @@ async fn close(mut session: Session, end: End) {
             Some((POLICY, "slow consumer: outbound queue full"))
         }
         End::TooBig => Some((TOO_BIG, "frame too large")),
+        // tungstenite reports the violation and leaves the connection open, with nothing
+        // queued: the close frame RFC 6455 §7.1.7 asks for is ours to send.
+        End::ProtocolError(reason) => Some((PROTOCOL_ERROR, reason)),
+        End::InvalidPayload => Some((INVALID_PAYLOAD, "invalid UTF-8")),
         End::DeadPeer => {
             metrics.dead_peers.fetch_add(1, Relaxed);
             Some((GOING_AWAY, "ping timeout"))
@@ -207,22 +275,37 @@ async fn close(mut session: Session, end: End) {
     };
     if let Some((code, reason)) = close {
         let frame = Message::Close(Some(CloseFrame {
-            code,
+            code: CloseCode::from(code),
             reason: Utf8Bytes::from_static(reason),
         }));
         let _ = tokio::time::timeout(Duration::from_secs(1), session.socket.send(frame)).await;
+        // Linger (RFC 6455 §7.1.1): read (and drop) what the client still sends until it
+        // closes, at most a second. Dropping a socket with unread input makes the kernel
+        // answer with a reset, which can destroy the close frame before the client reads
+        // it — after a frame over `max_frame_size`, whose payload is still arriving.
+        let raw = session.socket.get_mut();
+        let drain = async {
+            let mut sink = [0u8; 1024];
+            while matches!(raw.read(&mut sink).await, Ok(n) if n > 0) {}
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
     }
 }
 
 /// One task per node raises `PING` on every session each `ping_interval` and `DEAD` on
-/// sessions silent for longer than `pong_timeout`; sessions own no timers of their own.
-/// On shutdown it raises `SHUTDOWN` everywhere.
+/// sessions silent for longer than `pong_timeout`, or that have not sent their first
+/// frame `first_frame_timeout` after they started listening; sessions own no timers of
+/// their own. On shutdown it raises `SHUTDOWN` everywhere.
 pub async fn heartbeat(app: AppState) {
     let ws = &app.settings.websocket;
-    let (ping_every, pong_timeout, write_timeout) =
-        (ws.ping_interval, ws.pong_timeout, ws.write_timeout);
+    let (ping_every, pong_timeout, write_timeout, first_frame_timeout) = (
+        ws.ping_interval,
+        ws.pong_timeout,
+        ws.write_timeout,
+        ws.first_frame_timeout,
+    );
     // Check often enough that a dead peer is closed within ~10 % of the timeout.
-    let period = (pong_timeout.min(write_timeout) / 10)
+    let period = (pong_timeout.min(write_timeout).min(first_frame_timeout) / 10)
         .clamp(Duration::from_millis(10), Duration::from_secs(1));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -239,7 +322,9 @@ pub async fn heartbeat(app: AppState) {
         app.registry.for_each_local(&mut |h| {
             if h.writing_for().is_some_and(|d| d > write_timeout) {
                 h.raise(signal::STALLED);
-            } else if h.silent_for() > pong_timeout {
+            } else if h.silent_for() > pong_timeout
+                || (h.awaiting_first_frame() && h.silent_for() > first_frame_timeout)
+            {
                 h.raise(signal::DEAD);
             } else if ping {
                 h.raise(signal::PING);
@@ -282,6 +367,13 @@ impl Session {
         if let Err(end) = self.write(Message::Text(welcome.into()), true).await {
             return end;
         }
+        // Then a ping: a live client answers at once (its WebSocket stack does), which is
+        // the first frame `websocket.first_frame_timeout` waits for. Flushed on its own:
+        // buffered behind the welcome it would double the write buffer every session
+        // keeps (about 200 bytes more per idle session).
+        if let Err(end) = self.write(Message::Ping(Default::default()), true).await {
+            return end;
+        }
         // Boxed: the replay runs once, and its state would otherwise enlarge every idle
         // session's future for its whole life.
         let mut replayed = match Box::pin(self.replay(version, pending, until)).await {
@@ -291,6 +383,9 @@ impl Session {
         if replayed.as_ref().is_some_and(HashSet::is_empty) {
             replayed = None;
         }
+        // Reading starts now (a pong sent during the replay waits in the socket): the
+        // first-frame deadline and the silence before `pong_timeout` count from here.
+        self.handle.listen();
         loop {
             // Signals first: a kicked, dead or stopping session writes nothing more.
             let signals = self.handle.take_signals();
@@ -311,16 +406,16 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = self.handle.woken() => {}
-                msg = self.socket.recv() => {
+                msg = self.socket.next() => {
                     let msg = match msg {
                         None => return End::ClientClosed,
-                        Some(Err(e)) => return if is_too_big(e) { End::TooBig } else { End::ClientClosed },
+                        Some(Err(e)) => return read_failed(e),
                         Some(Ok(msg)) => msg,
                     };
                     self.handle.touch();
                     match msg {
                         Message::Text(text) => {
-                            if let Err(end) = Box::pin(self.on_text(&text)).await {
+                            if let Err(end) = Box::pin(self.on_text(text.as_str())).await {
                                 return end;
                             }
                         }
@@ -331,7 +426,7 @@ impl Session {
                             }
                         }
                         Message::Close(_) => return End::ClientClosed,
-                        Message::Ping(_) | Message::Pong(_) => {}
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
                     }
                 }
             }
@@ -392,9 +487,7 @@ impl Session {
                 .metrics
                 .replayed
                 .fetch_add(page.len() as u64, Relaxed);
-            for item in &page {
-                self.record_sent(item.delivery_id).await;
-            }
+            self.record_sent(page.iter().map(|i| i.delivery_id)).await;
             if !full || past_snapshot {
                 break;
             }
@@ -436,9 +529,7 @@ impl Session {
             .metrics
             .frames_sent
             .fetch_add(written.len() as u64, Relaxed);
-        for delivery_id in written {
-            self.record_sent(delivery_id).await;
-        }
+        self.record_sent(written).await;
         Ok(())
     }
 
@@ -471,14 +562,18 @@ impl Session {
         self.app.dispatcher.record(WEBSOCKET, change).await;
     }
 
-    async fn record_sent(&mut self, delivery_id: i64) {
-        let change = StatusChange::Delivery {
-            delivery_id,
-            status: Status::Sent,
-            error: None,
-            count_attempt: true,
-        };
-        self.app.dispatcher.record(WEBSOCKET, change).await;
+    /// `sent` for frames just written: one hand-off to the status writer for all of them.
+    async fn record_sent(&mut self, delivery_ids: impl IntoIterator<Item = i64>) {
+        let changes = delivery_ids
+            .into_iter()
+            .map(|delivery_id| StatusChange::Delivery {
+                delivery_id,
+                status: Status::Sent,
+                error: None,
+                count_attempt: true,
+            })
+            .collect();
+        self.app.dispatcher.record_many(WEBSOCKET, changes).await;
     }
 
     async fn error_frame(&mut self, reason: &str) -> Result<(), End> {
@@ -510,7 +605,7 @@ impl Session {
 /// is enforced by the heartbeat (`STALLED`), so a write needs no timer of its own.
 async fn bounded(
     handle: &SessionHandle,
-    io: impl std::future::Future<Output = Result<(), axum::Error>>,
+    io: impl std::future::Future<Output = Result<(), tungstenite::Error>>,
 ) -> Result<(), End> {
     tokio::pin!(io);
     let mut woken = false;
@@ -560,11 +655,32 @@ fn replay_frame(item: &InboxItem) -> String {
     })
 }
 
-/// A read failed because the client's frame exceeded `max_frame_size`.
-fn is_too_big(e: axum::Error) -> bool {
-    let inner = e.into_inner();
-    matches!(
-        inner.downcast_ref::<tungstenite::Error>(),
-        Some(tungstenite::Error::Capacity(_))
-    )
+/// Why a read failed, as the close code it calls for (RFC 6455 §7.4.1): `1009` for a frame
+/// over `max_frame_size`, `1007` for text that is not UTF-8, `1002` for a protocol
+/// violation; anything else (I/O, a peer that vanished) ends without a close frame.
+fn read_failed(e: tungstenite::Error) -> End {
+    use tungstenite::error::ProtocolError as P;
+    let reason = match &e {
+        tungstenite::Error::Capacity(_) => return End::TooBig,
+        tungstenite::Error::Utf8(_) => return End::InvalidPayload,
+        tungstenite::Error::Protocol(p) => match p {
+            // The peer is gone or the close handshake is already under way.
+            P::ResetWithoutClosingHandshake | P::ReceivedAfterClosing | P::SendAfterClosing => {
+                return End::ClientClosed
+            }
+            P::UnmaskedFrameFromClient => "protocol error: unmasked client frame",
+            P::NonZeroReservedBits => "protocol error: reserved bits set",
+            P::UnknownDataFrameType(_) | P::UnknownControlFrameType(_) | P::InvalidOpcode(_) => {
+                "protocol error: reserved opcode"
+            }
+            P::ControlFrameTooBig => "protocol error: control frame over 125 bytes",
+            P::FragmentedControlFrame => "protocol error: fragmented control frame",
+            P::UnexpectedContinueFrame => "protocol error: continuation without a message",
+            P::ExpectedFragment(_) => "protocol error: new message inside a fragmented one",
+            P::InvalidCloseSequence => "protocol error: malformed close frame",
+            _ => "protocol error",
+        },
+        _ => return End::ClientClosed,
+    };
+    End::ProtocolError(reason)
 }
