@@ -49,6 +49,15 @@ impl Status {
         }
     }
 
+    /// The forward-only rule: `pending < sent < delivered < read`, and `failed` only from
+    /// `pending`/`sent`. Every backend applies exactly this (the SQL `MOVES_FORWARD`).
+    pub fn can_move_to(self, next: Status) -> bool {
+        match next {
+            Status::Failed => self.is_undelivered(),
+            _ => self != Status::Failed && self < next,
+        }
+    }
+
     /// `pending` or `sent`: replayed on connect, collected by the inbox.
     pub fn is_undelivered(self) -> bool {
         matches!(self, Status::Pending | Status::Sent)
@@ -114,9 +123,73 @@ pub struct NewMessage {
     /// their deliveries step by step (`deliveries` holds none of theirs).
     pub routing: Option<crate::routing::Policy>,
     pub routes: Vec<String>,
+    /// Presence deliveries stored compactly (a broadcast, or many receivers): one row for
+    /// the whole audience instead of one per receiver. `deliveries` holds none of them.
+    pub audience: Option<NewAudience>,
+}
+
+/// The receivers of a message on one presence channel, stored as one compact record: the
+/// sorted member list and one status byte per member (ARCHITECTURE.md, "Compact
+/// audiences"). Every member starts `pending`.
+#[derive(Debug, Clone, Default)]
+pub struct NewAudience {
+    pub channel: String,
+    /// Sorted by their UTF-8 bytes, without duplicates ([`NewAudience::new`] makes it so).
+    /// A member's position is its index (see [`member_delivery_id`]). Shared: the same
+    /// list is stored and then fanned out.
+    pub members: std::sync::Arc<[String]>,
+    /// When the audience was taken (ms, this node's wall clock): the history index
+    /// (`presence`) finds the message for sessions open at that time.
+    pub taken_at_ms: i64,
+    /// When members that are still undelivered get delivery rows of their own (and the
+    /// record stops being scanned on connect), ms on the message's clock.
+    pub spill_at_ms: i64,
+}
+
+impl NewAudience {
+    pub fn new(
+        channel: impl Into<String>,
+        mut members: Vec<String>,
+        taken_at_ms: i64,
+        spill_at_ms: i64,
+    ) -> Self {
+        members.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        members.dedup();
+        NewAudience {
+            channel: channel.into(),
+            members: members.into(),
+            taken_at_ms,
+            spill_at_ms,
+        }
+    }
+}
+
+/// Most members one compact audience may have (the index has 24 bits in a member id).
+pub const MAX_AUDIENCE: usize = 1 << MEMBER_BITS;
+const MEMBER_BITS: u32 = 24;
+
+/// The delivery id of member `index` of the audience of message `seq`. Compact deliveries
+/// have no row of their own, so their ids are derived: negative, where row ids are
+/// positive. Ids never leave the server (the API names deliveries by receiver and channel).
+pub fn member_delivery_id(seq: i64, index: usize) -> i64 {
+    -((seq << MEMBER_BITS) | index as i64) - 1
+}
+
+/// `(message seq, member index)` of a compact delivery id; `None` for a row id.
+pub fn decode_member_id(delivery_id: i64) -> Option<(i64, usize)> {
+    if delivery_id >= 0 {
+        return None;
+    }
+    let v = -(delivery_id + 1);
+    Some((v >> MEMBER_BITS, (v & ((1 << MEMBER_BITS) - 1)) as usize))
 }
 
 impl NewMessage {
+    /// Deliveries created: rows and audience members.
+    pub fn delivery_count(&self) -> usize {
+        self.deliveries.len() + self.audience.as_ref().map_or(0, |a| a.members.len())
+    }
+
     /// Held until `sendAt` (a time in the past sends at once).
     pub fn held_until(&self) -> Option<i64> {
         self.send_at_ms.filter(|&t| t > self.created_at_ms)
@@ -213,6 +286,8 @@ pub enum TimerKind {
     Expire = 1,
     /// A failover chain (one per receiver) to evaluate.
     Route = 2,
+    /// A compact audience's window ended: its undelivered members get rows of their own.
+    Spill = 3,
 }
 
 impl TimerKind {
@@ -221,6 +296,7 @@ impl TimerKind {
             0 => Some(TimerKind::Release),
             1 => Some(TimerKind::Expire),
             2 => Some(TimerKind::Route),
+            3 => Some(TimerKind::Spill),
             _ => None,
         }
     }
@@ -444,6 +520,16 @@ pub struct DeviceRecord {
     pub updated_at_ms: i64,
 }
 
+/// What registering a device did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    pub device: DeviceRecord,
+    /// A new registration (else the same platform + token was known).
+    pub created: bool,
+    /// It was another user's device and moved to this one: whose it was.
+    pub previous_owner: Option<String>,
+}
+
 /// A registration request.
 #[derive(Debug, Clone)]
 pub struct NewDevice {
@@ -501,6 +587,24 @@ mod tests {
             &time::format_description::well_known::Rfc3339,
         );
         assert!(parsed.is_ok());
+    }
+
+    #[test]
+    fn member_ids_round_trip_and_never_collide_with_rows() {
+        for (seq, index) in [(1, 0), (1, 1), (7, 9_999), (1 << 38, MAX_AUDIENCE - 1)] {
+            let id = member_delivery_id(seq, index);
+            assert!(id < 0);
+            assert_eq!(decode_member_id(id), Some((seq, index)));
+        }
+        assert_ne!(member_delivery_id(1, 1), member_delivery_id(2, 0));
+        assert_eq!(decode_member_id(0), None);
+        assert_eq!(decode_member_id(42), None);
+    }
+
+    #[test]
+    fn audiences_are_sorted_and_unique() {
+        let a = NewAudience::new("websocket", vec!["b".into(), "a".into(), "b".into()], 1, 2);
+        assert_eq!(&*a.members, ["a", "b"]);
     }
 
     #[test]

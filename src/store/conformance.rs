@@ -64,20 +64,36 @@ async fn status_of(store: &dyn Store, id: &str, receiver: &str) -> Status {
         .status
 }
 
-pub async fn run_all(store: Arc<dyn Store>) {
-    let s = store.as_ref();
-    insert_and_get(s).await;
-    idempotency(s).await;
-    status_moves_forward_only(s).await;
-    undelivered_and_collect(s).await;
-    delete_cascades(s).await;
-    recipients(s).await;
-    concurrent_inserts_all_commit(store.clone()).await;
-    listing(s).await;
-    outbox_claims_leases_and_outcomes(s).await;
-    scheduled_messages_are_held_released_and_expired(s).await;
-    failover_routes_advance_under_their_lease(s).await;
-    s.ready().await.unwrap();
+/// Every property below as its own test for one backend: `open` gives a fresh, empty store
+/// (and whatever must live as long as it, e.g. its directory or database).
+macro_rules! conformance_tests {
+    ($open:path) => {
+        $crate::store::conformance::conformance_tests!(@each $open;
+            insert_and_get, idempotency, status_moves_forward_only, undelivered_and_collect,
+            delete_cascades, recipients, devices_move_between_users,
+            concurrent_inserts_all_commit, listing, outbox_claims_leases_and_outcomes,
+            scheduled_messages_are_held_released_and_expired,
+            failover_routes_advance_under_their_lease, compact_audiences_read_like_rows,
+            compact_audiences_spill_expire_and_delete, ready_after_migrations);
+    };
+    (@each $open:path; $($name:ident),* $(,)?) => {
+        /// The store conformance suite (`store/conformance.rs`), one test per property.
+        mod conformance {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (store, _keep) = $open().await;
+                    $crate::store::conformance::$name(&store).await;
+                    store.close().await;
+                }
+            )*
+        }
+    };
+}
+pub(crate) use conformance_tests;
+
+pub async fn ready_after_migrations(store: &Arc<dyn Store>) {
+    store.ready().await.unwrap();
 }
 
 /// Claim every timer due at `at` and keep those of message `seq`.
@@ -95,7 +111,8 @@ async fn seq_of(store: &dyn Store, id: &str) -> i64 {
     store.get_message(id).await.unwrap().unwrap().seq
 }
 
-async fn scheduled_messages_are_held_released_and_expired(store: &dyn Store) {
+pub async fn scheduled_messages_are_held_released_and_expired(store: &Arc<dyn Store>) {
+    let store: &dyn Store = store.as_ref();
     let now = now_ms();
     let mut m = msg(&["held-u"], "websocket");
     let mut sms = m.deliveries[0].clone();
@@ -196,7 +213,10 @@ async fn scheduled_messages_are_held_released_and_expired(store: &dyn Store) {
         .unwrap()
         .unwrap();
     expired.sort();
-    assert_eq!(expired, ["sms", "websocket"]);
+    assert_eq!(
+        expired,
+        [("sms".to_string(), 1), ("websocket".to_string(), 1)]
+    );
     let got = store.get_message(&id).await.unwrap().unwrap();
     assert!(got
         .deliveries
@@ -212,7 +232,8 @@ async fn scheduled_messages_are_held_released_and_expired(store: &dyn Store) {
         .is_empty());
 }
 
-async fn failover_routes_advance_under_their_lease(store: &dyn Store) {
+pub async fn failover_routes_advance_under_their_lease(store: &Arc<dyn Store>) {
+    let store: &dyn Store = store.as_ref();
     use crate::routing::{LogEntry, Policy, PolicyKind, Progress, RouteState, Step};
     let now = now_ms();
     let mut m = msg(&[], "websocket");
@@ -349,7 +370,8 @@ fn attempt(c: &Claimed, outcome: AttemptOutcome) -> StatusChange {
     }
 }
 
-async fn outbox_claims_leases_and_outcomes(s: &dyn Store) {
+pub async fn outbox_claims_leases_and_outcomes(store: &Arc<dyn Store>) {
+    let s: &dyn Store = store.as_ref();
     let now = now_ms();
     let (id, dids) = insert(s, outbox_msg(&["a", "b", "c"], "mail")).await;
     // WebSocket rows never enter the outbox.
@@ -568,7 +590,8 @@ async fn outbox_claims_leases_and_outcomes(s: &dyn Store) {
     );
 }
 
-async fn insert_and_get(s: &dyn Store) {
+pub async fn insert_and_get(store: &Arc<dyn Store>) {
+    let s: &dyn Store = store.as_ref();
     let (id, dids) = insert(s, msg(&["a", "b"], "websocket")).await;
     assert_eq!(dids.len(), 2);
     let m = s.get_message(&id).await.unwrap().unwrap();
@@ -595,7 +618,8 @@ async fn insert_and_get(s: &dyn Store) {
     }
 }
 
-async fn idempotency(s: &dyn Store) {
+pub async fn idempotency(store: &Arc<dyn Store>) {
+    let s: &dyn Store = store.as_ref();
     let mut first = msg(&["i1"], "websocket");
     first.idempotency = Some(Idempotency {
         key: "k1".into(),
@@ -636,7 +660,8 @@ async fn idempotency(s: &dyn Store) {
     );
 }
 
-async fn status_moves_forward_only(s: &dyn Store) {
+pub async fn status_moves_forward_only(store: &Arc<dyn Store>) {
+    let s: &dyn Store = store.as_ref();
     let (id, dids) = insert(s, msg(&["f1", "f2"], "websocket")).await;
     let sent = |i: usize| StatusChange::Delivery {
         delivery_id: dids[i],
@@ -694,7 +719,8 @@ async fn status_moves_forward_only(s: &dyn Store) {
     );
 }
 
-async fn undelivered_and_collect(s: &dyn Store) {
+pub async fn undelivered_and_collect(store: &Arc<dyn Store>) {
+    let s: &dyn Store = store.as_ref();
     let mut ids = vec![];
     for _ in 0..5 {
         ids.push(insert(s, msg(&["u1"], "websocket")).await.0);
@@ -746,7 +772,8 @@ async fn undelivered_and_collect(s: &dyn Store) {
         .is_empty());
 }
 
-async fn delete_cascades(s: &dyn Store) {
+pub async fn delete_cascades(store: &Arc<dyn Store>) {
+    let s: &dyn Store = store.as_ref();
     let (id, _) = insert(s, msg(&["d1"], "websocket")).await;
     assert!(s.delete_message(&id).await.unwrap());
     assert!(!s.delete_message(&id).await.unwrap());
@@ -759,7 +786,8 @@ async fn delete_cascades(s: &dyn Store) {
     assert!(s.collect("d1", "websocket", 10).await.unwrap().is_empty());
 }
 
-async fn recipients(s: &dyn Store) {
+pub async fn recipients(store: &Arc<dyn Store>) {
+    let s: &dyn Store = store.as_ref();
     let r = Recipient {
         user_id: "r1".into(),
         name: Some("Alice".into()),
@@ -781,7 +809,7 @@ async fn recipients(s: &dyn Store) {
     assert!(s.get_recipient("r1").await.unwrap().is_none());
 }
 
-async fn concurrent_inserts_all_commit(store: Arc<dyn Store>) {
+pub async fn concurrent_inserts_all_commit(store: &Arc<dyn Store>) {
     let tasks: Vec<_> = (0..200)
         .map(|_| {
             let store = store.clone();
@@ -807,7 +835,8 @@ async fn concurrent_inserts_all_commit(store: Arc<dyn Store>) {
     );
 }
 
-async fn listing(s: &dyn Store) {
+pub async fn listing(store: &Arc<dyn Store>) {
+    let s: &dyn Store = store.as_ref();
     let mut ids = vec![];
     for i in 0..5 {
         let mut m = msg(&["l1", "l2", "l3"], "websocket");
@@ -872,4 +901,419 @@ async fn listing(s: &dyn Store) {
             .total,
         0
     );
+}
+
+/// A broadcast's presence deliveries as one compact audience (members sorted).
+fn broadcast(receivers: &[&str], now: i64) -> NewMessage {
+    let mut m = msg(&[], "websocket");
+    m.created_at_ms = now;
+    m.audience = Some(NewAudience::new(
+        "websocket",
+        receivers.iter().map(|r| r.to_string()).collect(),
+        now,
+        now + 60_000,
+    ));
+    m
+}
+
+/// Sessions open for `receivers` since `since` (as the server records before it takes a
+/// broadcast's audience).
+async fn online(s: &dyn Store, receivers: &[&str], since: i64) {
+    for r in receivers {
+        s.presence_open(&format!("session-{r}"), r, "node-a", since)
+            .await
+            .unwrap();
+    }
+}
+
+fn member_id(s_seq: i64, members: &[&str], receiver: &str) -> i64 {
+    let mut sorted: Vec<&str> = members.to_vec();
+    sorted.sort();
+    member_delivery_id(s_seq, sorted.iter().position(|m| *m == receiver).unwrap())
+}
+
+/// The same changes applied to a message with delivery rows and to one with a compact
+/// audience must read back the same through every read of the store.
+pub async fn compact_audiences_read_like_rows(store: &Arc<dyn Store>) {
+    let s: &dyn Store = store.as_ref();
+    let people = ["cx-a", "cx-b", "cx-c", "cx-d", "cx-e"];
+    let now = now_ms();
+    online(s, &people, now - 1_000).await;
+    let (rows_id, row_ids) = insert(s, msg(&people, "websocket")).await;
+    let m = broadcast(&people, now);
+    assert_eq!(m.delivery_count(), 5);
+    let (compact_id, none) = insert(s, m).await;
+    assert!(none.is_empty(), "members have no rows");
+    let cseq = seq_of(s, &compact_id).await;
+    let sent = |id: i64| StatusChange::Delivery {
+        delivery_id: id,
+        status: Status::Sent,
+        error: None,
+        count_attempt: true,
+    };
+    let script = |row: bool, id: &str| {
+        let did = |r: &str| {
+            if row {
+                row_ids[people.iter().position(|p| *p == r).unwrap()]
+            } else {
+                member_id(cseq, &people, r)
+            }
+        };
+        vec![
+            sent(did("cx-a")),
+            ack(id, "cx-a", Status::Delivered),
+            ack(id, "cx-a", Status::Read),
+            sent(did("cx-b")),
+            sent(did("cx-b")),
+            ack(id, "cx-c", Status::Delivered),
+            sent(did("cx-e")),
+            ack(id, "cx-a", Status::Delivered), // backwards: ignored
+            ack(id, "cx-mallory", Status::Delivered),
+        ]
+    };
+    let on_rows = s.apply_status(script(true, &rows_id)).await.unwrap();
+    let on_members = s.apply_status(script(false, &compact_id)).await.unwrap();
+    assert_eq!(
+        on_rows, on_members,
+        "the same changes move the same deliveries"
+    );
+    assert_eq!(
+        on_members,
+        [true, true, true, true, false, true, true, false, false]
+    );
+
+    let by_rows = s.get_message(&rows_id).await.unwrap().unwrap();
+    let by_members = s.get_message(&compact_id).await.unwrap().unwrap();
+    assert_eq!(by_rows.delivery_counts, by_members.delivery_counts);
+    assert_eq!(by_members.delivery_counts, [1, 2, 1, 1, 0]);
+    let view = |m: &Message| {
+        let mut v: Vec<_> = m
+            .deliveries
+            .iter()
+            .map(|d| {
+                (
+                    d.receiver.clone(),
+                    d.channel.clone(),
+                    d.status,
+                    d.attempts,
+                    d.error.clone(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(view(&by_rows), view(&by_members));
+    let a = by_members
+        .deliveries
+        .iter()
+        .find(|d| d.receiver == "cx-a")
+        .unwrap();
+    assert!(a.updated_at_ms >= now, "a member's own change time");
+
+    // Replay, the welcome count and the inbox see both messages, oldest first.
+    for (who, expect) in [
+        ("cx-b", 2),
+        ("cx-d", 2),
+        ("cx-e", 2),
+        ("cx-a", 0),
+        ("cx-c", 0),
+    ] {
+        let items = s.undelivered(who, "websocket", 0, 10).await.unwrap();
+        let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
+        let want: Vec<&str> = [rows_id.as_str(), compact_id.as_str()][..expect].to_vec();
+        assert_eq!(ids, want, "{who}");
+        let (n, max) = s.count_undelivered(who, "websocket").await.unwrap();
+        assert_eq!(n as usize, expect, "{who}");
+        if expect > 0 {
+            assert_eq!(max, cseq);
+            assert!(items[1].delivery_id < 0, "a member's id is derived");
+            let after = s
+                .undelivered(who, "websocket", items[0].seq, 10)
+                .await
+                .unwrap();
+            assert_eq!(after.len(), 1, "paging past the row");
+        }
+    }
+    let pending = s.receivers_with_undelivered("websocket").await.unwrap();
+    for who in ["cx-b", "cx-d", "cx-e"] {
+        assert!(pending.iter().any(|p| p == who), "{who}");
+    }
+    for (who, undelivered, all) in [("cx-a", 0, 2), ("cx-d", 2, 2)] {
+        let u = s.inbox(who, "websocket", true, page(1, 10)).await.unwrap();
+        assert_eq!(u.total, undelivered, "{who}");
+        let a = s.inbox(who, "websocket", false, page(1, 10)).await.unwrap();
+        assert_eq!(a.total, all, "{who}");
+        assert_eq!(a.items[0].id, compact_id, "newest first");
+        let second = s.inbox(who, "websocket", false, page(2, 1)).await.unwrap();
+        assert_eq!(second.items.len(), 1);
+        assert_eq!(second.items[0].id, rows_id);
+    }
+    let read = s
+        .inbox("cx-a", "websocket", false, page(1, 10))
+        .await
+        .unwrap();
+    assert!(read.items.iter().all(|i| i.status == Status::Read));
+
+    // Listing filters match a member as they match a row.
+    let ids_of = |p: Page<Message>| {
+        let mut v: Vec<String> = p.items.into_iter().map(|m| m.id).collect();
+        v.sort();
+        v
+    };
+    let mut both = vec![rows_id.clone(), compact_id.clone()];
+    both.sort();
+    for f in [
+        MessageFilter {
+            receiver: Some("cx-d".into()),
+            ..Default::default()
+        },
+        MessageFilter {
+            receiver: Some("cx-b".into()),
+            status: Some(StatusFilter::Is(Status::Sent)),
+            ..Default::default()
+        },
+        MessageFilter {
+            receiver: Some("cx-a".into()),
+            status: Some(StatusFilter::Is(Status::Read)),
+            channel: Some("websocket".into()),
+            ..Default::default()
+        },
+    ] {
+        let p = s.list_messages(&f, page(1, 100), 100).await.unwrap();
+        assert_eq!(p.total, 2, "{f:?}");
+        assert_eq!(ids_of(p), both, "{f:?}");
+    }
+    let none = MessageFilter {
+        receiver: Some("cx-a".into()),
+        status: Some(StatusFilter::Is(Status::Pending)),
+        ..Default::default()
+    };
+    assert_eq!(
+        s.list_messages(&none, page(1, 10), 10).await.unwrap().total,
+        0
+    );
+    let delivered = MessageFilter {
+        status: Some(StatusFilter::Is(Status::Delivered)),
+        ..Default::default()
+    };
+    let p = ids_of(s.list_messages(&delivered, page(1, 1000), 1).await.unwrap());
+    assert!(p.contains(&rows_id) && p.contains(&compact_id));
+    let listed = s
+        .list_messages(
+            &MessageFilter {
+                receiver: Some("cx-e".into()),
+                ..Default::default()
+            },
+            page(1, 10),
+            3,
+        )
+        .await
+        .unwrap();
+    for m in &listed.items {
+        assert_eq!(m.deliveries.len(), 3, "capped per message");
+        assert_eq!(m.delivery_counts.iter().sum::<i64>(), 5, "counts complete");
+    }
+
+    // Collect takes members like rows.
+    let got = s.collect("cx-d", "websocket", 10).await.unwrap();
+    assert_eq!(
+        got.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+        [rows_id.as_str(), compact_id.as_str()]
+    );
+    assert!(got.iter().all(|i| i.status == Status::Delivered));
+    assert_eq!(status_of(s, &compact_id, "cx-d").await, Status::Delivered);
+    assert!(s.collect("cx-d", "websocket", 10).await.unwrap().is_empty());
+
+    // Idempotent retries of a broadcast report its deliveries.
+    let mut again = broadcast(&people, now);
+    again.idempotency = Some(Idempotency {
+        key: "compact-key".into(),
+        request_hash: "h".into(),
+    });
+    let first = s.insert_message(again.clone()).await.unwrap();
+    assert!(matches!(first, Inserted::New { .. }));
+    again.id = new_message_id();
+    match s.insert_message(again).await.unwrap() {
+        Inserted::Existing { deliveries, .. } => assert_eq!(deliveries, 5),
+        other => panic!("{other:?}"),
+    }
+}
+
+pub async fn compact_audiences_spill_expire_and_delete(store: &Arc<dyn Store>) {
+    let s: &dyn Store = store.as_ref();
+    let people = ["sp-a", "sp-b", "sp-c"];
+    let now = now_ms();
+    online(s, &people, now - 1_000).await;
+    let mut m = broadcast(&people, now);
+    m.expires_at_ms = Some(now + 120_000);
+    let (id, _) = insert(s, m).await;
+    let seq = seq_of(s, &id).await;
+    s.apply_status(vec![
+        StatusChange::Delivery {
+            delivery_id: member_id(seq, &people, "sp-b"),
+            status: Status::Sent,
+            error: None,
+            count_attempt: true,
+        },
+        ack(&id, "sp-c", Status::Delivered),
+    ])
+    .await
+    .unwrap();
+
+    // The window ends: the two undelivered members get rows; nothing reads differently.
+    let t = timers_of(s, seq, now + 60_000, now + 70_000).await;
+    assert_eq!(t.len(), 1, "{t:?}");
+    assert_eq!(t[0].kind, TimerKind::Spill);
+    let stale = Timer {
+        lease_until_ms: now + 1,
+        ..t[0].clone()
+    };
+    assert!(s.spill_audience(&stale, now).await.unwrap().is_none());
+    assert_eq!(
+        s.spill_audience(&t[0], now + 60_000).await.unwrap(),
+        Some(2)
+    );
+    assert!(
+        s.spill_audience(&t[0], now + 60_000)
+            .await
+            .unwrap()
+            .is_none(),
+        "once"
+    );
+    let got = s.get_message(&id).await.unwrap().unwrap();
+    assert_eq!(got.deliveries.len(), 3);
+    assert_eq!(got.delivery_counts, [1, 1, 1, 0, 0]);
+    let b = got
+        .deliveries
+        .iter()
+        .find(|d| d.receiver == "sp-b")
+        .unwrap();
+    assert_eq!((b.status, b.attempts), (Status::Sent, 1));
+    assert!(b.id > 0, "a spilled member is a row now");
+    for who in ["sp-a", "sp-b"] {
+        let items = s.undelivered(who, "websocket", 0, 10).await.unwrap();
+        assert_eq!(items.len(), 1, "{who}");
+        assert_eq!(items[0].id, id);
+        assert_eq!(s.count_undelivered(who, "websocket").await.unwrap().0, 1);
+    }
+    // Changes by member id and by ack reach the row now.
+    let moved = s
+        .apply_status(vec![
+            StatusChange::Delivery {
+                delivery_id: member_id(seq, &people, "sp-a"),
+                status: Status::Sent,
+                error: None,
+                count_attempt: true,
+            },
+            ack(&id, "sp-b", Status::Delivered),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(moved, [true, true]);
+    assert_eq!(status_of(s, &id, "sp-a").await, Status::Sent);
+    assert_eq!(status_of(s, &id, "sp-b").await, Status::Delivered);
+
+    // expiresAt fails what is left, rows and members alike.
+    let people2 = ["ex-a", "ex-b"];
+    online(s, &people2, now - 1_000).await;
+    let mut m = broadcast(&people2, now);
+    m.expires_at_ms = Some(now + 120_000);
+    let (id2, _) = insert(s, m).await;
+    s.apply_status(vec![ack(&id2, "ex-a", Status::Delivered)])
+        .await
+        .unwrap();
+    let seq2 = seq_of(s, &id2).await;
+    let t = timers_of(s, seq2, now + 120_000, now + 130_000).await;
+    let expire = t.iter().find(|t| t.kind == TimerKind::Expire).unwrap();
+    let presence = vec!["websocket".to_string()];
+    assert_eq!(
+        s.expire_message(expire, &presence, now + 120_000)
+            .await
+            .unwrap(),
+        Some(vec![("websocket".to_string(), 1)])
+    );
+    let got = s.get_message(&id2).await.unwrap().unwrap();
+    let b = got
+        .deliveries
+        .iter()
+        .find(|d| d.receiver == "ex-b")
+        .unwrap();
+    assert_eq!(
+        (b.status, b.error.as_deref()),
+        (Status::Failed, Some("expired"))
+    );
+    assert_eq!(status_of(s, &id2, "ex-a").await, Status::Delivered);
+    assert!(s
+        .undelivered("ex-b", "websocket", 0, 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Delete: gone everywhere; changes for its members match nothing.
+    assert!(s.delete_message(&id).await.unwrap());
+    assert!(s.get_message(&id).await.unwrap().is_none());
+    assert!(s
+        .undelivered("sp-a", "websocket", 0, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        s.apply_status(vec![
+            StatusChange::Delivery {
+                delivery_id: member_id(seq, &people, "sp-c"),
+                status: Status::Read,
+                error: None,
+                count_attempt: false,
+            },
+            ack(&id, "sp-a", Status::Delivered),
+        ])
+        .await
+        .unwrap(),
+        [false, false]
+    );
+    assert_eq!(
+        s.inbox("sp-c", "websocket", false, page(1, 10))
+            .await
+            .unwrap()
+            .total,
+        0
+    );
+
+    // Presence records of a dead node are closed.
+    assert!(s.presence_close_node("node-a", now).await.unwrap() >= 5);
+    assert_eq!(s.presence_close_node("node-a", now).await.unwrap(), 0);
+}
+
+pub async fn devices_move_between_users(store: &Arc<dyn Store>) {
+    let s: &dyn Store = store.as_ref();
+    let reg = |user: &str, name: Option<&str>| NewDevice {
+        user_id: user.into(),
+        platform: "fcm".into(),
+        token: "moving-token".into(),
+        name: name.map(str::to_owned),
+    };
+    let first = s
+        .register_device(reg("dv-a", Some("Ann's phone")))
+        .await
+        .unwrap();
+    assert!(first.created);
+    assert_eq!(first.previous_owner, None);
+    let again = s.register_device(reg("dv-a", None)).await.unwrap();
+    assert!(!again.created);
+    assert_eq!(again.previous_owner, None, "the same user again is no move");
+    assert_eq!(
+        again.device.name.as_deref(),
+        Some("Ann's phone"),
+        "kept without a new name"
+    );
+    let moved = s.register_device(reg("dv-b", None)).await.unwrap();
+    assert_eq!(moved.device.id, first.device.id);
+    assert_eq!(moved.previous_owner.as_deref(), Some("dv-a"));
+    assert_eq!(moved.device.user_id, "dv-b");
+    assert_eq!(
+        moved.device.name, None,
+        "the old owner's label does not travel"
+    );
+    assert!(s.list_devices("dv-a").await.unwrap().is_empty());
 }

@@ -10,6 +10,12 @@
 //!   the inbox and collect until released.
 //! * A delivery's status change makes its receiver's running failover chain due at once,
 //!   in the same transaction.
+//! * The presence deliveries of a broadcast ([`NewMessage::audience`]) are one compact
+//!   record (`audience.rs`); every read answers for its members exactly as it would for
+//!   delivery rows (the conformance suite checks both shapes side by side).
+//! * A write that was not committed is never reported as done: when the database cannot
+//!   write (disk full, I/O error, lost connection), operations fail with
+//!   [`StoreError::Unavailable`] until it can again, and [`Store::ready`] says why.
 
 use async_trait::async_trait;
 
@@ -17,11 +23,17 @@ use std::collections::HashMap;
 
 use crate::model::{
     ClaimResult, DeviceRecord, InboxItem, Inserted, Message, MessageFilter, NewDevice, NewMessage,
-    OutboxMessage, Page, PageRequest, QuotaClaim, Recipient, RouteAdvance, StatusChange, Timer,
+    OutboxMessage, Page, PageRequest, QuotaClaim, Recipient, Registered, RouteAdvance,
+    StatusChange, Timer,
 };
 
+pub mod audience;
+mod health;
 pub mod postgres;
+pub(crate) mod rows;
 pub mod sqlite;
+
+pub use health::Health;
 
 /// Apply the migrations of the database at `url` (`sqlite://…` or `postgres://…`) and
 /// return (`herald migrate`).
@@ -37,12 +49,49 @@ pub async fn migrate_only(url: &str) -> Result<(), StoreError> {
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The SQLite writer's own driver.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("the store is shut down")]
     Closed,
     #[error("unexpected data in the store: {0}")]
     Corrupt(String),
+    /// The database cannot take writes now (disk full, I/O error, lost connection, a
+    /// statement timeout). Nothing of the failed operation was stored; retry later.
+    #[error("the database cannot write: {0}")]
+    Unavailable(String),
+    /// More writes are queued than the store takes (admission control): nothing was
+    /// stored; retry after a moment.
+    #[error("the store is overloaded: {0}")]
+    Overloaded(&'static str),
+}
+
+impl StoreError {
+    /// The operation may succeed if tried again later (nothing was stored): the API answers
+    /// `503` with `Retry-After` (this many seconds).
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            StoreError::Overloaded(_) => Some(1),
+            StoreError::Unavailable(_) | StoreError::Closed => Some(5),
+            StoreError::Database(e) if is_transient(e) => Some(2),
+            _ => None,
+        }
+    }
+}
+
+/// sqlx errors that say "the database is not reachable now" rather than "this operation is
+/// wrong": connection and pool trouble, I/O.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Protocol(_)
+    )
 }
 
 /// How many deliveries a listing shows per message (a broadcast may have thousands; the
@@ -159,8 +208,9 @@ pub trait Store: Send + Sync + 'static {
     async fn any_preferences(&self) -> Result<bool, StoreError>;
 
     /// Register a device (idempotent: the same platform and token is the same row, moved
-    /// to this user and reactivated). `true` when it was created.
-    async fn register_device(&self, device: NewDevice) -> Result<(DeviceRecord, bool), StoreError>;
+    /// to this user and reactivated). A device that moves from another user takes the new
+    /// registration's name (the old owner's label must not travel with it).
+    async fn register_device(&self, device: NewDevice) -> Result<Registered, StoreError>;
 
     /// A user's devices, active and deactivated, oldest first.
     async fn list_devices(&self, user_id: &str) -> Result<Vec<DeviceRecord>, StoreError>;
@@ -177,6 +227,30 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deactivate devices a provider reported gone: (device id, reason).
     async fn deactivate_devices(&self, dead: Vec<(i64, String)>) -> Result<u64, StoreError>;
+
+    /// A WebSocket session opened (`since_ms`: before it was registered, wall clock). The
+    /// history index: broadcasts taken while a receiver's session was open are found for it
+    /// (inbox, `?receiver=`). Ordered before any write queued after it returns.
+    async fn presence_open(
+        &self,
+        session: &str,
+        receiver: &str,
+        node: &str,
+        since_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// The session closed (`until_ms`: after it was unregistered).
+    async fn presence_close(&self, session: &str, until_ms: i64) -> Result<(), StoreError>;
+
+    /// Close every session of `node` still recorded as open (its process died): at start,
+    /// and when a cluster node is found dead.
+    async fn presence_close_node(&self, node: &str, until_ms: i64) -> Result<u64, StoreError>;
+
+    /// A spill timer fired: members of the message's audience that are still undelivered
+    /// get delivery rows of their own (so the audience is no longer scanned on connect),
+    /// and the timer is dropped — if the lease still holds (`None` otherwise). Returns how
+    /// many members were spilled.
+    async fn spill_audience(&self, timer: &Timer, now_ms: i64) -> Result<Option<u64>, StoreError>;
 
     /// Undelivered, released deliveries of `receiver` on `channel`: how many, and the
     /// highest message `seq` among them (what a connecting session will replay).
@@ -209,14 +283,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// An expire timer fired: fail the message's `pending` deliveries (and `sent` ones on
     /// `presence` channels, which would be replayed) with `expired`, end its running
-    /// chains, drop the timer. `None` when the lease was lost; else the channels of the
-    /// expired deliveries (one entry per delivery).
+    /// chains, drop the timer. `None` when the lease was lost; else how many deliveries
+    /// expired per channel.
     async fn expire_message(
         &self,
         timer: &Timer,
         presence: &[String],
         now_ms: i64,
-    ) -> Result<Option<Vec<String>>, StoreError>;
+    ) -> Result<Option<Vec<(String, u64)>>, StoreError>;
 
     /// A receiver's deliveries of a message (a failover chain's steps so far).
     async fn receiver_deliveries(
@@ -230,8 +304,14 @@ pub trait Store: Send + Sync + 'static {
     /// superseded ones.
     async fn advance_route(&self, advance: RouteAdvance) -> Result<Option<Vec<i64>>, StoreError>;
 
-    /// The database answers and the migrations are applied.
+    /// The database answers, the migrations are applied and writes succeed (an
+    /// `Unavailable` error says why not, e.g. "disk full").
     async fn ready(&self) -> Result<(), StoreError>;
+
+    /// Writes waiting for the database (`/metrics`); 0 where there is no queue.
+    fn queued_writes(&self) -> usize {
+        0
+    }
 
     /// Flush pending writes and close connections.
     async fn close(&self);

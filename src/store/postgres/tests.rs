@@ -12,7 +12,9 @@ use sqlx::{Connection, PgConnection};
 use tokio::sync::Barrier;
 
 use super::*;
-use crate::model::{new_message_id, Idempotency, NewDelivery};
+use crate::model::{
+    member_delivery_id, new_message_id, Idempotency, NewAudience, NewDelivery, Status,
+};
 
 fn admin_url() -> String {
     std::env::var("HERALD_TEST_POSTGRES_URL")
@@ -67,33 +69,66 @@ impl TestDb {
         }
     }
 
+    /// A store for behaviour, not overload: sends may wait long for a connection (every
+    /// insert is a transaction of its own, and bursts of 200 on a busy test machine take
+    /// longer than the default `max_queue_wait`; `overload_is_refused…` tests that).
     async fn store(&self) -> Arc<PgStore> {
-        let settings = DatabaseSettings {
+        self.store_with(DatabaseSettings {
             max_connections: 8,
+            max_queue_wait: std::time::Duration::from_secs(10),
             ..DatabaseSettings::default()
-        };
+        })
+        .await
+    }
+
+    async fn store_with(&self, settings: DatabaseSettings) -> Arc<PgStore> {
         Arc::new(PgStore::open(&self.url, &settings).await.unwrap())
     }
+
+    /// A connection of the test's own (as an operator's `psql`).
+    async fn connect(&self) -> PgConnection {
+        PgConnection::connect(&self.url).await.unwrap()
+    }
+
+    /// How many of `ids` are stored, as another client sees it.
+    async fn stored(&self, ids: &[String]) -> usize {
+        let mut conn = self.connect().await;
+        let n: i64 = sqlx::query("SELECT count(*) FROM messages WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+            .try_get(0)
+            .unwrap();
+        conn.close().await.ok();
+        n as usize
+    }
+}
+
+/// Run `sql` on the admin connection from a `Drop` (which runs inside the test's runtime:
+/// the async work happens on a thread of its own). `true` when it succeeded.
+fn admin_from_drop(sql: String) -> bool {
+    let done = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for a test's clean-up");
+        rt.block_on(async {
+            let mut conn = admin().await;
+            sqlx::query(&sql).execute(&mut conn).await
+        })
+    })
+    .join();
+    matches!(done, Ok(Ok(_)))
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        // Drop runs inside the test's runtime: do the async work on a thread of its own.
-        let name = self.name.clone();
-        let done = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime to drop the test database");
-            rt.block_on(async {
-                let mut conn = admin().await;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut conn)
-                    .await
-            })
-        })
-        .join();
-        if !matches!(done, Ok(Ok(_))) && !std::thread::panicking() {
+        let dropped = admin_from_drop(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+        if !dropped && !std::thread::panicking() {
             panic!("could not drop the test database {}", self.name);
         }
     }
@@ -121,13 +156,14 @@ fn outbox_msg(receivers: impl IntoIterator<Item = String>, channel: &str) -> New
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conformance() {
+/// A fresh store on a database of its own (dropped when the test ends).
+async fn fresh() -> (Arc<dyn Store>, TestDb) {
     let db = TestDb::create().await;
-    let store = db.store().await;
-    crate::store::conformance::run_all(store.clone()).await;
-    store.close().await;
+    let store: Arc<dyn Store> = db.store().await;
+    (store, db)
 }
+
+crate::store::conformance::conformance_tests!(super::fresh);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_run_once_when_nodes_start_together() {
@@ -425,6 +461,563 @@ async fn collect_takes_each_delivery_once_across_nodes() {
     for n in nodes {
         n.close().await;
     }
+}
+
+fn broadcast(members: &[String], now: i64) -> NewMessage {
+    let mut m = outbox_msg([], "websocket");
+    m.created_at_ms = now;
+    m.audience = Some(NewAudience::new(
+        "websocket",
+        members.to_vec(),
+        now,
+        now + 60_000,
+    ));
+    m
+}
+
+/// Every task of `tasks` (spread over both nodes) applies `changes(task)` in batches of
+/// 40, all at once; returns how many changes moved a status, per change key.
+async fn race(
+    nodes: &[Arc<PgStore>; 2],
+    tasks: usize,
+    changes: impl Fn(usize) -> Vec<(usize, StatusChange)>,
+) -> Vec<usize> {
+    use rand::seq::SliceRandom;
+    let barrier = Arc::new(Barrier::new(tasks));
+    let mut handles = Vec::new();
+    let mut keys = 0;
+    for t in 0..tasks {
+        let mut mine = changes(t);
+        keys = keys.max(mine.iter().map(|(k, _)| k + 1).max().unwrap_or(0));
+        mine.shuffle(&mut rand::rng());
+        let (node, barrier) = (nodes[t % 2].clone(), barrier.clone());
+        handles.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let mut moved = Vec::new();
+            for batch in mine.chunks(40) {
+                let (k, c): (Vec<usize>, Vec<StatusChange>) = batch.iter().cloned().unzip();
+                let applied = node.apply_status(c).await.unwrap();
+                moved.extend(
+                    k.into_iter()
+                        .zip(applied)
+                        .filter(|(_, a)| *a)
+                        .map(|(k, _)| k),
+                );
+            }
+            moved
+        }));
+    }
+    let mut per_key = vec![0; keys];
+    for h in handles {
+        for k in h.await.unwrap() {
+            per_key[k] += 1;
+        }
+    }
+    per_key
+}
+
+/// Two nodes apply `sent`, acks and reads for the members of two broadcasts at once, in
+/// batches that touch both audiences in random order, while one node spills the second
+/// broadcast: every change lands exactly once (one `true` per transition, attempts counted
+/// once per hand-over), the counts are exact, and no batch deadlocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audience_changes_land_once_across_nodes() {
+    let db = TestDb::create().await;
+    let nodes = [db.store().await, db.store().await];
+    let people: Vec<String> = (0..200).map(|i| format!("m{i:03}")).collect();
+    let now = now_ms();
+    let mut msgs = Vec::new();
+    for _ in 0..2 {
+        let m = broadcast(&people, now);
+        let id = m.id.clone();
+        let Inserted::New { seq, .. } = nodes[0].insert_message(m).await.unwrap() else {
+            panic!("not inserted");
+        };
+        msgs.push((id, seq));
+    }
+    let (tasks, n) = (8, people.len());
+    let key = |b: usize, i: usize| b * n + i;
+
+    // Every task hands every member over once (`sent` by member id).
+    let sent = race(&nodes, tasks, |_| {
+        let mut v = Vec::new();
+        for (b, (_, seq)) in msgs.iter().enumerate() {
+            for i in 0..n {
+                let change = StatusChange::Delivery {
+                    delivery_id: member_delivery_id(*seq, i),
+                    status: Status::Sent,
+                    error: None,
+                    count_attempt: true,
+                };
+                v.push((key(b, i), change));
+            }
+        }
+        v
+    })
+    .await;
+    assert!(
+        sent.iter().all(|&k| k == 1),
+        "one pending → sent each: {sent:?}"
+    );
+
+    // Every task acks every member; the second broadcast is spilled meanwhile.
+    let spill = {
+        let (node, seq) = (nodes[1].clone(), msgs[1].1);
+        tokio::spawn(async move {
+            let t = node
+                .claim_timers(now + 60_000, now + 70_000, 100)
+                .await
+                .unwrap();
+            let t = t.into_iter().find(|t| t.message_seq == seq).unwrap();
+            node.spill_audience(&t, now + 60_000)
+                .await
+                .unwrap()
+                .unwrap()
+        })
+    };
+    let ack = |id: &str, who: &str, status| StatusChange::Receiver {
+        message_id: id.into(),
+        receiver: who.into(),
+        channel: "websocket".into(),
+        status,
+    };
+    let delivered = race(&nodes, tasks, |_| {
+        let mut v = Vec::new();
+        for (b, (id, _)) in msgs.iter().enumerate() {
+            for (i, who) in people.iter().enumerate() {
+                v.push((key(b, i), ack(id, who, Status::Delivered)));
+            }
+        }
+        v
+    })
+    .await;
+    assert!(delivered.iter().all(|&k| k == 1), "{delivered:?}");
+    assert!(spill.await.unwrap() <= n as u64);
+    // Even members read it.
+    let read = race(&nodes, tasks, |_| {
+        let mut v = Vec::new();
+        for (b, (id, _)) in msgs.iter().enumerate() {
+            for (i, who) in people.iter().enumerate().step_by(2) {
+                v.push((key(b, i), ack(id, who, Status::Read)));
+            }
+        }
+        v
+    })
+    .await;
+    for (k, &moved) in read.iter().enumerate() {
+        assert_eq!(moved, usize::from(k % n % 2 == 0), "key {k}");
+    }
+
+    for (id, _) in &msgs {
+        let m = nodes[0].get_message(id).await.unwrap().unwrap();
+        assert_eq!(
+            m.delivery_counts,
+            [0, 0, n as i64 / 2, n as i64 / 2, 0],
+            "{id}"
+        );
+        assert_eq!(
+            m.deliveries.len(),
+            n,
+            "each member once, as a member or a row"
+        );
+        for d in &m.deliveries {
+            assert_eq!(d.attempts, tasks as i64, "{d:?}");
+        }
+    }
+    for who in ["m000", "m001", "m199"] {
+        assert!(nodes[1]
+            .undelivered(who, "websocket", 0, 10)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+    for n in nodes {
+        n.close().await;
+    }
+}
+
+/// A session recorded through one node indexes the broadcasts another node takes: the
+/// record is committed before `presence_open` returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_on_one_node_finds_broadcasts_of_another() {
+    let db = TestDb::create().await;
+    let nodes = [db.store().await, db.store().await];
+    let now = now_ms();
+    nodes[0]
+        .presence_open("s-1", "hist-u", "node-a", now - 1_000)
+        .await
+        .unwrap();
+    let m = broadcast(&["hist-u".to_string(), "other".to_string()], now);
+    let id = m.id.clone();
+    nodes[1].insert_message(m).await.unwrap();
+    nodes[1]
+        .apply_status(vec![StatusChange::Receiver {
+            message_id: id.clone(),
+            receiver: "hist-u".into(),
+            channel: "websocket".into(),
+            status: Status::Delivered,
+        }])
+        .await
+        .unwrap();
+    // Delivered, so only the history index (not the open audiences) can find it.
+    let all = nodes[1]
+        .inbox(
+            "hist-u",
+            "websocket",
+            false,
+            PageRequest { page: 1, size: 10 },
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.total, 1);
+    assert_eq!(all.items[0].id, id);
+    assert_eq!(all.items[0].status, Status::Delivered);
+    let filter = MessageFilter {
+        receiver: Some("hist-u".into()),
+        ..Default::default()
+    };
+    let listed = nodes[0]
+        .list_messages(&filter, PageRequest { page: 1, size: 10 }, 10)
+        .await
+        .unwrap();
+    assert_eq!(listed.total, 1);
+    // A node found dead: the sessions it left open are closed, once.
+    assert_eq!(
+        nodes[1].presence_close_node("node-a", now).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        nodes[0].presence_close_node("node-a", now).await.unwrap(),
+        0
+    );
+    let all = nodes[0]
+        .inbox(
+            "hist-u",
+            "websocket",
+            false,
+            PageRequest { page: 1, size: 10 },
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.total, 1, "taken while the session was open");
+    for n in nodes {
+        n.close().await;
+    }
+}
+
+/// A message whose content does not compress (it must take its room on disk).
+fn bulky(bytes: usize) -> NewMessage {
+    use rand::distr::{Alphanumeric, SampleString};
+    let mut m = outbox_msg(["bulky-u".to_string()], "websocket");
+    m.deliveries[0].outbox = false;
+    m.content = Alphanumeric.sample_string(&mut rand::rng(), bytes);
+    m
+}
+
+/// Poll until a send is accepted again (the store recovers by itself), within `secs`.
+async fn until_accepting(store: &PgStore, secs: u64) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let m = bulky(100);
+        let id = m.id.clone();
+        match store.insert_message(m).await {
+            Ok(Inserted::New { .. }) => return id,
+            Err(StoreError::Unavailable(_)) | Err(StoreError::Overloaded(_)) => {}
+            other => panic!("unexpected answer while recovering: {other:?}"),
+        }
+        assert!(std::time::Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Every backend of the test database is killed (`pg_terminate_backend`, as an operator or
+/// a failover would) while 16 tasks insert: every `Ok` is stored, every error is
+/// `Unavailable`, and the store recovers by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_backends_fail_writes_as_unavailable_and_the_store_recovers() {
+    let db = TestDb::create().await;
+    let store = db.store().await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..16 {
+        let (store, tx) = (store.clone(), tx.clone());
+        tokio::spawn(async move {
+            for _ in 0..30 {
+                let m = bulky(200);
+                let id = m.id.clone();
+                if tx.send((id, store.insert_message(m).await)).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut killer = db.connect().await;
+    let (mut accepted, mut refused, mut kills) = (Vec::new(), 0, 0);
+    let mut answers = 0;
+    while let Some((id, answer)) = rx.recv().await {
+        match answer {
+            Ok(Inserted::New { .. }) => accepted.push(id),
+            Err(StoreError::Unavailable(why)) => {
+                assert!(
+                    why == "the database server ended the connection" || why == "connection lost",
+                    "{why}"
+                );
+                refused += 1;
+            }
+            other => panic!("unexpected answer: {other:?}"),
+        }
+        answers += 1;
+        // Kill every connection of the store after every 40 answers (while the others run).
+        if answers % 40 == 0 && kills < 6 {
+            let n: i64 = sqlx::query(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            )
+            .fetch_one(&mut killer)
+            .await
+            .unwrap()
+            .try_get(0)
+            .unwrap();
+            kills += usize::from(n > 0);
+        }
+    }
+    assert!(
+        kills >= 6 && refused > 0,
+        "kills {kills}, refused {refused}"
+    );
+    assert_eq!(db.stored(&accepted).await, accepted.len(), "an Ok was lost");
+    let after = until_accepting(&store, 20).await;
+    assert!(store.get_message(&after).await.unwrap().is_some());
+    store.ready().await.unwrap();
+    store.close().await;
+}
+
+/// A statement timeout (here: an insert waiting on a lock held elsewhere) answers
+/// `Unavailable("statement timeout")`, stores nothing, and sends work again once the lock
+/// is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_timeout_is_unavailable_and_passes() {
+    let db = TestDb::create().await;
+    let mut admin = db.connect().await;
+    sqlx::query(&format!(
+        "ALTER DATABASE {} SET statement_timeout = '300ms'",
+        db.name
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let store = db.store().await;
+    let first = bulky(100);
+    store.insert_message(first).await.unwrap();
+    let mut blocker = db.connect().await;
+    sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
+    sqlx::query("LOCK TABLE messages IN SHARE MODE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let m = bulky(100);
+    let id = m.id.clone();
+    match store.insert_message(m).await {
+        Err(StoreError::Unavailable(why)) => assert_eq!(why, "statement timeout"),
+        other => panic!("expected a statement timeout: {other:?}"),
+    }
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    assert_eq!(
+        db.stored(&[id]).await,
+        0,
+        "a timed-out insert stored nothing"
+    );
+    until_accepting(&store, 20).await;
+    store.ready().await.unwrap();
+    store.close().await;
+}
+
+/// Admission control: while inserts cannot finish (a lock held elsewhere), sends beyond
+/// what may run and wait are refused with `Overloaded` (at once, or after
+/// `max_queue_wait`) instead of queueing on the pool; nothing refused is stored, everything
+/// accepted is, and the store is healthy afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_refused_and_nothing_accepted_is_lost() {
+    let db = TestDb::create().await;
+    let store = db
+        .store_with(DatabaseSettings {
+            max_connections: 4, // 3 inserts at once
+            max_batch: 4,       // 16 admitted
+            max_queue_wait: std::time::Duration::from_millis(50),
+            ..DatabaseSettings::default()
+        })
+        .await;
+    let mut blocker = db.connect().await;
+    sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
+    sqlx::query("LOCK TABLE messages IN SHARE MODE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut all = Vec::new();
+    for _ in 0..64 {
+        let (store, tx) = (store.clone(), tx.clone());
+        let m = bulky(100);
+        all.push(m.id.clone());
+        tokio::spawn(async move {
+            let id = m.id.clone();
+            let _ = tx.send((id, store.insert_message(m).await));
+        });
+    }
+    drop(tx);
+    let (mut ok, mut refused) = (Vec::new(), 0);
+    // Everything but the running inserts is answered while the lock is held.
+    while refused < 64 - 3 {
+        match rx.recv().await {
+            Some((_, Err(StoreError::Overloaded(_)))) => refused += 1,
+            other => panic!("unexpected while blocked: {other:?}"),
+        }
+    }
+    assert_eq!(store.queued_writes(), 3, "the running ones");
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    while let Some((id, answer)) = rx.recv().await {
+        match answer {
+            Ok(Inserted::New { .. }) => ok.push(id),
+            other => panic!("unexpected: {other:?}"),
+        }
+    }
+    assert_eq!(ok.len(), 3);
+    assert_eq!(db.stored(&ok).await, 3);
+    assert_eq!(db.stored(&all).await, 3, "a refused send was stored");
+    assert_eq!(store.queued_writes(), 0);
+    until_accepting(&store, 10).await;
+    store.close().await;
+}
+
+/// A tablespace on a tmpfs, mounted for one test and removed afterwards (also when the test
+/// fails): Herald's tables are created in it (`default_tablespace`), so it fills up as
+/// a disk would. (The database's catalogs, a copy of `template1`, stay where they are:
+/// they would not fit.)
+struct SmallDisk {
+    dir: std::path::PathBuf,
+    tablespace: String,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let name = format!("herald_ts_{}", uuid::Uuid::now_v7().simple());
+        let dir = std::env::temp_dir().join(&name);
+        std::fs::create_dir(&dir).unwrap();
+        let disk = SmallDisk {
+            dir,
+            tablespace: name,
+        };
+        disk.run(
+            "mount",
+            &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"],
+        );
+        disk.run("chown", &["postgres:postgres"]);
+        disk
+    }
+
+    /// `program args… DIR`, which must succeed.
+    fn run(&self, program: &str, args: &[&str]) {
+        let status = std::process::Command::new(program)
+            .args(args)
+            .arg(&self.dir)
+            .status()
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+        assert!(
+            status.success(),
+            "{program} {args:?} {}: {status} (the disk-full test runs as root)",
+            self.dir.display()
+        );
+    }
+
+    fn resize(&self, size: &str) {
+        self.run("mount", &["-o", &format!("remount,size={size}")]);
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let dropped = admin_from_drop(format!("DROP TABLESPACE IF EXISTS {}", self.tablespace));
+        let unmounted = std::process::Command::new("umount")
+            .arg(&self.dir)
+            .status()
+            .is_ok_and(|s| s.success())
+            || std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.dir)
+                .status()
+                .is_ok_and(|s| s.success());
+        let removed = std::fs::remove_dir(&self.dir).is_ok();
+        if !std::thread::panicking() {
+            assert!(dropped, "DROP TABLESPACE {} failed", self.tablespace);
+            assert!(unmounted && removed, "{} left behind", self.dir.display());
+        }
+    }
+}
+
+/// The disk holding Herald's tables fills up: inserts get `Unavailable("disk full")`,
+/// `ready()` says why, every `Ok` is stored, and once there is room again (the tmpfs grows)
+/// sends are accepted by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_inserts_and_recovers_by_itself() {
+    let disk = SmallDisk::mount("4m");
+    let db = TestDb::create().await; // dropped before `disk`
+    let mut admin_conn = admin().await;
+    for sql in [
+        format!(
+            "CREATE TABLESPACE {} LOCATION '{}'",
+            disk.tablespace,
+            disk.dir.display()
+        ),
+        format!(
+            "ALTER DATABASE {} SET default_tablespace = '{}'",
+            db.name, disk.tablespace
+        ),
+    ] {
+        sqlx::query(&sql).execute(&mut admin_conn).await.unwrap();
+    }
+    admin_conn.close().await.ok();
+    let store = db.store().await;
+    let (mut accepted, mut refused) = (Vec::new(), 0);
+    // Four writers at a time until 40 sends were refused.
+    for round in 0.. {
+        assert!(round < 400, "the disk never filled up");
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                let store = store.clone();
+                let m = bulky(24 << 10);
+                let id = m.id.clone();
+                tokio::spawn(async move { (id, store.insert_message(m).await) })
+            })
+            .collect();
+        for t in tasks {
+            match t.await.unwrap() {
+                (id, Ok(Inserted::New { .. })) => accepted.push(id),
+                (_, Err(StoreError::Unavailable(why))) => {
+                    assert_eq!(why, "disk full");
+                    refused += 1;
+                }
+                (_, other) => panic!("unexpected answer: {other:?}"),
+            }
+        }
+        if refused >= 40 {
+            break;
+        }
+    }
+    assert!(accepted.len() > 10, "accepted {}", accepted.len());
+    match store.ready().await {
+        Err(StoreError::Unavailable(why)) => assert_eq!(why, "disk full"),
+        other => panic!("ready while full: {other:?}"),
+    }
+    assert_eq!(db.stored(&accepted).await, accepted.len(), "an Ok was lost");
+    for id in accepted.iter().rev().take(3) {
+        assert!(store.get_message(id).await.unwrap().is_some());
+    }
+
+    disk.resize("64m");
+    let after = until_accepting(&store, 30).await;
+    store.ready().await.unwrap();
+    assert!(store.get_message(&after).await.unwrap().is_some());
+    store.close().await;
 }
 
 #[test]

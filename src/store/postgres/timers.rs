@@ -1,14 +1,17 @@
 //! The `schedule` table on PostgreSQL: release (`sendAt`), expire (`expiresAt`) and failover
 //! route timers. The fenced writes run inside the caller's transaction and lock their timer
-//! row before checking its lease.
+//! row before checking its lease; `routes` reads a message's chains.
 
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, Row};
 
-use crate::model::{NewMessage, RouteAdvance, Status, Timer, TimerKind};
-use crate::routing::LogEntry;
+use super::audiences;
+use crate::model::{NewMessage, RouteAdvance, RouteRecord, Status, Timer, TimerKind};
+use crate::routing::{LogEntry, RouteState};
+use crate::store::audience::MembersCache;
 use crate::store::StoreError;
 
-/// The timers a new message needs (inside the insert's transaction).
+/// The timers a new message needs (inside the insert's transaction), its audience's spill
+/// timer included.
 pub(super) async fn insert_for(
     conn: &mut PgConnection,
     seq: i64,
@@ -39,6 +42,11 @@ pub(super) async fn insert_for(
         receivers.push(r.as_str());
         dues.push(start);
     }
+    if let Some(a) = &msg.audience {
+        kinds.push(TimerKind::Spill as i64);
+        receivers.push("");
+        dues.push(a.spill_at_ms);
+    }
     if kinds.is_empty() {
         return Ok(());
     }
@@ -59,7 +67,7 @@ pub(super) async fn insert_for(
 /// Lease up to `limit` due timers: one statement, the rows picked with `FOR UPDATE SKIP
 /// LOCKED`, so schedulers on several nodes never claim the same timer.
 pub(super) async fn claim(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     now: i64,
     lease_until: i64,
     limit: u32,
@@ -74,7 +82,7 @@ pub(super) async fn claim(
     .bind(lease_until)
     .bind(now)
     .bind(i64::from(limit))
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
     let mut out = rows
         .iter()
@@ -123,8 +131,10 @@ pub(super) async fn release(
     presence: &[String],
     now: i64,
 ) -> Result<Option<Vec<(i64, String, String)>>, StoreError> {
-    // Release timers are never touched by the trigger (it makes routes due), so locking
-    // this row first cannot deadlock with the status writer.
+    // The message first (a concurrent delete then waits). Release timers are never
+    // touched by the trigger (it makes routes due), so locking this row before the
+    // deliveries cannot deadlock with the status writer.
+    audiences::lock_messages(conn, &[timer.message_seq]).await?;
     if !holds(conn, timer.id, timer.lease_until_ms).await? {
         return Ok(None);
     }
@@ -150,14 +160,20 @@ pub(super) async fn release(
 
 pub(super) async fn expire(
     conn: &mut PgConnection,
+    cache: &MembersCache,
     timer: &Timer,
     presence: &[String],
     now: i64,
-) -> Result<Option<Vec<String>>, StoreError> {
-    // An expire timer is never touched by the trigger either: lock it first.
+) -> Result<Option<Vec<(String, u64)>>, StoreError> {
+    // The message first (a concurrent delete then waits), then the timer: an expire timer
+    // is never touched by the trigger, so locking it before the deliveries is safe.
+    let seq = timer.message_seq;
+    audiences::lock_messages(conn, &[seq]).await?;
     if !holds(conn, timer.id, timer.lease_until_ms).await? {
         return Ok(None);
     }
+    // Its audience before its deliveries, as the status writer takes them.
+    let mut audience = audiences::lock(conn, cache, &[seq]).await?;
     // Lock the deliveries in id order before changing them (their trigger then locks the
     // routes), the order every other writer uses.
     sqlx::query(
@@ -169,11 +185,13 @@ pub(super) async fn expire(
     .bind(presence)
     .execute(&mut *conn)
     .await?;
-    let channels = sqlx::query(
-        "UPDATE deliveries SET status = 4, last_error = 'expired', next_attempt_at = NULL, \
-           lease_until = NULL, updated_at = $1 \
-         WHERE message_seq = $2 AND (status = 0 OR (status = 1 AND channel = ANY($3))) \
-         RETURNING channel",
+    let mut out: Vec<(String, u64)> = sqlx::query(
+        "WITH d AS ( \
+           UPDATE deliveries SET status = 4, last_error = 'expired', next_attempt_at = NULL, \
+             lease_until = NULL, updated_at = $1 \
+           WHERE message_seq = $2 AND (status = 0 OR (status = 1 AND channel = ANY($3))) \
+           RETURNING channel) \
+         SELECT channel, count(*) FROM d GROUP BY channel",
     )
     .bind(now)
     .bind(timer.message_seq)
@@ -181,8 +199,18 @@ pub(super) async fn expire(
     .fetch_all(&mut *conn)
     .await?
     .iter()
-    .map(|r| r.try_get(0))
-    .collect::<Result<Vec<String>, _>>()?;
+    .map(|r| Ok((r.try_get(0)?, r.try_get::<i64, _>(1)?.max(0) as u64)))
+    .collect::<Result<_, sqlx::Error>>()?;
+    if let Some(a) = audience.get_mut(&seq) {
+        let n = a.expire(now);
+        if n > 0 {
+            match out.iter_mut().find(|(c, _)| *c == a.channel) {
+                Some((_, k)) => *k += n,
+                None => out.push((a.channel.clone(), n)),
+            }
+        }
+    }
+    audiences::write_back(conn, &mut audience, now).await?;
     // Running chains end here (after the status updates, whose trigger made them due).
     let entry = LogEntry {
         at: crate::model::rfc3339(now),
@@ -200,16 +228,19 @@ pub(super) async fn expire(
     .execute(&mut *conn)
     .await?;
     delete(conn, timer.id).await?;
-    Ok(Some(channels))
+    out.sort();
+    Ok(Some(out))
 }
 
 pub(super) async fn advance(
     conn: &mut PgConnection,
     a: &RouteAdvance,
 ) -> Result<Option<Vec<i64>>, StoreError> {
-    // The deliveries to supersede first, in id order, then the route row: a status change
-    // locks its delivery and then (trigger) this route row, so taking them the other way
-    // round could deadlock with the status writer.
+    // The message first (a concurrent delete then waits); then the deliveries to
+    // supersede, in id order, then the route row: a status change locks its delivery and
+    // then (trigger) this route row, so taking them the other way round could deadlock
+    // with the status writer.
+    audiences::lock_messages(conn, &[a.message_seq]).await?;
     let mut supersede: Vec<(i64, &str)> = a
         .supersede
         .iter()
@@ -274,4 +305,54 @@ pub(super) async fn advance(
     .execute(&mut *conn)
     .await?;
     Ok(Some(created))
+}
+
+/// A spill timer fired: the audience's undelivered members get rows of their own, and the
+/// timer is dropped. Locks as `expire` does: message, timer, audience.
+pub(super) async fn spill(
+    conn: &mut PgConnection,
+    cache: &MembersCache,
+    timer: &Timer,
+    now: i64,
+) -> Result<Option<u64>, StoreError> {
+    let seq = timer.message_seq;
+    audiences::lock_messages(conn, &[seq]).await?;
+    if !holds(conn, timer.id, timer.lease_until_ms).await? {
+        return Ok(None);
+    }
+    let mut audience = audiences::lock(conn, cache, &[seq]).await?;
+    let mut n = 0;
+    if let Some(a) = audience.get_mut(&seq) {
+        n = audiences::spill(conn, a, now).await?;
+    }
+    audiences::write_back(conn, &mut audience, now).await?;
+    delete(conn, timer.id).await?;
+    Ok(Some(n))
+}
+
+/// A message's failover chains, for its `GET`.
+pub(super) async fn routes(
+    conn: &mut PgConnection,
+    seq: i64,
+) -> Result<Vec<RouteRecord>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT receiver, state, step, log::text FROM schedule \
+         WHERE message_seq = $1 AND kind = 2 ORDER BY id",
+    )
+    .bind(seq)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let step: i64 = r.try_get(2)?;
+            let log: String = r.try_get(3)?;
+            Ok(RouteRecord {
+                receiver: r.try_get(0)?,
+                state: RouteState::from_code(r.try_get(1)?),
+                step: usize::try_from(step).ok(),
+                log: serde_json::from_str::<Vec<LogEntry>>(&log)
+                    .map_err(|e| StoreError::Corrupt(format!("schedule.log: {e}")))?,
+            })
+        })
+        .collect()
 }
