@@ -351,6 +351,19 @@ pub enum SecretsError {
     },
     #[error("the secrets file {path} is not valid: {message}")]
     Invalid { path: PathBuf, message: String },
+    /// The file can be read or written by users other than its owner. Refused rather than
+    /// warned about: whoever reads it can send as any service and forge any user's token,
+    /// whoever writes it can replace both (see README, "Secrets").
+    #[error(
+        "the secrets file {path} can be {access} by other users (mode {mode:04o}); it holds \
+         the API key and the token secret, so Herald refuses to use it. Run `chmod 600 {path}` \
+         (and rotate the secrets if someone else may have read them)"
+    )]
+    Exposed {
+        path: PathBuf,
+        mode: u32,
+        access: &'static str,
+    },
 }
 
 /// Configured secrets win; missing ones come from `herald-secrets.toml` in the secrets
@@ -403,19 +416,45 @@ pub fn resolve_secrets(settings: &Settings) -> Result<ResolvedSecrets, SecretsEr
 }
 
 fn read_secrets(path: &Path) -> Result<Option<SecretsFile>, SecretsError> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => toml::from_str(&text)
-            .map(Some)
-            .map_err(|e| SecretsError::Invalid {
-                path: path.to_owned(),
-                message: e.message().to_owned(),
-            }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(SecretsError::Io {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let io = |source| SecretsError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(e)),
+    };
+    // The mode of the file just opened (fstat), checked before anything is read from it.
+    let mode = file.metadata().map_err(io)?.permissions().mode() & 0o7777;
+    check_private(path, mode)?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(io)?;
+    toml::from_str(&text)
+        .map(Some)
+        .map_err(|e| SecretsError::Invalid {
             path: path.to_owned(),
-            source,
-        }),
-    }
+            message: e.message().to_owned(),
+        })
+}
+
+/// A secrets file must be readable and writable by its owner only (execute bits are
+/// harmless). Herald writes it 0600; an operator may have created it with their umask.
+fn check_private(path: &Path, mode: u32) -> Result<(), SecretsError> {
+    let access = match (mode & 0o044 != 0, mode & 0o022 != 0) {
+        (false, false) => return Ok(()),
+        (true, false) => "read",
+        (false, true) => "written",
+        (true, true) => "read and written",
+    };
+    Err(SecretsError::Exposed {
+        // Absolute, so the `chmod` in the message works from any directory.
+        path: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned()),
+        mode,
+        access,
+    })
 }
 
 fn write_secrets(path: &Path, secrets: &SecretsFile) -> Result<(), SecretsError> {
@@ -605,5 +644,67 @@ mod tests {
         let d = resolve_secrets(&only_jwt).unwrap();
         assert_eq!(d.jwt_secret.expose(), "j");
         assert_eq!(d.generated, vec!["api_key"]);
+    }
+
+    #[test]
+    fn a_secrets_file_others_can_read_or_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings::for_data_dir(dir.path());
+        let path = dir.path().canonicalize().unwrap().join(SECRETS_FILE);
+        let secret = "operator-made-key-0123456789";
+        std::fs::write(
+            &path,
+            format!("jwt_secret = \"{secret}-jwt\"\napi_key = \"{secret}\"\n"),
+        )
+        .unwrap();
+        for (mode, access) in [
+            (0o644, "read"),
+            (0o640, "read"),
+            (0o604, "read"),
+            (0o620, "written"),
+            (0o602, "written"),
+            (0o666, "read and written"),
+        ] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let Err(err) = resolve_secrets(&settings) else {
+                panic!("mode {mode:o} was accepted");
+            };
+            assert!(
+                matches!(err, SecretsError::Exposed { mode: m, .. } if m == mode),
+                "{err:?}"
+            );
+            let text = err.to_string();
+            // Names the file, the mode and the fix; never the contents.
+            assert!(text.contains(&path.display().to_string()), "{text}");
+            assert!(text.contains(&format!("mode 0{mode:o}")), "{text}");
+            assert!(
+                text.contains(&format!("can be {access} by other users")),
+                "{text}"
+            );
+            assert!(
+                text.contains(&format!("chmod 600 {}", path.display())),
+                "{text}"
+            );
+            assert!(!text.contains(secret), "{text}");
+            // Nothing was rewritten or re-moded.
+            let now = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(now, mode);
+        }
+        // Owner-only modes are used, execute bits included.
+        for mode in [0o600, 0o400, 0o700] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let ok = resolve_secrets(&settings).unwrap();
+            assert_eq!(ok.api_key.expose(), secret, "mode {mode:o}");
+            assert!(ok.generated.is_empty());
+        }
+        // Fully configured secrets never read the file, so its mode does not matter.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let configured = Settings {
+            api_key: Some(Secret::new("k")),
+            jwt_secret: Some(Secret::new("j")),
+            ..Settings::for_data_dir(dir.path())
+        };
+        assert_eq!(resolve_secrets(&configured).unwrap().file, None);
     }
 }

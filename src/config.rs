@@ -114,6 +114,27 @@ pub struct HttpSettings {
     pub shutdown_timeout: Duration,
     /// Cross-origin access for browser clients (`[http.cors]`); default: none.
     pub cors: CorsSettings,
+    /// Most client connections open at once, WebSocket sessions included. Absent: what the
+    /// open-file limit allows, keeping `min(256, limit / 2)` descriptors for the database and
+    /// outbound connections (see `server::Limits`). A new connection over the cap evicts the
+    /// connection that has waited longest for a request head, or is closed at once.
+    pub max_connections: Option<usize>,
+    /// Connections WebSocket sessions may not take: sessions get at most
+    /// `max_connections - reserved_connections`, so health checks, metrics and the
+    /// management API stay reachable when sessions fill the rest (over it: `503`).
+    pub reserved_connections: usize,
+    /// A new connection must send a complete request head within this time, or it is
+    /// closed (slowloris, idle floods). WebSocket upgrade requests included.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// After a response, a keep-alive connection must send its next complete request head
+    /// within this time, or it is closed.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive_timeout: Duration,
+    /// A request body must arrive in full within this time once Herald starts reading it;
+    /// otherwise `408` and the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -125,6 +146,10 @@ pub struct WsSettings {
     /// A session that sends nothing (no pong, no frame) for this long is closed.
     #[serde(with = "humantime_serde")]
     pub pong_timeout: Duration,
+    /// The server pings right after `welcome`; a session whose client has sent no frame
+    /// (the pong counts) this long after the welcome and replay were written is closed.
+    #[serde(with = "humantime_serde")]
+    pub first_frame_timeout: Duration,
     /// Largest accepted client frame in bytes; larger → close 1009.
     pub max_frame_size: usize,
     /// Frames buffered per session; a session whose queue is full is closed (slow consumer).
@@ -153,6 +178,60 @@ pub struct DatabaseSettings {
     pub max_batch: usize,
     /// PostgreSQL: connections in the pool (each operation is a transaction on one).
     pub max_connections: u32,
+    /// Admission control: memory the sends waiting for the writer may hold, in bytes. A
+    /// send that finds it spent (or the queue full) is refused with `503` + `Retry-After`
+    /// at once, before anything is written.
+    pub max_queued_bytes: usize,
+    /// Admission control: a send that waited this long for the writer is refused with
+    /// `503` + `Retry-After` (nothing written), so overload answers fast instead of queueing.
+    #[serde(with = "humantime_serde")]
+    pub max_queue_wait: Duration,
+    /// SQLite: the largest the database file may grow, e.g. `"10 GiB"`; beyond it writes
+    /// fail as on a full disk (`503`, `/readyz` says why) until space is freed. Unset: no
+    /// limit but the disk's.
+    pub max_size: Option<String>,
+    /// Broadcasts: members still undelivered this long after the send get delivery rows of
+    /// their own; until then the broadcast is one compact record (ARCHITECTURE.md, "Compact
+    /// audiences"). Shorter: fewer records scanned when a user connects; longer: fewer rows
+    /// for slow acknowledgers.
+    #[serde(with = "humantime_serde")]
+    pub audience_window: Duration,
+}
+
+impl DatabaseSettings {
+    /// `max_size` in bytes (`None`: no limit).
+    pub fn max_size_bytes(&self) -> Result<Option<u64>, String> {
+        self.max_size.as_deref().map(parse_size).transpose()
+    }
+}
+
+/// `"512 MiB"`, `"10GB"`, `"4096"` → bytes. Hand-written: one small parser is not worth a
+/// dependency.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}`: expected a size such as \"10 GiB\""))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
+        other => {
+            return Err(format!(
+                "`{s}`: unknown unit `{other}` (B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}`: too large"))
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -170,6 +249,13 @@ pub struct DispatchSettings {
     pub status_queue: usize,
     /// Most status changes written in one transaction.
     pub status_batch: usize,
+    /// Admission control for the live fan-out: while the frames queued for this node's
+    /// WebSocket sessions average more than this per session, sends to presence channels
+    /// are refused with `503` + `Retry-After` (nothing stored), so the backlog — memory and
+    /// latency — stays bounded under overload (each queued frame is a round of session work
+    /// that a `POST` waits behind: 2 keeps answers under 100 ms p99 at 4 × a core's
+    /// broadcast capacity). `0`: off.
+    pub fanout_backlog: usize,
     /// Provider channels (e-mail, SMS, push …): attempts per delivery before it fails with
     /// `attempts_exhausted`. An instance can override it (`max_attempts` in its table).
     pub max_attempts: u32,
@@ -242,6 +328,11 @@ impl Default for HttpSettings {
             body_limit: 1024 * 1024,
             shutdown_timeout: Duration::from_secs(10),
             cors: CorsSettings::default(),
+            max_connections: None,
+            reserved_connections: 64,
+            header_read_timeout: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(75),
+            body_read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -251,6 +342,7 @@ impl Default for WsSettings {
         Self {
             ping_interval: Duration::from_secs(30),
             pong_timeout: Duration::from_secs(75),
+            first_frame_timeout: Duration::from_secs(10),
             max_frame_size: 64 * 1024,
             queue_capacity: 256,
             write_timeout: Duration::from_secs(10),
@@ -269,6 +361,10 @@ impl Default for DatabaseSettings {
             max_readers: 4,
             max_batch: 512,
             max_connections: 10,
+            max_queued_bytes: 64 << 20,
+            max_queue_wait: Duration::from_millis(50),
+            max_size: None,
+            audience_window: Duration::from_secs(30),
         }
     }
 }
@@ -276,8 +372,9 @@ impl Default for DatabaseSettings {
 impl Default for DispatchSettings {
     fn default() -> Self {
         Self {
-            status_queue: 65_536,
+            status_queue: 16_384,
             status_batch: 2048,
+            fanout_backlog: 2,
             max_attempts: 10,
             retry_base: Duration::from_secs(2),
             retry_max: Duration::from_secs(15 * 60),
@@ -432,12 +529,38 @@ impl Settings {
                 "http.body_limit: must be at least 64 bytes".into(),
             ));
         }
+        self.validate_connections()?;
         if self.database.max_batch == 0
             || self.database.max_readers == 0
             || self.database.max_connections == 0
         {
             return Err(ConfigError::Invalid(
                 "database.max_batch, database.max_readers and database.max_connections: must be at least 1".into(),
+            ));
+        }
+        if self.database.max_queued_bytes < 1 << 20 {
+            return Err(ConfigError::Invalid(
+                "database.max_queued_bytes: at least 1048576 (1 MiB); one send may hold up to http.body_limit".into(),
+            ));
+        }
+        if self.database.max_queue_wait.is_zero() || self.database.audience_window.is_zero() {
+            return Err(ConfigError::Invalid(
+                "database.max_queue_wait and database.audience_window: must be longer than 0"
+                    .into(),
+            ));
+        }
+        match self.database.max_size_bytes() {
+            Err(e) => return Err(ConfigError::Invalid(format!("database.max_size: {e}"))),
+            Ok(Some(b)) if b < 1 << 20 => {
+                return Err(ConfigError::Invalid(
+                    "database.max_size: at least 1 MiB".into(),
+                ))
+            }
+            _ => {}
+        }
+        if self.database_url.starts_with("sqlite:") && self.sqlite_path().is_none() {
+            return Err(ConfigError::Invalid(
+                "database_url: SQLite needs a file (sqlite://FILE); an in-memory database would lose every message".into(),
             ));
         }
         if self.dispatch.status_queue == 0 || self.dispatch.status_batch == 0 {
@@ -478,6 +601,39 @@ impl Settings {
         }
         self.validate_limits()?;
         Ok(())
+    }
+
+    /// `http.max_connections`, `reserved_connections`, the HTTP timeouts and
+    /// `websocket.first_frame_timeout`. The open-file limit is checked at start
+    /// (`server::Limits`), when `max_connections` is derived from it.
+    fn validate_connections(&self) -> Result<(), ConfigError> {
+        let h = &self.http;
+        let timeouts = [
+            ("http.header_read_timeout", h.header_read_timeout),
+            ("http.keep_alive_timeout", h.keep_alive_timeout),
+            ("http.body_read_timeout", h.body_read_timeout),
+            (
+                "websocket.first_frame_timeout",
+                self.websocket.first_frame_timeout,
+            ),
+        ];
+        for (key, t) in timeouts {
+            if t.is_zero() {
+                return Err(ConfigError::Invalid(format!(
+                    "{key}: must be above zero (e.g. \"10s\")"
+                )));
+            }
+        }
+        match h.max_connections {
+            Some(0) => Err(ConfigError::Invalid(
+                "http.max_connections: must be at least 1 (unset: derived from the open-file limit)".into(),
+            )),
+            Some(max) if h.reserved_connections >= max => Err(ConfigError::Invalid(format!(
+                "http.reserved_connections: {} leaves no connection for WebSocket sessions; it must be below http.max_connections ({max})",
+                h.reserved_connections
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// The SQLite file path, when the database is SQLite.
@@ -810,6 +966,62 @@ mod tests {
         let debug = format!("{s:?}");
         assert!(!debug.contains("s3cret"), "{debug}");
         assert!(debug.contains("email.smtp"), "{debug}");
+    }
+
+    #[test]
+    fn connection_limits_fail_fast_with_the_key_named() {
+        let bad = |tweak: &dyn Fn(&mut Settings), key: &str| {
+            let mut s = Settings::default();
+            tweak(&mut s);
+            let err = s.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        };
+        bad(
+            &|s| s.http.header_read_timeout = Duration::ZERO,
+            "http.header_read_timeout",
+        );
+        bad(
+            &|s| s.http.keep_alive_timeout = Duration::ZERO,
+            "http.keep_alive_timeout",
+        );
+        bad(
+            &|s| s.http.body_read_timeout = Duration::ZERO,
+            "http.body_read_timeout",
+        );
+        bad(
+            &|s| s.websocket.first_frame_timeout = Duration::ZERO,
+            "websocket.first_frame_timeout",
+        );
+        bad(
+            &|s| s.http.max_connections = Some(0),
+            "http.max_connections",
+        );
+        bad(
+            &|s| {
+                s.http.max_connections = Some(64);
+                s.http.reserved_connections = 64;
+            },
+            "http.reserved_connections",
+        );
+
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("HERALD_HTTP__MAX_CONNECTIONS", "5000"),
+                ("HERALD_HTTP__KEEP_ALIVE_TIMEOUT", "2m"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.http.max_connections, Some(5000));
+        assert_eq!(s.http.keep_alive_timeout, Duration::from_secs(120));
+        let d = Settings::default();
+        assert_eq!(d.http.max_connections, None);
+        assert_eq!(d.http.reserved_connections, 64);
+        assert_eq!(d.http.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(d.http.keep_alive_timeout, Duration::from_secs(75));
+        assert_eq!(d.http.body_read_timeout, Duration::from_secs(30));
+        assert_eq!(d.websocket.first_frame_timeout, Duration::from_secs(10));
     }
 
     #[test]

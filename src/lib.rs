@@ -38,6 +38,7 @@ pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod routing;
+pub mod server;
 pub mod session;
 pub mod sharded;
 pub mod state;
@@ -194,6 +195,8 @@ pub async fn start_with_options(
 ) -> Result<Running, StartError> {
     let StartOptions { auth, clock } = options;
     settings.validate()?;
+    // The connection cap may come from the open-file limit: resolved (and checked) now.
+    let conn_limits = server::Limits::resolve(&settings.http)?;
     let templates = Arc::new(load_templates(&settings)?);
     let secrets = auth::resolve_secrets(&settings)?;
     if let Some(file) = &secrets.file {
@@ -215,6 +218,13 @@ pub async fn start_with_options(
     }
 
     let store = open_store(&settings).await?;
+    // Sessions a previous run of this node left recorded as open (it was killed).
+    if let Err(e) = store
+        .presence_close_node(&settings.node(), model::now_ms())
+        .await
+    {
+        tracing::warn!(error = %e, "closing this node's old presence records failed");
+    }
     // Cluster mode: sessions, fan-out and shared caches in Redis; else all in memory.
     let cluster_stop = CancellationToken::new();
     #[allow(clippy::type_complexity)]
@@ -349,6 +359,7 @@ pub async fn start_with_options(
         metrics,
         shutdown: shutdown.clone(),
         sessions: TaskTracker::new(),
+        backlog: Arc::default(),
     });
     let router = api::router(app.clone());
     // Timers (sendAt, expiresAt, failover chains) stop with the outbox workers.
@@ -356,15 +367,19 @@ pub async fn start_with_options(
     let wake_handle = dispatcher.clone();
     let heartbeat = tokio::spawn(ws::heartbeat(app.clone()));
     let token = shutdown.clone();
+    let http_metrics = app.metrics.clone();
     let task = tokio::spawn(async move {
-        let serve = axum::serve(
+        // Stops accepting when the token is cancelled; requests in flight finish (bounded
+        // by shutdown_timeout).
+        server::serve(
             listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
+            router,
+            conn_limits,
+            http_metrics,
+            token,
+            shutdown_timeout,
         )
-        .with_graceful_shutdown(token.cancelled_owned());
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
+        .await;
         // The heartbeat raised SHUTDOWN on every session: they are closing with 1001.
         let _ = heartbeat.await;
         app.sessions.close();

@@ -22,12 +22,21 @@ pub struct Histogram {
 
 impl Histogram {
     pub fn observe(&self, d: Duration) {
+        self.observe_n(d, 1);
+    }
+
+    /// `n` observations of the same duration (a broadcast's members, handed over at once).
+    pub fn observe_n(&self, d: Duration, n: u64) {
+        if n == 0 {
+            return;
+        }
         let secs = d.as_secs_f64();
         if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
-            self.buckets[i].fetch_add(1, Relaxed);
+            self.buckets[i].fetch_add(n, Relaxed);
         }
-        self.count.fetch_add(1, Relaxed);
-        self.sum_micros.fetch_add(d.as_micros() as u64, Relaxed);
+        self.count.fetch_add(n, Relaxed);
+        self.sum_micros
+            .fetch_add((d.as_micros() as u64).saturating_mul(n), Relaxed);
     }
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
@@ -172,12 +181,117 @@ pub struct Metrics {
     pub route_events: [AtomicU64; ROUTE_EVENTS.len()],
     /// WebSocket handshakes refused by `websocket.handshake_rate_limit`.
     pub ws_handshakes_limited: AtomicU64,
+    /// Broadcast members still undelivered when their audience window ended (they got
+    /// delivery rows of their own).
+    pub members_spilled: AtomicU64,
+    /// Sends refused with `503` before anything was stored, indexed like [`REFUSALS`].
+    pub sends_refused: [AtomicU64; REFUSALS.len()],
     /// Sends refused by an API key's rate limit, by key name (keys with a limit; fixed at
     /// start, see [`Metrics::with_api_keys`]).
     pub api_rate_limited: BTreeMap<String, AtomicU64>,
     /// Per channel instance; the key set is fixed at start (no lock on the hot path).
     /// `herald_channel_info{channel,kind}` joins instances to kinds (providers).
     pub channels: BTreeMap<String, ChannelCounters>,
+    /// Client connections: the cap, evictions, timeouts, accept errors (`crate::server`).
+    pub conns: ConnCounters,
+}
+
+/// Why a connection was closed for taking too long (`herald_http_timeouts_total{phase}`).
+pub const TIMEOUT_PHASES: [&str; 3] = ["header", "keep_alive", "body"];
+/// Indexes into [`TIMEOUT_PHASES`].
+pub const TIMEOUT_HEADER: usize = 0;
+pub const TIMEOUT_KEEP_ALIVE: usize = 1;
+pub const TIMEOUT_BODY: usize = 2;
+
+/// Client connections (`crate::server`): what the cap, the reserve and the timeouts did.
+#[derive(Default)]
+pub struct ConnCounters {
+    /// Open client connections, WebSocket sessions included.
+    pub open: AtomicI64,
+    /// `http.max_connections` in effect (derived from the open-file limit when unset).
+    pub limit: AtomicI64,
+    /// `accept` failures other than a client's reset (EMFILE, ENFILE, ENOBUFS, ENOMEM …).
+    pub accept_errors: AtomicU64,
+    /// Connections waiting for a request head, closed to make room for a new one.
+    pub evicted: AtomicU64,
+    /// New connections closed at once: every slot was busy and none could be evicted.
+    pub refused: AtomicU64,
+    /// WebSocket upgrades refused (503): sessions held `max_connections - reserved_connections`.
+    pub sessions_refused: AtomicU64,
+    /// Connections closed (or requests answered `408`) for a timeout, by [`TIMEOUT_PHASES`].
+    pub timeouts: [AtomicU64; TIMEOUT_PHASES.len()],
+}
+
+impl ConnCounters {
+    fn render(&self, out: &mut String) {
+        for (name, help, v) in [
+            (
+                "herald_http_connections",
+                "Open client connections, WebSocket sessions included.",
+                &self.open,
+            ),
+            (
+                "herald_http_connections_limit",
+                "http.max_connections in effect.",
+                &self.limit,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+                v.load(Relaxed)
+            );
+        }
+        for (name, help, v) in [
+            (
+                "herald_accept_errors_total",
+                "Failed accepts (descriptors or memory exhausted); each backs off instead of retrying at once.",
+                &self.accept_errors,
+            ),
+            (
+                "herald_http_connections_evicted_total",
+                "Connections waiting for a request head, closed to make room for a new one.",
+                &self.evicted,
+            ),
+            (
+                "herald_http_connections_refused_total",
+                "New connections closed at once: every slot was busy and none could be evicted.",
+                &self.refused,
+            ),
+            (
+                "herald_ws_sessions_refused_total",
+                "WebSocket upgrades refused (503) because sessions held max_connections - reserved_connections.",
+                &self.sessions_refused,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP herald_http_timeouts_total Connections closed (header, keep_alive) or requests answered 408 (body) for a timeout.\n# TYPE herald_http_timeouts_total counter"
+        );
+        for (phase, n) in TIMEOUT_PHASES.iter().zip(&self.timeouts) {
+            let _ = writeln!(
+                out,
+                "herald_http_timeouts_total{{phase=\"{phase}\"}} {}",
+                n.load(Relaxed)
+            );
+        }
+    }
+}
+
+/// Why a send was refused with `503` (admission control): the write queue or its memory
+/// budget was full (`overloaded`), the database could not write (`unavailable`), or the
+/// frames queued for this node's sessions were over `dispatch.fanout_backlog` (`backlog`).
+pub const REFUSALS: [&str; 3] = ["overloaded", "unavailable", "backlog"];
+
+/// One gauge in the Prometheus text format.
+pub fn write_gauge(out: &mut String, name: &str, help: &str, v: i64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
 }
 
 /// The events of a failover chain's log (`routing::LogEntry::event`).
@@ -193,6 +307,12 @@ pub const ROUTE_EVENTS: [&str; 8] = [
 ];
 
 impl Metrics {
+    pub fn count_refusal(&self, reason: &str) {
+        if let Some(i) = REFUSALS.iter().position(|r| *r == reason) {
+            self.sends_refused[i].fetch_add(1, Relaxed);
+        }
+    }
+
     pub fn count_route_event(&self, event: &str) {
         if let Some(i) = ROUTE_EVENTS.iter().position(|e| *e == event) {
             self.route_events[i].fetch_add(1, Relaxed);
@@ -258,7 +378,12 @@ impl Metrics {
             "Open WebSocket sessions on this node.",
             self.connections.load(Relaxed),
         );
-        let counters: [(&str, &str, &AtomicU64); 10] = [
+        let counters: [(&str, &str, &AtomicU64); 11] = [
+            (
+                "herald_broadcast_members_spilled_total",
+                "Broadcast members still undelivered when the audience window ended.",
+                &self.members_spilled,
+            ),
             (
                 "herald_connections_total",
                 "WebSocket sessions opened.",
@@ -315,6 +440,17 @@ impl Metrics {
                 out,
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
                 v.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP herald_sends_refused_total Sends refused with 503 before anything was stored, by reason (admission control).\n# TYPE herald_sends_refused_total counter"
+        );
+        for (i, reason) in REFUSALS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "herald_sends_refused_total{{reason=\"{reason}\"}} {}",
+                self.sends_refused[i].load(Relaxed)
             );
         }
         let _ = writeln!(
@@ -434,6 +570,7 @@ impl Metrics {
                 n.load(Relaxed)
             );
         }
+        self.conns.render(&mut out);
         out
     }
 }
@@ -480,5 +617,13 @@ mod tests {
             "herald_delivery_latency_seconds_bucket{channel=\"websocket\",le=\"0.05\"} 2"
         ));
         assert!(text.contains("herald_delivery_latency_seconds_count{channel=\"websocket\"} 2"));
+        m.conns.accept_errors.fetch_add(2, Relaxed);
+        m.conns.timeouts[2].fetch_add(1, Relaxed);
+        let text = m.render();
+        assert!(text.contains("herald_accept_errors_total 2"), "{text}");
+        assert!(
+            text.contains("herald_http_timeouts_total{phase=\"body\"} 1"),
+            "{text}"
+        );
     }
 }

@@ -37,6 +37,8 @@ pub struct Inner {
     /// Session tasks, awaited (with a bound) at shutdown.
     pub sessions: TaskTracker,
     pub node: Arc<str>,
+    /// Frames queued for this node's sessions (fan-out admission control).
+    pub backlog: Arc<crate::session::Backlog>,
 }
 
 impl AppState {

@@ -8,7 +8,7 @@ use axum::Json;
 use super::dto::{DeviceBody, DeviceDto};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiKey, JsonBody, User};
-use crate::model::NewDevice;
+use crate::model::{DeviceRecord, NewDevice};
 use crate::state::AppState;
 
 /// The platforms Herald's push channels serve.
@@ -93,6 +93,10 @@ pub fn validate(user_id: &str, b: &DeviceBody, field: &str) -> Result<NewDevice,
             ))
         }
     };
+    // The platform's channel crate checks what only it can (a Web Push `p256dh` must be a
+    // P-256 point), through the SDK's `DeviceCheck`s: no channel internals in the core.
+    herald_channel::check_device(&b.platform, &token)
+        .map_err(|e| ApiError::invalid(&f(e.field), e.message))?;
     Ok(NewDevice {
         user_id: user_id.to_owned(),
         platform: b.platform.clone(),
@@ -101,10 +105,40 @@ pub fn validate(user_id: &str, b: &DeviceBody, field: &str) -> Result<NewDevice,
     })
 }
 
+/// Store a validated registration. A token that another user had registered *moves* to
+/// `new.user_id` (the store keeps one row per platform and token): that is what a push
+/// token means, one app install, and the install now belongs to whoever registered it last
+/// (a phone that changed hands, a new login on a shared tablet); keeping it with both
+/// users would show the previous owner's notifications on a device they no longer hold.
+/// A move is logged (device id and user ids, never the token): only someone who holds the
+/// token can move it, and the previous owner's app takes it back by registering it again.
+pub async fn register_device(
+    app: &AppState,
+    new: NewDevice,
+    via: &'static str,
+) -> Result<(DeviceRecord, bool), ApiError> {
+    let r = app.store.register_device(new).await?;
+    if let Some(from_user) = &r.previous_owner {
+        let rec = &r.device;
+        tracing::info!(device = rec.id, platform = %rec.platform, %from_user, to_user = %rec.user_id, via,
+            "push device registered by another user: moved to this user; its previous owner \
+             gets no pushes on it until their app registers it again");
+    }
+    Ok((r.device, r.created))
+}
+
 /// Register one of my devices
 ///
-/// Idempotent: registering the same token again returns the same device (`200`), moved to
-/// this user and reactivated if a provider had reported it gone.
+/// Idempotent: registering the same token again returns the same device (`200`),
+/// reactivated if a provider had reported it gone.
+///
+/// **A token registered by another user moves to this one** (`200`, the same device id):
+/// a push token stands for one app install, which now belongs to whoever registered it
+/// last (a device that changed hands, another login on a shared device). The previous
+/// owner no longer sees it in their list and gets no pushes on it; their app takes it back
+/// by registering the token again (apps should register at every start and login). Only a
+/// holder of the token can move it, and every move is logged with the device id and the new
+/// owner's user id (never the token).
 #[utoipa::path(
     post,
     path = "/api/v1/me/devices",
@@ -112,7 +146,7 @@ pub fn validate(user_id: &str, b: &DeviceBody, field: &str) -> Result<NewDevice,
     request_body = DeviceBody,
     responses(
         (status = 201, description = "Registered", body = DeviceDto),
-        (status = 200, description = "Already registered", body = DeviceDto),
+        (status = 200, description = "Already registered (by this user, or by another user: then moved to this one)", body = DeviceDto),
         (status = 401, body = ErrorBody), (status = 422, body = ErrorBody),
     ),
     security(("user_token" = []))
@@ -123,7 +157,7 @@ pub async fn register(
     body: JsonBody<DeviceBody>,
 ) -> Result<(StatusCode, Json<DeviceDto>), ApiError> {
     let new = validate(&user.user_id, &body.value, "")?;
-    let (rec, created) = app.store.register_device(new).await?;
+    let (rec, created) = register_device(&app, new, "user").await?;
     let status = if created {
         StatusCode::CREATED
     } else {

@@ -382,7 +382,8 @@ pub struct RecipientBody {
     pub phone: Option<String>,
     pub wechat_open_id: Option<String>,
     /// Push devices to register for this user (idempotent; existing ones are kept — remove
-    /// one with `DELETE /api/v1/recipients/{userId}/devices/{id}`).
+    /// one with `DELETE /api/v1/recipients/{userId}/devices/{id}`). A token another user
+    /// had registered moves to this user, as with `POST /api/v1/me/devices`, and is logged.
     pub devices: Option<Vec<DeviceBody>>,
     /// Opt-outs: `{"optOutChannels": ["sms", "email"], "optOutTypes": [3]}` (instance or
     /// family names; message types). Opted-out deliveries are recorded as `failed` with

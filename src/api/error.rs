@@ -14,6 +14,8 @@ pub struct ApiError {
     status: StatusCode,
     message: String,
     field: Option<String>,
+    /// `Retry-After` seconds (`503` while the store cannot write or is overloaded).
+    retry_after: Option<u64>,
 }
 
 /// The JSON body of every error response.
@@ -32,7 +34,13 @@ impl ApiError {
             status,
             message: message.into(),
             field: None,
+            retry_after: None,
         }
+    }
+
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
@@ -76,9 +84,30 @@ impl ApiError {
 }
 
 impl From<StoreError> for ApiError {
+    /// Every store failure is a `503` (nothing was done; the cause is logged, not sent),
+    /// with `Retry-After` when trying again can help. Overload and a database that cannot
+    /// write are expected under stress and logged by the store once, not per request.
     fn from(e: StoreError) -> Self {
-        tracing::error!(error = %e, "store error");
-        ApiError::unavailable("storage is unavailable; retry later")
+        let message = match &e {
+            StoreError::Overloaded(why) => {
+                tracing::debug!(why, "send refused: overloaded");
+                format!("overloaded ({why}); nothing was stored, retry shortly")
+            }
+            StoreError::Unavailable(why) => {
+                tracing::debug!(why, "refused: the database cannot write");
+                format!("the database cannot store anything now ({why}); nothing was stored, retry later")
+            }
+            StoreError::Closed => "shutting down; retry on another node or later".to_owned(),
+            other => {
+                tracing::error!(error = %other, "store error");
+                "storage is unavailable; retry later".to_owned()
+            }
+        };
+        let err = ApiError::unavailable(message);
+        match e.retry_after_secs() {
+            Some(secs) => err.with_retry_after(secs),
+            None => err,
+        }
     }
 }
 
@@ -96,6 +125,10 @@ impl IntoResponse for ApiError {
         if unauthorized {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }

@@ -19,8 +19,8 @@ use super::recipients::Preferences;
 use crate::dispatch::outbox::address_of;
 use crate::dispatch::Planned;
 use crate::model::{
-    new_message_id, rfc3339, Idempotency, Inserted, MessageFilter, NewDelivery, NewMessage,
-    PageRequest, Recipient, RenderedByFamily, Status, StatusFilter,
+    new_message_id, now_ms, rfc3339, Idempotency, Inserted, MessageFilter, NewAudience,
+    NewDelivery, NewMessage, PageRequest, Recipient, RenderedByFamily, Status, StatusFilter,
 };
 use crate::routing::{Policy, PolicyKind, PolicySpec};
 use crate::state::AppState;
@@ -169,6 +169,7 @@ pub async fn accept(
     check_id("sender", &sender)?;
 
     let explicit = req.receivers.filter(|r| !r.is_empty());
+    let broadcast = explicit.is_none();
     let receivers: Vec<String> = match explicit {
         Some(list) => {
             if list.len() > MAX_RECEIVERS {
@@ -201,7 +202,7 @@ pub async fn accept(
     };
 
     // A failover chain creates its deliveries step by step (the scheduler).
-    let (deliveries, routes) = if routing.is_some() {
+    let (mut deliveries, routes) = if routing.is_some() {
         (Vec::new(), receivers.clone())
     } else {
         (
@@ -209,6 +210,20 @@ pub async fn accept(
             Vec::new(),
         )
     };
+    // A broadcast's presence deliveries that start pending become one compact audience
+    // record (ARCHITECTURE.md, "Compact audiences"): a constant number of rows before the
+    // `202`, however many users are online. The rest (provider channels, opt-outs) are rows.
+    let audience = match (broadcast, routing.is_some()) {
+        (true, false) => compact_audience(&mut deliveries, created_at_ms, &app.settings),
+        _ => None,
+    };
+    if deliveries
+        .iter()
+        .any(|d| !d.outbox && d.status == Status::Pending)
+        || audience.is_some()
+    {
+        refuse_over_backlog(app)?;
+    }
     let id = new_message_id();
     let accepted_at = Instant::now();
     let new = NewMessage {
@@ -230,9 +245,11 @@ pub async fn accept(
         expires_at_ms: expires_at,
         routing,
         routes,
+        audience,
     };
     let held = new.held_until().is_some();
-    let timers = held || new.expires_at_ms.is_some() || !new.routes.is_empty();
+    let timers =
+        held || new.expires_at_ms.is_some() || !new.routes.is_empty() || new.audience.is_some();
     let view = Arc::new(MessageView {
         id: id.clone(),
         title: new.title.clone(),
@@ -244,9 +261,22 @@ pub async fn accept(
         data: new.data.clone(),
     });
     let planned_deliveries = new.deliveries.clone();
+    let members = new
+        .audience
+        .as_ref()
+        .map(|a| (a.channel.clone(), a.members.clone()));
     let receivers_count = new.routes.len();
-    match app.store.insert_message(new).await? {
-        Inserted::New { delivery_ids, .. } => {
+    let inserted = match app.store.insert_message(new).await {
+        Ok(i) => i,
+        Err(e) => {
+            if let Some(reason) = refusal(&e) {
+                app.metrics.count_refusal(reason);
+            }
+            return Err(e.into());
+        }
+    };
+    match inserted {
+        Inserted::New { seq, delivery_ids } => {
             app.metrics.messages_accepted.fetch_add(1, Relaxed);
             // Deliveries born failed (no_address, opted_out) count as failures too.
             for d in planned_deliveries
@@ -258,7 +288,8 @@ pub async fn accept(
                 }
             }
             // A failover message counts its chains (one per receiver).
-            let count = delivery_ids.len().max(receivers_count);
+            let member_count = members.as_ref().map_or(0, |(_, m)| m.len());
+            let count = (delivery_ids.len() + member_count).max(receivers_count);
             if timers {
                 app.dispatcher.wake_scheduler();
             }
@@ -284,6 +315,11 @@ pub async fn accept(
                     address: d.address,
                 })
                 .collect();
+            if let Some((channel, members)) = &members {
+                app.dispatcher
+                    .dispatch_audience(view.clone(), accepted_at, channel, seq, members)
+                    .await;
+            }
             app.dispatcher.dispatch(view, accepted_at, planned).await;
             Ok((
                 StatusCode::ACCEPTED,
@@ -302,6 +338,62 @@ pub async fn accept(
             "already used with a different request body",
         )),
     }
+}
+
+/// The metric label of a refused send (admission control), if it was one.
+fn refusal(e: &crate::store::StoreError) -> Option<&'static str> {
+    match e {
+        crate::store::StoreError::Overloaded(_) => Some("overloaded"),
+        crate::store::StoreError::Unavailable(_) => Some("unavailable"),
+        _ => None,
+    }
+}
+
+/// Move a broadcast's pending presence deliveries (on its first presence channel) out of
+/// `deliveries` into a compact audience.
+fn compact_audience(
+    deliveries: &mut Vec<NewDelivery>,
+    created_at_ms: i64,
+    settings: &crate::config::Settings,
+) -> Option<NewAudience> {
+    let channel = deliveries
+        .iter()
+        .find(|d| !d.outbox && d.status == Status::Pending)?
+        .channel
+        .clone();
+    let mut members = Vec::new();
+    deliveries.retain_mut(|d| {
+        if !d.outbox && d.status == Status::Pending && d.channel == channel {
+            members.push(std::mem::take(&mut d.receiver));
+            false
+        } else {
+            true
+        }
+    });
+    Some(NewAudience::new(
+        channel,
+        members,
+        now_ms(),
+        created_at_ms + settings.database.audience_window.as_millis() as i64,
+    ))
+}
+
+/// Fan-out admission control: refuse while this node's sessions have more frames queued
+/// than `dispatch.fanout_backlog` per session (nothing is stored).
+fn refuse_over_backlog(app: &AppState) -> Result<(), ApiError> {
+    let per_session = app.settings.dispatch.fanout_backlog;
+    if per_session == 0 {
+        return Ok(());
+    }
+    let sessions = app.registry.local_count().max(1);
+    if app.backlog.frames() > per_session.saturating_mul(sessions) {
+        app.metrics.count_refusal("backlog");
+        return Err(ApiError::unavailable(
+            "overloaded (WebSocket sessions have too many frames queued); nothing was stored, retry shortly",
+        )
+        .with_retry_after(1));
+    }
+    Ok(())
 }
 
 /// Render `template` for the family of every requested channel (API.md §8). A family

@@ -9,6 +9,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::state::AppState;
+use crate::store::StoreError;
 
 pub mod callbacks;
 pub mod clients;
@@ -119,6 +120,12 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
     }
     match app.store.ready().await {
         Ok(()) => Json(serde_json::json!({"status": "ready"})).into_response(),
+        // Why the database cannot write (disk full …): logged by the store when it began.
+        Err(StoreError::Unavailable(why)) => {
+            ApiError::unavailable(format!("database cannot write: {why}"))
+                .with_retry_after(5)
+                .into_response()
+        }
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
             ApiError::unavailable("database not ready").into_response()
@@ -129,12 +136,31 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
 /// Prometheus metrics (text format)
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain", description = "Prometheus text exposition")))]
 pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
+    let mut text = app.metrics.render();
+    crate::metrics::write_gauge(
+        &mut text,
+        "herald_store_queued_writes",
+        "Writes waiting for the database (SQLite writer queue).",
+        app.store.queued_writes() as i64,
+    );
+    crate::metrics::write_gauge(
+        &mut text,
+        "herald_ws_frames_queued",
+        "Frames queued for this node's WebSocket sessions (the fan-out backlog).",
+        app.backlog.frames() as i64,
+    );
+    crate::metrics::write_gauge(
+        &mut text,
+        "herald_store_failing",
+        "1 while the database cannot write (see /readyz for why).",
+        i64::from(app.store.ready().await.is_err()),
+    );
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        app.metrics.render(),
+        text,
     )
 }
 

@@ -220,7 +220,7 @@ pub async fn put(
     };
     let created = app.store.put_recipient(rec).await?;
     for d in new_devices {
-        app.store.register_device(d).await?;
+        super::devices::register_device(&app, d, "admin").await?;
     }
     let devices = app.store.list_devices(&user_id).await?;
     let stored = app

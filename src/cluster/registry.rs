@@ -19,11 +19,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use axum::extract::ws::Utf8Bytes;
 use herald_channel::MessageView;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Notify};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::ClusterSettings;
@@ -87,6 +87,19 @@ struct Envelope {
     m: String,
     /// The frame.
     f: String,
+    /// A broadcast: one envelope for its whole audience instead of one per member (`u`
+    /// is empty then; member `i`'s delivery id is `d - i`, or `a.ids[i]` when given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    a: Option<AudienceEnvelope>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct AudienceEnvelope {
+    /// The members, sorted.
+    r: Vec<String>,
+    /// Delivery ids, when they are not `d - i`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    ids: Vec<i64>,
 }
 
 struct Keys {
@@ -413,19 +426,27 @@ impl RedisRegistry {
                 if e.o == self.node {
                     continue;
                 }
+                let message = Arc::new(MessageView {
+                    id: e.m,
+                    title: String::new(),
+                    content: String::new(),
+                    msg_type: 0,
+                    sender: String::new(),
+                    created_at: String::new(),
+                    template: None,
+                    data: None,
+                });
+                let frame = Utf8Bytes::from(e.f);
+                if let Some(AudienceEnvelope { r, ids }) = e.a {
+                    let base = e.d;
+                    let id = move |i: usize| ids.get(i).copied().unwrap_or(base - i as i64);
+                    self.local.push_audience(&r, &id, &message, &frame);
+                    continue;
+                }
                 let item = Outbound {
                     delivery_id: e.d,
-                    message: Arc::new(MessageView {
-                        id: e.m,
-                        title: String::new(),
-                        content: String::new(),
-                        msg_type: 0,
-                        sender: String::new(),
-                        created_at: String::new(),
-                        template: None,
-                        data: None,
-                    }),
-                    frame: Utf8Bytes::from(e.f),
+                    message,
+                    frame,
                 };
                 self.local.push(&e.u, &item);
             }
@@ -526,6 +547,7 @@ impl SessionRegistry for RedisRegistry {
                 d: item.delivery_id,
                 m: item.message.id.clone(),
                 f: item.frame.as_str().to_owned(),
+                a: None,
             };
             if self.publish.try_send(e).is_err() {
                 self.dropped
@@ -533,6 +555,42 @@ impl SessionRegistry for RedisRegistry {
             }
         }
         pushed
+    }
+
+    /// Local sessions in one pass, and one envelope for the other nodes (not one per
+    /// member): they fan out to their own sessions the same way.
+    fn push_audience(
+        &self,
+        members: &[String],
+        delivery_id: &(dyn Fn(usize) -> i64 + Send + Sync),
+        message: &Arc<MessageView>,
+        frame: &Utf8Bytes,
+    ) -> Vec<bool> {
+        let accepted = self
+            .local
+            .push_audience(members, delivery_id, message, frame);
+        let base = delivery_id(0);
+        let regular = (0..members.len()).all(|i| delivery_id(i) == base - i as i64);
+        let e = Envelope {
+            o: self.node.clone(),
+            u: String::new(),
+            d: base,
+            m: message.id.clone(),
+            f: frame.as_str().to_owned(),
+            a: Some(AudienceEnvelope {
+                r: members.to_vec(),
+                ids: if regular {
+                    Vec::new()
+                } else {
+                    (0..members.len()).map(delivery_id).collect()
+                },
+            }),
+        };
+        if self.publish.try_send(e).is_err() {
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        accepted
     }
 
     async fn online_users(&self) -> Vec<String> {

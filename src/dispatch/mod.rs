@@ -54,6 +54,9 @@ pub struct Planned {
 enum StatusItem {
     /// A change and the channel instance it belongs to (for metrics).
     Change(Arc<str>, StatusChange),
+    /// Several changes of one instance (a session's `sent` for a burst of frames): one
+    /// hand-off instead of one per frame.
+    Changes(Arc<str>, Vec<StatusChange>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -303,6 +306,63 @@ impl Dispatcher {
         }
     }
 
+    /// Hand a broadcast's audience (members sorted; member `i` is delivery
+    /// `member_delivery_id(seq, i)`) to its presence channel in one call.
+    pub async fn dispatch_audience(
+        &self,
+        message: Arc<MessageView>,
+        accepted_at: Instant,
+        channel: &str,
+        seq: i64,
+        members: &[String],
+    ) {
+        let Some(instance) = self.inner.instances.get(channel) else {
+            tracing::error!(channel, "audience for an unknown channel instance");
+            return;
+        };
+        // Before any push: a session that connects from now on replays (see `pending`).
+        for m in members {
+            self.inner.pending.add(m);
+        }
+        let ids = move |i: usize| crate::model::member_delivery_id(seq, i);
+        let results = instance
+            .channel
+            .send_audience(&herald_channel::Audience {
+                message,
+                receivers: members,
+                delivery_id: &ids,
+            })
+            .await;
+        let counters = self.inner.metrics.channel(channel);
+        let mut queued = 0;
+        let mut changes = Vec::new();
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
+                Ok(Accepted::Queued) => queued += 1,
+                Ok(Accepted::Sent { .. }) => {
+                    queued += 1;
+                    changes.push(delivery(ids(i), Status::Sent, None));
+                }
+                Ok(Accepted::Held) => {}
+                Err(e) => {
+                    if let Some(c) = counters {
+                        c.errors[error_index(e.kind())].fetch_add(1, Ordering::Relaxed);
+                    }
+                    let status = if e.is_retryable() {
+                        Status::Pending
+                    } else {
+                        Status::Failed
+                    };
+                    changes.push(delivery(ids(i), status, Some(e.to_string())));
+                }
+            }
+        }
+        if let Some(c) = counters {
+            c.latency.observe_n(accepted_at.elapsed(), queued);
+        }
+        self.record_many(channel, changes).await;
+    }
+
     async fn record_results(
         &self,
         channel: &str,
@@ -352,10 +412,7 @@ impl Dispatcher {
 
     /// Queue a status change for the batched writer (waits when the queue is full).
     pub async fn record(&self, channel: &str, change: StatusChange) {
-        let name = match self.inner.names.get(channel) {
-            Some(n) => n.clone(),
-            None => Arc::from(channel),
-        };
+        let name = self.name(channel);
         if self
             .inner
             .status_tx
@@ -364,6 +421,30 @@ impl Dispatcher {
             .is_err()
         {
             tracing::error!("status writer is gone; a status change was dropped");
+        }
+    }
+
+    /// Queue several status changes of one channel instance at once.
+    pub async fn record_many(&self, channel: &str, changes: Vec<StatusChange>) {
+        if changes.is_empty() {
+            return;
+        }
+        let name = self.name(channel);
+        if self
+            .inner
+            .status_tx
+            .send(StatusItem::Changes(name, changes))
+            .await
+            .is_err()
+        {
+            tracing::error!("status writer is gone; status changes were dropped");
+        }
+    }
+
+    fn name(&self, channel: &str) -> Arc<str> {
+        match self.inner.names.get(channel) {
+            Some(n) => n.clone(),
+            None => Arc::from(channel),
         }
     }
 
@@ -461,6 +542,10 @@ async fn status_writer(
                 StatusItem::Change(channel, c) => {
                     channels.push(channel);
                     changes.push(c);
+                }
+                StatusItem::Changes(channel, cs) => {
+                    channels.extend(std::iter::repeat_n(channel, cs.len()));
+                    changes.extend(cs);
                 }
                 StatusItem::Flush(tx) => flushes.push(tx),
             }

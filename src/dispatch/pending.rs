@@ -30,10 +30,7 @@ impl Default for PendingIndex {
 }
 
 impl PendingIndex {
-    fn shard(
-        &self,
-        user: &str,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, u64>> {
+    fn shard(&self, user: &str) -> std::sync::MutexGuard<'_, crate::sharded::Map<u64>> {
         self.users.shard(user)
     }
 

@@ -71,20 +71,36 @@ async fn fire(app: &AppState, t: &Timer, presence: &[String]) -> Result<(), Stor
         TimerKind::Expire => {
             let now = app.dispatcher.clock().now_ms();
             if let Some(channels) = app.store.expire_message(t, presence, now).await? {
-                for c in &channels {
+                for (c, n) in &channels {
                     if let Some(m) = app.metrics.channel(c) {
-                        m.count(Status::Failed);
+                        m.count_n(Status::Failed, *n);
                     }
                 }
                 tracing::info!(
                     message_seq = t.message_seq,
-                    expired = channels.len(),
+                    expired = channels.iter().map(|(_, n)| n).sum::<u64>(),
                     "message expired"
                 );
             }
             Ok(())
         }
         TimerKind::Route => evaluate(app, t).await,
+        TimerKind::Spill => {
+            let now = app.dispatcher.clock().now_ms();
+            if let Some(n) = app.store.spill_audience(t, now).await? {
+                app.metrics
+                    .members_spilled
+                    .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                if n > 0 {
+                    tracing::debug!(
+                        message_seq = t.message_seq,
+                        members = n,
+                        "undelivered broadcast members now have rows"
+                    );
+                }
+            }
+            Ok(())
+        }
     }
 }
 

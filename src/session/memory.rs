@@ -3,11 +3,13 @@
 //! Sessions are kept per user in a sharded map: pushes for different users take different
 //! shard locks, each held only for a lookup (never across an `.await`).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+
+use herald_channel::MessageView;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::{Outbound, Pushed, SessionHandle, SessionInfo, SessionRegistry};
 use crate::sharded::ShardedMap;
@@ -28,7 +30,7 @@ impl MemoryRegistry {
             .unwrap_or_default()
     }
 
-    fn each_shard(&self, mut f: impl FnMut(&HashMap<String, Vec<Arc<SessionHandle>>>)) {
+    fn each_shard(&self, mut f: impl FnMut(&crate::sharded::Map<Vec<Arc<SessionHandle>>>)) {
         self.users.each_shard(|m| f(m));
     }
 }
@@ -69,6 +71,37 @@ impl SessionRegistry for MemoryRegistry {
             }
         }
         pushed
+    }
+
+    /// One pass over the shards (each locked once) instead of a lookup per member: a
+    /// broadcast's audience is nearly everyone online. Offers happen under the shard lock,
+    /// which is short (no await) and never taken while a session queue's lock is held.
+    fn push_audience(
+        &self,
+        members: &[String],
+        delivery_id: &(dyn Fn(usize) -> i64 + Send + Sync),
+        message: &Arc<MessageView>,
+        frame: &Utf8Bytes,
+    ) -> Vec<bool> {
+        let mut accepted = vec![false; members.len()];
+        self.users.each_shard(|m| {
+            for (user, handles) in m.iter() {
+                let Ok(i) = members.binary_search_by(|x| x.as_bytes().cmp(user.as_bytes())) else {
+                    continue;
+                };
+                for h in handles {
+                    let item = Outbound {
+                        delivery_id: delivery_id(i),
+                        message: message.clone(),
+                        frame: frame.clone(),
+                    };
+                    if h.offer(item) {
+                        accepted[i] = true;
+                    }
+                }
+            }
+        });
+        accepted
     }
 
     async fn online_users(&self) -> Vec<String> {
@@ -135,9 +168,9 @@ mod tests {
     #[tokio::test]
     async fn register_push_unregister() {
         let reg = MemoryRegistry::default();
-        let a = SessionHandle::new(info("a", "42"), 4);
-        let b = SessionHandle::new(info("b", "42"), 4);
-        let c = SessionHandle::new(info("c", "7"), 4);
+        let a = SessionHandle::new(info("a", "42"), 4, Default::default());
+        let b = SessionHandle::new(info("b", "42"), 4, Default::default());
+        let c = SessionHandle::new(info("c", "7"), 4, Default::default());
         reg.register(a.clone());
         reg.register(b.clone());
         reg.register(c.clone());
@@ -161,8 +194,8 @@ mod tests {
     #[tokio::test]
     async fn full_queue_kicks_only_that_session() {
         let reg = MemoryRegistry::default();
-        let slow = SessionHandle::new(info("slow", "1"), 2);
-        let fast = SessionHandle::new(info("fast", "1"), 8);
+        let slow = SessionHandle::new(info("slow", "1"), 2, Default::default());
+        let fast = SessionHandle::new(info("fast", "1"), 8, Default::default());
         reg.register(slow.clone());
         reg.register(fast.clone());
         assert_eq!(reg.push("1", &item()).accepted, 2);

@@ -11,14 +11,14 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_trait::async_trait;
-use axum::extract::ws::Utf8Bytes;
 use herald_channel::MessageView;
 use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 pub mod memory;
 
@@ -57,10 +57,28 @@ pub mod signal {
     pub const STALLED: u8 = 16;
 }
 
+/// Frames queued for the sessions of this node, all together: the fan-out backlog.
+/// Sends are refused with `503` while it is above `dispatch.fanout_backlog` per session
+/// (admission control), so memory and latency stay bounded however fast messages come.
+#[derive(Debug, Default)]
+pub struct Backlog(AtomicUsize);
+
+impl Backlog {
+    pub fn frames(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// [`SessionHandle::first_frame`] states.
+const FIRST_FRAME_SETUP: u8 = 0;
+const FIRST_FRAME_AWAITED: u8 = 1;
+const FIRST_FRAME_HEARD: u8 = 2;
+
 /// The registry's handle on a live session.
 pub struct SessionHandle {
     pub info: SessionInfo,
     queue: Mutex<VecDeque<Outbound>>,
+    backlog: Arc<Backlog>,
     capacity: usize,
     signals: AtomicU8,
     /// Sticky: once kicked, offers are refused until the session is gone.
@@ -69,20 +87,26 @@ pub struct SessionHandle {
     last_seen: AtomicI64,
     /// Milliseconds since `epoch` at which the current socket write began; -1 when idle.
     write_started: AtomicI64,
+    /// The first-frame deadline (`websocket.first_frame_timeout`): [`FIRST_FRAME_SETUP`]
+    /// while the welcome and replay are written, [`FIRST_FRAME_AWAITED`] once the session
+    /// listens, [`FIRST_FRAME_HEARD`] once the client sent anything.
+    first_frame: AtomicU8,
     epoch: Instant,
     wake: Notify,
 }
 
 impl SessionHandle {
-    pub fn new(info: SessionInfo, capacity: usize) -> Arc<SessionHandle> {
+    pub fn new(info: SessionInfo, capacity: usize, backlog: Arc<Backlog>) -> Arc<SessionHandle> {
         Arc::new(SessionHandle {
             info,
             queue: Mutex::new(VecDeque::new()),
+            backlog,
             capacity,
             signals: AtomicU8::new(0),
             kicked: AtomicBool::new(false),
             last_seen: AtomicI64::new(0),
             write_started: AtomicI64::new(-1),
+            first_frame: AtomicU8::new(FIRST_FRAME_SETUP),
             epoch: Instant::now(),
             wake: Notify::new(),
         })
@@ -102,6 +126,7 @@ impl SessionHandle {
             }
             q.push_back(item);
         }
+        self.backlog.0.fetch_add(1, Ordering::Relaxed);
         self.wake.notify_one();
         true
     }
@@ -110,6 +135,9 @@ impl SessionHandle {
     pub fn try_next(&self) -> Option<Outbound> {
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         let item = q.pop_front();
+        if item.is_some() {
+            self.backlog.0.fetch_sub(1, Ordering::Relaxed);
+        }
         if q.is_empty() && q.capacity() > 16 {
             // Give a burst's memory back: idle sessions stay small.
             *q = VecDeque::new();
@@ -164,6 +192,26 @@ impl SessionHandle {
     pub fn touch(&self) {
         let ms = self.epoch.elapsed().as_millis() as i64;
         self.last_seen.store(ms, Ordering::Relaxed);
+        if self.first_frame.load(Ordering::Relaxed) == FIRST_FRAME_AWAITED {
+            self.first_frame.store(FIRST_FRAME_HEARD, Ordering::Relaxed);
+        }
+    }
+
+    /// The welcome (and any replay) has been written and the session starts reading: the
+    /// client's silence counts from now, and its first frame is awaited.
+    pub fn listen(&self) {
+        self.touch();
+        let _ = self.first_frame.compare_exchange(
+            FIRST_FRAME_SETUP,
+            FIRST_FRAME_AWAITED,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The session listens but has not heard from its client yet.
+    pub fn awaiting_first_frame(&self) -> bool {
+        self.first_frame.load(Ordering::Relaxed) == FIRST_FRAME_AWAITED
     }
 
     fn now_ms(&self) -> i64 {
@@ -193,6 +241,14 @@ impl SessionHandle {
     }
 }
 
+impl Drop for SessionHandle {
+    fn drop(&mut self) {
+        // Frames a closed session never wrote leave the backlog with it.
+        let left = self.queue.get_mut().map(|q| q.len()).unwrap_or(0);
+        self.backlog.0.fetch_sub(left, Ordering::Relaxed);
+    }
+}
+
 /// Result of pushing a frame to a user.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Pushed {
@@ -208,6 +264,30 @@ pub trait SessionRegistry: Send + Sync + 'static {
     fn unregister(&self, handle: &Arc<SessionHandle>);
     /// Queue `item` for every session of `user` on this node (never waits).
     fn push(&self, user: &str, item: &Outbound) -> Pushed;
+    /// Queue one message for every session of the sorted `members` (a broadcast): member
+    /// `i`'s frame carries `delivery_id(i)`. `true` per member with a session that took it.
+    /// The default pushes member by member; a registry that can do one pass over its
+    /// sessions overrides it.
+    fn push_audience(
+        &self,
+        members: &[String],
+        delivery_id: &(dyn Fn(usize) -> i64 + Send + Sync),
+        message: &Arc<MessageView>,
+        frame: &Utf8Bytes,
+    ) -> Vec<bool> {
+        members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let item = Outbound {
+                    delivery_id: delivery_id(i),
+                    message: message.clone(),
+                    frame: frame.clone(),
+                };
+                self.push(m, &item).accepted > 0
+            })
+            .collect()
+    }
     /// Users with at least one session.
     async fn online_users(&self) -> Vec<String>;
     /// Does `user` have a session (failover routing is presence-aware)?
