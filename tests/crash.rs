@@ -137,6 +137,80 @@ async fn token_printed_by_cli_is_accepted_by_server_from_same_dir() {
     }
 }
 
+/// A `herald-secrets.toml` that other users can read (an operator wrote it with umask 022)
+/// stops `herald serve` at start, and `herald token`, with the file and the fix named and
+/// nothing of its contents; after `chmod 600` both work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secrets_file_others_can_read_is_refused_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir
+        .path()
+        .canonicalize()
+        .expect("dir")
+        .join("herald-secrets.toml");
+    std::fs::write(
+        &path,
+        format!("jwt_secret = \"{PROC_JWT_SECRET}\"\napi_key = \"{PROC_API_KEY}\"\n"),
+    )
+    .expect("write the secrets file");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let fix = format!("chmod 600 {}", path.display());
+
+    let log = dir.path().join("serve.log");
+    let out = std::fs::File::create(&log).expect("log file");
+    let mut serve = herald_command(dir.path(), &[])
+        .args(["serve", "--bind", &format!("127.0.0.1:{}", free_port())])
+        .arg("--database-url")
+        .arg(format!(
+            "sqlite://{}",
+            dir.path().join("herald.db").display()
+        ))
+        .stdout(std::process::Stdio::null())
+        .stderr(out)
+        .spawn()
+        .expect("spawn herald serve");
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = serve.try_wait().expect("try_wait") {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = serve.kill();
+            let _ = serve.wait();
+            panic!(
+                "herald serve started with a world-readable secrets file; log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!status.success(), "serve exited {status}: {text}");
+    assert!(text.contains(&fix), "the error must name the fix: {text}");
+    assert!(text.contains("mode 0644"), "{text}");
+    assert!(
+        !text.contains(PROC_API_KEY) && !text.contains(PROC_JWT_SECRET),
+        "the error shows the secrets: {text}"
+    );
+
+    let token = herald_command(dir.path(), &[])
+        .args(["token", "--user", "alice"])
+        .output()
+        .expect("run herald token");
+    let stderr = String::from_utf8_lossy(&token.stderr);
+    assert!(!token.status.success(), "herald token used it: {stderr}");
+    assert!(stderr.contains(&fix), "{stderr}");
+    assert!(token.stdout.is_empty(), "herald token printed a token");
+
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let server = spawn_process(dir.path(), free_port(), &[]).await;
+    let (status, _) = server
+        .send(&json!({"title": "t", "content": "c", "receivers": ["alice"]}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "the file's API key is used");
+}
+
 /// The quick start, through the real binary: `herald token`, a WebSocket client,
 /// `herald send`, an ack, and the message log showing `delivered`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -233,6 +233,166 @@ async fn users_register_their_own_devices_idempotently() {
     app.shutdown().await;
 }
 
+/// `subscription()` with a `p256dh` of the right length and form (65 bytes, 0x04 ‖ x ‖ y)
+/// that is not a point on P-256: y is off by one bit.
+fn off_curve_subscription() -> Value {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut sub = subscription();
+    let mut key = b64.decode(sub["keys"]["p256dh"].as_str().unwrap()).unwrap();
+    assert_eq!((key.len(), key[0]), (65, 4));
+    key[64] ^= 1;
+    sub["keys"]["p256dh"] = json!(b64.encode(key));
+    sub
+}
+
+#[tokio::test]
+async fn a_webpush_key_that_is_not_a_p256_point_is_refused_with_422() {
+    let app = app().await;
+    let (st, e) = me(
+        &app,
+        "42",
+        Method::POST,
+        "/api/v1/me/devices",
+        Some(json!({"platform": "webpush", "subscription": off_curve_subscription()})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert_eq!(e["field"], "subscription.keys.p256dh", "{e}");
+    let error = assert_error_body(&e);
+    assert!(error.contains("P-256"), "{error}");
+    assert!(
+        !error.contains("push.example.net"),
+        "the endpoint is a capability: {error}"
+    );
+    let (_, list) = me(&app, "42", Method::GET, "/api/v1/me/devices", None).await;
+    assert_eq!(list, json!([]), "nothing is stored");
+
+    // The same check for an admin's PUT of a recipient: nothing is stored either.
+    let (st, e) = app
+        .api(
+            Method::PUT,
+            "/api/v1/recipients/43",
+            Some(&json!({"devices": [{"platform": "webpush", "subscription": off_curve_subscription()}]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert_eq!(e["field"], "devices[0].subscription.keys.p256dh", "{e}");
+    let (st, _) = app.api_get("/api/v1/recipients/43").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+
+    // The browser's real key is accepted.
+    let (st, d) = me(
+        &app,
+        "42",
+        Method::POST,
+        "/api/v1/me/devices",
+        Some(json!({"platform": "webpush", "subscription": subscription()})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{d}");
+    app.shutdown().await;
+}
+
+/// A token registered by another user moves to them (what a push token means when a
+/// device changes hands), the move is in the log by device and user id without the token,
+/// and the first owner's app takes it back by registering again: it cannot be used to keep
+/// a user's notifications away for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_registered_by_another_user_moves_is_logged_and_can_be_taken_back() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = spawn_process_with_secrets(dir.path()).await;
+    let token = "fcm-token-of-alices-phone-0123456789";
+    let register = |user: &'static str| {
+        let server = &server;
+        async move {
+            let resp = server
+                .client
+                .post(format!("{}/api/v1/me/devices", server.base))
+                .bearer_auth(proc_token(user))
+                .json(&json!({"platform": "fcm", "token": token}))
+                .send()
+                .await
+                .expect("POST /api/v1/me/devices");
+            read_response(resp).await
+        }
+    };
+    let list = |user: &'static str| {
+        let server = &server;
+        async move {
+            let resp = server
+                .client
+                .get(format!("{}/api/v1/me/devices", server.base))
+                .bearer_auth(proc_token(user))
+                .send()
+                .await
+                .expect("GET /api/v1/me/devices");
+            read_response(resp).await.1
+        }
+    };
+    // The log as text: tracing colours its fields (ANSI escapes) even into a file.
+    let log_text = || {
+        let raw = server.log_text();
+        let mut text = String::with_capacity(raw.len());
+        let mut chars = raw.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                chars.by_ref().find(|c| c.is_ascii_alphabetic());
+            } else {
+                text.push(c);
+            }
+        }
+        text
+    };
+    let moved_line = |to: &str| {
+        log_text()
+            .lines()
+            .filter(|l| l.contains("moved to this user") && l.contains(&format!("to_user={to}")))
+            .count()
+    };
+
+    let (st, a) = register("alice").await;
+    assert_eq!(st, StatusCode::CREATED, "{a}");
+    let id = a["id"].as_i64().unwrap();
+    // Registering again as alice is no move.
+    let (st, _) = register("alice").await;
+    assert_eq!(st, StatusCode::OK);
+
+    let (st, b) = register("mallory").await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    assert_eq!(b["id"], id, "the same device, moved");
+    assert_eq!(list("alice").await, json!([]));
+    assert_eq!(list("mallory").await[0]["id"], id);
+    wait_until(DEADLINE, "the move in the log", || async {
+        moved_line("mallory") == 1
+    })
+    .await;
+    let log = log_text();
+    let line = log.lines().find(|l| l.contains("to_user=mallory")).unwrap();
+    assert!(line.contains(&format!("device={id}")), "{line}");
+
+    // Alice's app registers its token again (at start or login): it is hers again.
+    let (st, back) = register("alice").await;
+    assert_eq!(st, StatusCode::OK, "{back}");
+    assert_eq!(list("alice").await[0]["id"], id);
+    assert_eq!(list("mallory").await, json!([]));
+    wait_until(DEADLINE, "the move back in the log", || async {
+        moved_line("alice") == 1
+    })
+    .await;
+    assert_eq!(
+        moved_line("mallory"),
+        1,
+        "alice's own re-registration is no move"
+    );
+
+    let log = server.log_text();
+    assert!(
+        !log.contains(token),
+        "the log shows the device token:\n{log}"
+    );
+}
+
 #[tokio::test]
 async fn a_push_goes_to_every_active_device_and_dead_tokens_are_deactivated() {
     let app = app().await;

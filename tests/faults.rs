@@ -899,6 +899,9 @@ async fn stalled_clients() {
     let app = spawn_app_with(|s| {
         s.websocket.queue_capacity = QUEUE;
         s.websocket.write_timeout = WRITE_TIMEOUT;
+        // The stalled clients never answer the ping sent with the welcome: only the full
+        // queue may close them here, not the first-frame deadline.
+        s.websocket.first_frame_timeout = Duration::from_secs(120);
         s.database.synchronous = herald::config::Synchronous::Normal;
     })
     .await;
@@ -1069,4 +1072,144 @@ async fn a_message_larger_than_the_write_buffer_is_delivered_live_and_by_replay(
         app.shutdown().await;
     })
     .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Disk full
+// ---------------------------------------------------------------------------------------------
+
+/// What a full disk does to sends, seen from outside: `503` with `Retry-After` (never a
+/// `202` for what was not stored), `/readyz` `503` naming "disk full", the refusals
+/// counted in `/metrics`; after a restart with room, every message that got a `202` is
+/// listed and nothing else is. `database.max_size` makes SQLite answer `SQLITE_FULL`
+/// exactly as a full filesystem does (`tests/postgres.rs` and the service tests also fill
+/// a real tmpfs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_full_refuses_sends_and_every_202_is_stored() {
+    bounded("disk full", Duration::from_secs(120), disk_full()).await;
+}
+
+async fn disk_full() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let started = Instant::now();
+    let full_env = [
+        ("HERALD_API_KEY", PROC_API_KEY),
+        ("HERALD_JWT_SECRET", PROC_JWT_SECRET),
+        ("HERALD_DATABASE__MAX_SIZE", "1 MiB"),
+    ];
+    let server = spawn_process(dir.path(), free_port(), &full_env).await;
+    let content = "x".repeat(3000);
+    let (mut accepted, mut refused) = (Vec::new(), 0u64);
+    // Concurrent senders, so whole group commits fail; keep going well past "full".
+    let mut after_full = 0;
+    while after_full < 200 {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..16 {
+            let (client, base) = (server.client.clone(), server.base.clone());
+            let body =
+                json!({"title": format!("fill {i}"), "content": content, "receivers": ["u"]});
+            tasks.spawn(async move {
+                let resp = client
+                    .post(format!("{base}/api/v1/messages"))
+                    .bearer_auth(PROC_API_KEY)
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("send");
+                let retry = resp.headers().get("retry-after").cloned();
+                let (status, body) = read_response(resp).await;
+                (status, body, retry)
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            let (status, body, retry) = r.expect("task");
+            match status {
+                StatusCode::ACCEPTED => {
+                    accepted.push(body["id"].as_str().expect("id").to_owned());
+                }
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    refused += 1;
+                    assert!(retry.is_some(), "503 without Retry-After: {body}");
+                    assert!(
+                        body["error"]
+                            .as_str()
+                            .is_some_and(|e| e.contains("nothing was stored")),
+                        "{body}"
+                    );
+                }
+                other => panic!("unexpected {other}: {body}"),
+            }
+            if refused > 0 {
+                after_full += 1;
+            }
+        }
+        assert!(accepted.len() < 5_000, "the database never filled up");
+    }
+    let resp = server
+        .client
+        .get(format!("{}/readyz", server.base))
+        .send()
+        .await
+        .expect("readyz");
+    let (status, body) = read_response(resp).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("disk full")),
+        "{body}"
+    );
+    let metrics = server
+        .client
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("herald_sends_refused_total{reason=\"unavailable\"}")
+            && !l.ends_with(" 0")),
+        "refusals not counted"
+    );
+    // The log says why once, not per request.
+    let log = server.log_text();
+    let said = log.matches("the database cannot write").count();
+    assert!((1..=2).contains(&said), "logged {said} times:\n{log}");
+    drop(server);
+
+    // Room again: everything accepted is there, nothing refused is.
+    let server = spawn_process_with_secrets(dir.path()).await;
+    let total = total_at(
+        &server.client,
+        &server.base,
+        PROC_API_KEY,
+        "/api/v1/messages?size=1",
+    )
+    .await;
+    assert_eq!(total as usize, accepted.len(), "stored ≠ accepted");
+    for id in &accepted {
+        let resp = server
+            .client
+            .get(format!("{}/api/v1/messages/{id}", server.base))
+            .bearer_auth(PROC_API_KEY)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(
+            resp.status(),
+            StatusCode::OK,
+            "{id} was answered 202 but is not stored"
+        );
+    }
+    eprintln!(
+        "FAULTS disk_full: accepted={} refused={} stored_after_restart={} logged_once={} secs={:.1}",
+        accepted.len(),
+        refused,
+        total,
+        said,
+        started.elapsed().as_secs_f64()
+    );
 }

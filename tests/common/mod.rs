@@ -607,6 +607,177 @@ impl WsClient {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Raw WebSocket client (hand-made frames, for protocol violations)
+// ---------------------------------------------------------------------------------------------
+
+/// A WebSocket over a plain TCP stream: the upgrade is written by hand and every frame is
+/// built byte by byte, so a test can send what no WebSocket library would (unmasked
+/// frames, reserved bits or opcodes, invalid UTF-8). Every read has a deadline.
+pub struct RawWs {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// A frame read from the server.
+#[derive(Debug)]
+pub struct RawFrame {
+    pub fin: bool,
+    pub opcode: u8,
+    pub payload: Vec<u8>,
+}
+
+/// Upgrade `GET /websocket/{token}` by hand, check the `101` and `Sec-WebSocket-Accept`
+/// (the RFC 6455 §1.3 example key), then read the welcome frame.
+pub async fn raw_ws_login(app: &TestApp, token: &str) -> RawWs {
+    use tokio::io::AsyncWriteExt;
+    let stream = tokio::time::timeout(DEADLINE, TcpStream::connect(app.addr))
+        .await
+        .expect("TCP connect timed out")
+        .expect("TCP connect");
+    let mut ws = RawWs {
+        stream,
+        buf: Vec::new(),
+    };
+    let request = format!(
+        "GET /websocket/{token} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        app.addr
+    );
+    ws.stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("write the upgrade request");
+    let head = loop {
+        if let Some(end) = ws.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&ws.buf[..end]).into_owned();
+            ws.buf.drain(..end + 4);
+            break head;
+        }
+        assert!(ws.fill().await > 0, "connection closed during the upgrade");
+    };
+    assert!(
+        head.starts_with("HTTP/1.1 101"),
+        "the upgrade was refused: {head}"
+    );
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "wrong Sec-WebSocket-Accept: {head}"
+    );
+    let welcome = ws.read_frame().await.expect("the welcome frame");
+    assert_eq!(
+        welcome.opcode, 1,
+        "welcome must be a text frame: {welcome:?}"
+    );
+    ws
+}
+
+/// One frame as a client writes it: `first` is the first byte (FIN, RSV1-3, opcode),
+/// `mask` the masking key (`None`: unmasked, which only a server may send).
+pub fn raw_frame(first: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut out = vec![first];
+    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => out.push(mask_bit | n as u8),
+        n if n <= 0xffff => {
+            out.push(mask_bit | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(mask_bit | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    match mask {
+        Some(key) => {
+            out.extend_from_slice(&key);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        }
+        None => out.extend_from_slice(payload),
+    }
+    out
+}
+
+impl RawWs {
+    /// Read more bytes within [`DEADLINE`]; 0 at end of stream.
+    async fn fill(&mut self) -> usize {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(DEADLINE, self.stream.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| panic!("nothing from the server within {DEADLINE:?}"))
+            .unwrap_or(0);
+        self.buf.extend_from_slice(&chunk[..n]);
+        n
+    }
+
+    pub async fn write(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        tokio::time::timeout(DEADLINE, self.stream.write_all(bytes))
+            .await
+            .expect("raw write timed out")
+            .expect("raw write failed");
+    }
+
+    /// The next server frame (servers never mask), or `None` when the connection ended.
+    pub async fn read_frame(&mut self) -> Option<RawFrame> {
+        loop {
+            if self.buf.len() >= 2 {
+                let (first, second) = (self.buf[0], self.buf[1]);
+                assert_eq!(second & 0x80, 0, "the server masked a frame");
+                let (len, at) = match second & 0x7f {
+                    126 if self.buf.len() >= 4 => {
+                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+                    }
+                    127 if self.buf.len() >= 10 => {
+                        let mut n = [0u8; 8];
+                        n.copy_from_slice(&self.buf[2..10]);
+                        (u64::from_be_bytes(n) as usize, 10)
+                    }
+                    126 | 127 => (usize::MAX, 0),
+                    n => (n as usize, 2),
+                };
+                if len != usize::MAX && self.buf.len() >= at + len {
+                    let payload = self.buf[at..at + len].to_vec();
+                    self.buf.drain(..at + len);
+                    return Some(RawFrame {
+                        fin: first & 0x80 != 0,
+                        opcode: first & 0x0f,
+                        payload,
+                    });
+                }
+            }
+            if self.fill().await == 0 {
+                assert!(self.buf.is_empty(), "the connection ended inside a frame");
+                return None;
+            }
+        }
+    }
+
+    /// Reads until the server's close frame and returns its code (`None`: no code); data
+    /// frames and pings before it are skipped. Panics if the connection ends without one.
+    pub async fn expect_close(&mut self) -> Option<u16> {
+        loop {
+            let Some(frame) = self.read_frame().await else {
+                panic!("the connection ended without a close frame");
+            };
+            if frame.opcode == 8 {
+                return (frame.payload.len() >= 2)
+                    .then(|| u16::from_be_bytes([frame.payload[0], frame.payload[1]]));
+            }
+        }
+    }
+
+    /// After the close frame: the server ends the TCP connection (within the deadline).
+    pub async fn expect_end(&mut self) {
+        if let Some(frame) = self.read_frame().await {
+            panic!("expected the connection to end, got {frame:?}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Child process
 // ---------------------------------------------------------------------------------------------
 
@@ -628,6 +799,12 @@ pub struct HeraldProcess {
 /// A `Command` for the `herald` binary with a clean `HERALD_*` environment, run in `dir`.
 pub fn herald_command(dir: &Path, env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+    clean_env(&mut cmd, dir, env);
+    cmd
+}
+
+/// Run in `dir` with no `HERALD_*` variable but those of `env`.
+fn clean_env(cmd: &mut Command, dir: &Path, env: &[(&str, &str)]) {
     cmd.current_dir(dir);
     for (k, _) in std::env::vars() {
         if k.starts_with("HERALD_") {
@@ -637,17 +814,37 @@ pub fn herald_command(dir: &Path, env: &[(&str, &str)]) -> Command {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd
 }
 
 /// Start `herald serve --bind 127.0.0.1:PORT --database-url sqlite://DIR/herald.db` (unless
 /// `env` sets `HERALD_DATABASE_URL`) and wait (with a deadline) until `GET /healthz` answers
 /// 200.
 pub async fn spawn_process(dir: &Path, port: u16, env: &[(&str, &str)]) -> HeraldProcess {
+    spawn_process_nofile(dir, port, env, None).await
+}
+
+/// [`spawn_process`] with the open-file limit set to `nofile` (soft and hard, through
+/// `sh -c 'ulimit -n N'`, so the server cannot raise it again).
+pub async fn spawn_process_nofile(
+    dir: &Path,
+    port: u16,
+    env: &[(&str, &str)],
+    nofile: Option<u64>,
+) -> HeraldProcess {
     let log = dir.join(format!("herald-{port}.log"));
     let out = std::fs::File::create(&log).expect("create log file");
     let err = out.try_clone().expect("clone log file");
-    let mut cmd = herald_command(dir, env);
+    let mut cmd = match nofile {
+        None => herald_command(dir, env),
+        Some(n) => {
+            let mut cmd = Command::new("sh");
+            cmd.arg("-c")
+                .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                .arg(env!("CARGO_BIN_EXE_herald"));
+            clean_env(&mut cmd, dir, env);
+            cmd
+        }
+    };
     cmd.arg("serve")
         .arg("--bind")
         .arg(format!("127.0.0.1:{port}"));
