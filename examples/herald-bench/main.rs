@@ -71,6 +71,7 @@ struct Args {
     connect_concurrency: usize,
     #[arg(long, default_value = "1")]
     procs: usize,
+    /// WebSocket base URL(s); several, comma-separated (cluster nodes), are used in turn.
     #[arg(long)]
     ws: Option<String>,
     #[arg(long)]
@@ -79,8 +80,13 @@ struct Args {
     api_key: String,
     #[arg(long, default_value = "bench-secret")]
     jwt_secret: String,
+    /// The server's process ids (comma-separated: nginx's workers): RSS and CPU are summed.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
+    /// After the drain, every client reconnects and takes its replay (herald): a `202`ed
+    /// message that a client (connected throughout) got neither live nor by replay is lost.
     #[arg(long)]
-    server_pid: Option<u32>,
+    verify: bool,
     /// Spread client sockets over this many source addresses (127.0.0.2 …) so very large
     /// runs don't exhaust ephemeral ports (and port search stays cheap); 1 lets the kernel
     /// choose.
@@ -108,6 +114,20 @@ struct Args {
 }
 
 impl Args {
+    /// Connection `i`'s server: `--ws` may list several (comma-separated: cluster nodes),
+    /// taken in turn.
+    fn ws_base_for(&self, i: usize) -> String {
+        let all = self.ws_base();
+        let bases: Vec<&str> = all
+            .split(',')
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+            .collect();
+        bases
+            .get(i % bases.len().max(1))
+            .map_or(all.clone(), |b| (*b).to_owned())
+    }
+
     fn ws_base(&self) -> String {
         self.ws.clone().unwrap_or_else(|| match self.target {
             Target::Herald => "ws://127.0.0.1:8080".into(),
@@ -207,9 +227,18 @@ struct ChildReport {
     max_us: u64,
     closed_early: usize,
     last_recv_ns: u64,
+    #[serde(default)]
+    replayed: u64,
+    #[serde(default)]
+    missing: u64,
 }
 
 struct Shared {
+    /// `--verify`: the seqs answered `202` (a bitset), known once the sends are done.
+    accepted: std::sync::OnceLock<Vec<u64>>,
+    /// `--verify`: frames taken by replay, and `202`ed seqs a client never got.
+    replayed: AtomicU64,
+    missing: AtomicU64,
     /// Unix nanos of the last frame received (for deliveries/s over the real span).
     last_recv_ns: AtomicU64,
     hist: Mutex<Histogram>,
@@ -242,9 +271,9 @@ async fn connection(
             let exp = (unix_nanos() / 1_000_000_000) as i64 + 3600;
             let token =
                 herald::auth::mint_token(args.jwt_secret.as_bytes(), &user_of(i), None, None, exp);
-            format!("{}/websocket/{token}", args.ws_base())
+            format!("{}/websocket/{token}", args.ws_base_for(i))
         }
-        Target::Nchan => format!("{}/sub/bcast", args.ws_base()),
+        Target::Nchan => format!("{}/sub/bcast", args.ws_base_for(i)),
     };
     let connect = async {
         let server: SocketAddr = url
@@ -260,9 +289,10 @@ async fn connection(
         }
         let stream = sock.connect(server).await.map_err(|_| "connect")?;
         stream.set_nodelay(true).map_err(|_| "nodelay")?;
-        let (mut ws, _) = tokio_tungstenite::client_async(url.as_str(), stream)
-            .await
-            .map_err(|_| "upgrade")?;
+        let (mut ws, _) =
+            tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(ws_config()))
+                .await
+                .map_err(|_| "upgrade")?;
         if args.target == Target::Herald {
             // A completed connect includes the welcome frame (token verified, registered).
             loop {
@@ -286,14 +316,22 @@ async fn connection(
     drop(ready);
     let mut seen: Vec<u64> = Vec::new(); // bitset of received seqs
     let mut lat: Vec<u64> = Vec::new();
+    let mut closed_early = false;
     loop {
-        tokio::select! {
+        let msg = tokio::select! {
             _ = stop.changed() => break,
-            msg = ws.next() => {
+            m = ws.next() => m,
+        };
+        {
+            {
                 let text = match msg {
                     Some(Ok(Message::Text(t))) => t,
                     Some(Ok(_)) => continue,
-                    _ => { shared.closed_early.fetch_add(1, Relaxed); break; }
+                    _ => {
+                        shared.closed_early.fetch_add(1, Relaxed);
+                        closed_early = true;
+                        break;
+                    }
                 };
                 let now = unix_nanos();
                 shared.last_recv_ns.fetch_max(now, Relaxed);
@@ -302,15 +340,26 @@ async fn connection(
                 let (content, id) = match args.target {
                     Target::Nchan => (text.as_str(), None),
                     Target::Herald => {
-                        if !text.starts_with(r#"{"type":"message""#) { continue; }
-                        let Some(content) = field(&text, r#""content":""#) else { continue };
+                        if !text.starts_with(r#"{"type":"message""#) {
+                            continue;
+                        }
+                        let Some(content) = field(&text, r#""content":""#) else {
+                            continue;
+                        };
                         (content, field(&text, r#""id":""#))
                     }
                 };
                 let mut parts = content.split(' ');
-                let (Some(seq), Some(ts)) = (parts.next().and_then(|s| s.parse::<usize>().ok()), parts.next().and_then(|s| s.parse::<u64>().ok())) else { continue };
+                let (Some(seq), Some(ts)) = (
+                    parts.next().and_then(|s| s.parse::<usize>().ok()),
+                    parts.next().and_then(|s| s.parse::<u64>().ok()),
+                ) else {
+                    continue;
+                };
                 let (word, bit) = (seq / 64, seq % 64);
-                if seen.len() <= word { seen.resize(word + 1, 0); }
+                if seen.len() <= word {
+                    seen.resize(word + 1, 0);
+                }
                 if seen[word] & (1 << bit) != 0 {
                     shared.duplicates.fetch_add(1, Relaxed);
                 } else {
@@ -320,12 +369,18 @@ async fn connection(
                 }
                 if ack {
                     if let Some(id) = id {
-                        let _ = ws.send(Message::Text(format!(r#"{{"type":"ack","id":"{id}"}}"#).into())).await;
+                        let _ = ws
+                            .send(Message::Text(
+                                format!(r#"{{"type":"ack","id":"{id}"}}"#).into(),
+                            ))
+                            .await;
                     }
                 }
                 if lat.len() >= 256 {
                     let mut h = shared.hist.lock().unwrap();
-                    for us in lat.drain(..) { h.record(us); }
+                    for us in lat.drain(..) {
+                        h.record(us);
+                    }
                     drop(h);
                 }
             }
@@ -338,6 +393,165 @@ async fn connection(
         }
     }
     let _ = ws.close(None).await;
+    if args.verify && args.target == Target::Herald && !closed_early {
+        verify(&args, i, &url, &shared, &mut seen, ack).await;
+    }
+}
+
+/// Reconnect and take the replay (its size is the welcome's `pending`), then count the
+/// `202`ed seqs this client has seen neither live nor now.
+async fn verify(args: &Args, i: usize, url: &str, shared: &Shared, seen: &mut Vec<u64>, ack: bool) {
+    let mut missing = 0;
+    let done = async {
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), true)
+                .await
+                .ok()?;
+        let pending = loop {
+            match ws.next().await? {
+                Ok(Message::Text(t)) if t.contains("\"welcome\"") => {
+                    let v: serde_json::Value = serde_json::from_str(&t).ok()?;
+                    break v["pending"].as_u64().unwrap_or(0);
+                }
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        };
+        let mut got = 0;
+        while got < pending {
+            let Ok(Message::Text(t)) = ws.next().await? else {
+                continue;
+            };
+            let Some(content) = field(&t, r#""content":""#) else {
+                continue;
+            };
+            got += 1;
+            if let Some(seq) = content
+                .split(' ')
+                .next()
+                .and_then(|x| x.parse::<usize>().ok())
+            {
+                let (word, bit) = (seq / 64, seq % 64);
+                if seen.len() <= word {
+                    seen.resize(word + 1, 0);
+                }
+                seen[word] |= 1 << bit;
+            }
+            if ack {
+                if let Some(id) = field(&t, r#""id":""#) {
+                    let _ = ws
+                        .send(Message::Text(
+                            format!(r#"{{"type":"ack","id":"{id}"}}"#).into(),
+                        ))
+                        .await;
+                }
+            }
+        }
+        let _ = ws.close(None).await;
+        Some(got)
+    };
+    let replayed = tokio::time::timeout(Duration::from_secs(60), done)
+        .await
+        .ok()
+        .flatten();
+    if let Some(accepted) = shared.accepted.get() {
+        let targeted = args.scenario == Scenario::Targeted;
+        for (w, bits) in accepted.iter().enumerate() {
+            let mut want = *bits;
+            if targeted {
+                // Only this client's own seqs.
+                want = (0..64)
+                    .filter(|b| want & (1 << b) != 0 && (w * 64 + b) % args.conns == i)
+                    .fold(0u64, |acc, b| acc | (1 << b));
+            }
+            let have = seen.get(w).copied().unwrap_or(0);
+            missing += (want & !have).count_ones() as u64;
+        }
+    }
+    shared.replayed.fetch_add(replayed.unwrap_or(0), Relaxed);
+    shared.missing.fetch_add(missing, Relaxed);
+}
+
+/// A minimal HTTP/1.1 keep-alive client for the POSTs. Hand-written for the generator
+/// only: reqwest's per-request work (header maps, URL parsing, its pool) was half of the
+/// generator's profile in the targeted runs, i.e. the generator, not the server, set the
+/// ceiling. Herald and nginx both answer with `Content-Length` bodies.
+struct RawHttp {
+    stream: tokio::net::TcpStream,
+    host: String,
+    buf: Vec<u8>,
+}
+
+impl RawHttp {
+    async fn connect(addr: &str) -> std::io::Result<RawHttp> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(RawHttp {
+            stream,
+            host: addr.to_owned(),
+            buf: Vec::with_capacity(1024),
+        })
+    }
+
+    async fn post(&mut self, path: &str, auth: Option<&str>, body: &[u8]) -> std::io::Result<u16> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut req = Vec::with_capacity(256 + body.len());
+        let _ = write!(
+            req,
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+            self.host,
+            body.len()
+        );
+        if let Some(a) = auth {
+            let _ = write!(req, "Authorization: Bearer {a}\r\n");
+        }
+        req.extend_from_slice(b"\r\n");
+        req.extend_from_slice(body);
+        self.stream.write_all(&req).await?;
+        self.buf.clear();
+        let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_owned());
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = std::str::from_utf8(&self.buf[..end]).map_err(|_| bad("head"))?;
+                let status: u16 = head
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|c| c.parse().ok())
+                    .ok_or_else(|| bad("status"))?;
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                while self.buf.len() < end + 4 + len {
+                    let mut chunk = [0u8; 4096];
+                    let n = self.stream.read(&mut chunk).await?;
+                    if n == 0 {
+                        return Err(bad("closed"));
+                    }
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+                return Ok(status);
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(bad("closed"));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// Client sockets read in small chunks: tungstenite's default 128 KiB read buffer is
+/// zero-filled on every read, which made `memset` 41 % of the generator's profile.
+fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(4096)
 }
 
 /// The string value after `key` (e.g. `"id":"`) in a frame, up to the next quote. Ids
@@ -353,9 +567,12 @@ async fn receive(
     args: Arc<Args>,
     shard: usize,
     shards: usize,
-    go: impl std::future::Future<Output = ()>,
+    go: impl std::future::Future<Output = Vec<u64>>,
 ) -> ChildReport {
     let shared = Arc::new(Shared {
+        accepted: std::sync::OnceLock::new(),
+        replayed: AtomicU64::new(0),
+        missing: AtomicU64::new(0),
         last_recv_ns: AtomicU64::new(0),
         hist: Mutex::new(Histogram::new()),
         received: AtomicU64::new(0),
@@ -410,10 +627,12 @@ async fn receive(
         report.failed_connects,
         (report.connect_end_ns - start_ns) as f64 / 1e9
     );
-    go.await;
+    let accepted = go.await;
+    let _ = shared.accepted.set(accepted);
     let _ = stop_tx.send(true);
-    // Give connection tasks a moment to flush their histograms.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // Give connection tasks a moment to flush their histograms (and to take their replay).
+    let wait = if args.verify { 90 } else { 5 };
+    let deadline = Instant::now() + Duration::from_secs(wait);
     while Arc::strong_count(&shared) > 1 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -424,6 +643,8 @@ async fn receive(
     report.duplicates = shared.duplicates.load(Relaxed);
     report.closed_early = shared.closed_early.load(Relaxed);
     report.last_recv_ns = shared.last_recv_ns.load(Relaxed);
+    report.replayed = shared.replayed.load(Relaxed);
+    report.missing = shared.missing.load(Relaxed);
     report
 }
 
@@ -434,10 +655,17 @@ struct ProcSample {
     cpu_ticks: u64,
 }
 
-fn sample(pid: Option<u32>) -> ProcSample {
-    let Some(pid) = pid else {
-        return ProcSample::default();
-    };
+fn sample(pids: &[u32]) -> ProcSample {
+    let mut total = ProcSample::default();
+    for &pid in pids {
+        let one = sample_one(pid);
+        total.rss_kib += one.rss_kib;
+        total.cpu_ticks += one.cpu_ticks;
+    }
+    total
+}
+
+fn sample_one(pid: u32) -> ProcSample {
     let rss_kib = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -460,30 +688,40 @@ fn sample(pid: Option<u32>) -> ProcSample {
 /// The sending side: one send per tick at `rate`/s for `duration`, each POST in its own task.
 struct Sender {
     args: Arc<Args>,
-    client: reqwest::Client,
+    /// Idle keep-alive connections for the POSTs.
+    pool: Mutex<Vec<RawHttp>>,
     seq: AtomicUsize,
     accepted: AtomicU64,
     rejected: AtomicU64,
+    /// `503` answers (admission control): refused, nothing stored.
+    refused: AtomicU64,
+    /// POST → answer time, every answer (202 or not).
+    answer_hist: Mutex<Histogram>,
+    /// Seqs answered `202`.
+    accepted_seqs: Mutex<Vec<u64>>,
 }
 
 impl Sender {
     fn new(args: Arc<Args>) -> Arc<Self> {
         Arc::new(Sender {
             args,
-            client: reqwest::Client::builder()
-                .pool_max_idle_per_host(256)
-                .build()
-                .unwrap(),
+            pool: Mutex::new(Vec::new()),
             seq: AtomicUsize::new(0),
             accepted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            answer_hist: Mutex::new(Histogram::new()),
+            accepted_seqs: Mutex::new(Vec::new()),
         })
     }
 
+    /// One send; `Some(_)`: targeted, to the receiver of this seq (`user_of(seq % conns)`,
+    /// so `--verify` knows who should have it).
     async fn send_one(self: Arc<Self>, receiver: Option<String>) {
         let seq = self.seq.fetch_add(1, Relaxed);
+        let receiver = receiver.map(|_| user_of(seq % self.args.conns));
         let content = format!("{seq} {}", unix_nanos());
-        let req = match self.args.target {
+        let (path, body) = match self.args.target {
             Target::Herald => {
                 let mut body = json!({"title": "bench", "content": content});
                 if let Some(r) = receiver {
@@ -492,29 +730,64 @@ impl Sender {
                 if let Some(c) = &self.args.channel {
                     body["channels"] = json!([c]);
                 }
-                self.client
-                    .post(format!("{}/api/v1/messages", self.args.api_base()))
-                    .bearer_auth(&self.args.api_key)
-                    .json(&body)
+                ("/api/v1/messages", body.to_string())
             }
-            Target::Nchan => self
-                .client
-                .post(format!("{}/pub/bcast", self.args.api_base()))
-                .body(content),
+            Target::Nchan => ("/pub/bcast", content),
         };
-        match req.timeout(Duration::from_secs(30)).send().await {
-            Ok(r) if r.status().is_success() => {
+        let asked = Instant::now();
+        let answer = self.post(path, body.as_bytes()).await;
+        if answer.is_ok() {
+            let us = asked.elapsed().as_micros() as u64;
+            self.answer_hist.lock().unwrap().record(us);
+        }
+        match answer {
+            Ok(status) if (200..300).contains(&status) => {
                 self.accepted.fetch_add(1, Relaxed);
+                let mut set = self.accepted_seqs.lock().unwrap();
+                let (word, bit) = (seq / 64, seq % 64);
+                if set.len() <= word {
+                    set.resize(word + 1, 0);
+                }
+                set[word] |= 1 << bit;
             }
-            Ok(r) => {
+            Ok(503) => {
                 self.rejected.fetch_add(1, Relaxed);
-                eprintln!("send {seq}: HTTP {}", r.status());
+                self.refused.fetch_add(1, Relaxed);
+            }
+            Ok(status) => {
+                self.rejected.fetch_add(1, Relaxed);
+                eprintln!("send {seq}: HTTP {status}");
             }
             Err(e) => {
                 self.rejected.fetch_add(1, Relaxed);
                 eprintln!("send {seq}: {e}");
             }
         }
+    }
+
+    /// POST `body` on an idle keep-alive connection (or a new one); the status code.
+    async fn post(&self, path: &str, body: &[u8]) -> std::io::Result<u16> {
+        let conn = self.pool.lock().unwrap().pop();
+        let mut conn = match conn {
+            Some(c) => c,
+            None => {
+                let addr = self
+                    .args
+                    .api_base()
+                    .trim_start_matches("http://")
+                    .to_owned();
+                RawHttp::connect(&addr).await?
+            }
+        };
+        let auth = match self.args.target {
+            Target::Herald => Some(self.args.api_key.as_str()),
+            Target::Nchan => None,
+        };
+        let status = tokio::time::timeout(Duration::from_secs(30), conn.post(path, auth, body))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "POST timed out"))??;
+        self.pool.lock().unwrap().push(conn);
+        Ok(status)
     }
 
     /// Paced sends for `duration`; returns when every send has been answered.
@@ -526,7 +799,8 @@ impl Sender {
         let mut tasks = tokio::task::JoinSet::new();
         for n in 0..total {
             tick.tick().await;
-            let receiver = targeted.then(|| user_of(n % self.args.conns));
+            let receiver = targeted.then(String::new);
+            let _ = n;
             tasks.spawn(self.clone().send_one(receiver));
         }
         while tasks.join_next().await.is_some() {}
@@ -588,7 +862,7 @@ async fn run(args: Arc<Args>) -> serde_json::Value {
     let args = Arc::new(args_owned);
 
     // Spawn children (or receive in-process when --procs 1).
-    let before = sample(args.server_pid);
+    let before = sample(&args.server_pid);
     let mut children = Vec::new();
     if args.procs > 1 {
         let exe = std::env::current_exe().expect("current exe");
@@ -605,14 +879,14 @@ async fn run(args: Arc<Args>) -> serde_json::Value {
             children.push(cmd.spawn().expect("spawn child"));
         }
     }
-    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<Vec<u64>>();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
     let local = if args.procs <= 1 {
         let a = args.clone();
         Some(tokio::spawn(async move {
             let go = async move {
                 let _ = ready_tx.send(());
-                let _ = go_rx.await;
+                go_rx.await.unwrap_or_default()
             };
             receive(a, 0, 1, go).await
         }))
@@ -640,7 +914,8 @@ async fn run(args: Arc<Args>) -> serde_json::Value {
     };
     let _ = ready_rx.await;
     tokio::time::sleep(args.hold.min(Duration::from_secs(1))).await;
-    let after_connect = sample(args.server_pid);
+    let after_connect = sample(&args.server_pid);
+    let after_connect_at = Instant::now();
 
     // Send phase.
     let sender = Sender::new(args.clone());
@@ -667,8 +942,10 @@ async fn run(args: Arc<Args>) -> serde_json::Value {
     let send_elapsed = send_start.elapsed();
     // Drain: let the last frames arrive.
     tokio::time::sleep(args.drain).await;
-    let after_send = sample(args.server_pid);
-    let _ = go_tx.send(());
+    let after_send = sample(&args.server_pid);
+    let measured = after_connect_at.elapsed();
+    let accepted_seqs = sender.accepted_seqs.lock().unwrap().clone();
+    let _ = go_tx.send(accepted_seqs.clone());
 
     let mut reports: Vec<ChildReport> = Vec::new();
     if let Some(local) = local {
@@ -676,7 +953,11 @@ async fn run(args: Arc<Args>) -> serde_json::Value {
     } else {
         for c in &mut children {
             if let Some(mut stdin) = c.stdin.take() {
-                let _ = writeln!(stdin, "GO");
+                let _ = writeln!(
+                    stdin,
+                    "GO {}",
+                    serde_json::to_string(&accepted_seqs).unwrap_or_default()
+                );
             }
         }
         let readers = CHILD_READERS.lock().unwrap().take().unwrap_or_default();
@@ -706,6 +987,7 @@ async fn run(args: Arc<Args>) -> serde_json::Value {
         after_send,
         send_start_ns,
         send_elapsed,
+        measured,
         &sender,
     )
 }
@@ -717,11 +999,16 @@ async fn child(args: Arc<Args>, shard: usize) -> serde_json::Value {
     let go = async {
         println!("READY");
         let _ = std::io::stdout().flush();
-        let _ = tokio::task::spawn_blocking(|| {
+        tokio::task::spawn_blocking(|| {
             let mut line = String::new();
             let _ = std::io::stdin().read_line(&mut line);
+            line.trim()
+                .strip_prefix("GO")
+                .and_then(|rest| serde_json::from_str::<Vec<u64>>(rest.trim()).ok())
+                .unwrap_or_default()
         })
-        .await;
+        .await
+        .unwrap_or_default()
     };
     let report = receive(args.clone(), shard, args.shards, go).await;
     serde_json::to_value(&report).unwrap_or_default()
@@ -736,9 +1023,11 @@ fn summarize(
     after_send: ProcSample,
     send_start_ns: u64,
     send_elapsed: Duration,
+    measured: Duration,
     sender: &Sender,
 ) -> serde_json::Value {
     let mut hist = Histogram::new();
+    let (mut replayed, mut missing) = (0u64, 0u64);
     let (mut connected, mut failed, mut received, mut dups, mut closed) = (0, 0, 0u64, 0u64, 0);
     let (mut start, mut end, mut last_recv) = (u64::MAX, 0u64, 0u64);
     for r in &reports {
@@ -748,6 +1037,8 @@ fn summarize(
         received += r.received;
         dups += r.duplicates;
         closed += r.closed_early;
+        replayed += r.replayed;
+        missing += r.missing;
         start = start.min(r.connect_start_ns);
         last_recv = last_recv.max(r.last_recv_ns);
         end = end.max(r.connect_end_ns);
@@ -777,7 +1068,8 @@ fn summarize(
         "server_rss_kib_end": after_send.rss_kib,
         "kib_per_conn": if connected > 0 { ((after_connect.rss_kib as f64 - before.rss_kib as f64) / connected as f64 * 100.0).round() / 100.0 } else { 0.0 },
         "server_cpu_seconds_send": ticks,
-        "server_cpu_percent_send": (ticks / send_secs * 100.0).round(),
+        // Over the send phase and the drain (what the CPU ticks cover).
+        "server_cpu_percent_send": (ticks / measured.as_secs_f64().max(1e-9) * 100.0).round(),
         "sends_accepted": accepted,
         "sends_rejected": sender.rejected.load(Relaxed),
         "accepted_sends_per_s": (accepted as f64 / send_secs).round(),
@@ -794,6 +1086,20 @@ fn summarize(
             "max": hist.max_us as f64 / 1000.0,
         },
         "send_seconds": (send_secs * 1000.0).round() / 1000.0,
+        "sends_refused_503": sender.refused.load(Relaxed),
+        "answer_ms": answer_percentiles(sender),
+        "verified": args.verify,
+        "replayed_after": replayed,
+        "lost_after_replay": missing,
+    })
+}
+
+fn answer_percentiles(sender: &Sender) -> serde_json::Value {
+    let h = sender.answer_hist.lock().unwrap();
+    json!({
+        "p50": h.percentile_ms(0.50),
+        "p99": h.percentile_ms(0.99),
+        "max": h.max_us as f64 / 1000.0,
     })
 }
 
@@ -849,7 +1155,7 @@ async fn outbox(args: Arc<Args>) -> serde_json::Value {
         let _ = axum::serve(listener, app).await;
     });
 
-    let before = sample(args.server_pid);
+    let before = sample(&args.server_pid);
     let sender = Sender::new(args.clone());
     let send_start = Instant::now();
     let send_start_ns = unix_nanos();
@@ -866,7 +1172,7 @@ async fn outbox(args: Arc<Args>) -> serde_json::Value {
     while hooked.lock().unwrap().received < accepted && Instant::now() < drain_end {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let after = sample(args.server_pid);
+    let after = sample(&args.server_pid);
     let g = hooked.lock().unwrap();
     let hist = g.hist.clone().unwrap_or_else(Histogram::new);
     let ticks = after.cpu_ticks.saturating_sub(before.cpu_ticks) as f64 / 100.0;
