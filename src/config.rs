@@ -3,10 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// A secret string: `Debug`/`Display` never show it.
 #[derive(Clone, Deserialize, Serialize, PartialEq, Eq)]
@@ -54,9 +56,9 @@ pub struct Settings {
     /// Channel instances by name: `[channels.<name>] kind = "…"`.
     pub channels: ChannelTables,
     /// Default routing policies per template and message type (`[routing.…]`).
-    pub routing: crate::routing::RoutingSettings,
+    pub routing: RoutingSettings,
     /// Cluster mode tuning (`[cluster]`; used with `redis_url`).
-    pub cluster: crate::cluster::ClusterSettings,
+    pub cluster: ClusterSettings,
     /// Send rate limit of the main `api_key` (e.g. `"50/s"`); absent: none. Keys in
     /// `[[api_keys]]` have their own `rate_limit`.
     pub api_key_rate_limit: Option<String>,
@@ -483,9 +485,7 @@ impl Settings {
                 self.bind
             )));
         }
-        if !(self.database_url.starts_with("sqlite:")
-            || crate::store::postgres::is_postgres_url(&self.database_url))
-        {
+        if !(self.database_url.starts_with("sqlite:") || is_postgres_url(&self.database_url)) {
             return Err(ConfigError::Invalid(
                 "database_url: expected sqlite://FILE or postgres://USER@HOST[:PORT]/DB".into(),
             ));
@@ -730,7 +730,6 @@ impl Settings {
     /// `[[api_keys]]`, `api_key_rate_limit`, `[http.cors]` and
     /// `websocket.handshake_rate_limit`; every error names the key path.
     pub fn validate_limits(&self) -> Result<(), ConfigError> {
-        use crate::dispatch::outbox::Rate;
         let bad = |path: String, msg: String| Err(ConfigError::Invalid(format!("{path}: {msg}")));
         let rate = |path: &dyn Fn() -> String, value: &Option<String>| match value {
             Some(r) if !rate_limit_is_off(r) => Rate::parse(r)
@@ -1034,4 +1033,140 @@ mod tests {
         };
         assert!(!format!("{settings:?}").contains("hunter2"));
     }
+}
+
+// Setting types that other modules give behaviour to (`impl` blocks in `routing.rs`,
+// `dispatch/outbox.rs`, `cluster/`): defined here so `config` imports nothing of the crate.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: NonZeroU32,
+    pub per: Duration,
+}
+
+impl Rate {
+    /// `"10/s"`, `"600/min"`, `"1000/h"`, `"20/1m"` (a humantime period).
+    pub fn parse(s: &str) -> Result<Rate, String> {
+        let (n, per) = s
+            .split_once('/')
+            .ok_or_else(|| format!("`{s}`: expected COUNT/PERIOD, e.g. \"10/s\" or \"600/min\""))?;
+        let count = n
+            .trim()
+            .parse::<NonZeroU32>()
+            .map_err(|_| format!("`{s}`: the count must be a positive integer"))?;
+        let per = match per.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            "d" | "day" => Duration::from_secs(86_400),
+            other => humantime::parse_duration(other)
+                .map_err(|_| format!("`{s}`: unknown period `{other}` (s, min, h, day or 30s…)"))?,
+        };
+        if per.is_zero() {
+            return Err(format!("`{s}`: the period must be > 0"));
+        }
+        Ok(Rate { count, per })
+    }
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.count, humantime::format_duration(self.per))
+    }
+}
+
+/// `[cluster]` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSettings {
+    /// How often a node renews its liveness key and re-reads which nodes are alive.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// How long a node stays listed (with its sessions) after its last heartbeat.
+    #[serde(with = "humantime_serde")]
+    pub node_ttl: Duration,
+    /// Key prefix, so several Herald clusters can share one Redis.
+    pub prefix: String,
+    /// Frames waiting to be published to the other nodes; when full, a frame is not sent
+    /// live to remote sessions (it stays undelivered and is replayed on reconnect).
+    pub publish_queue: usize,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            heartbeat_interval: Duration::from_secs(2),
+            node_ttl: Duration::from_secs(10),
+            prefix: "herald".into(),
+            publish_queue: 65_536,
+        }
+    }
+}
+
+impl ClusterSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.heartbeat_interval < Duration::from_millis(100) {
+            return Err("cluster.heartbeat_interval: at least 100ms".into());
+        }
+        if self.node_ttl < self.heartbeat_interval * 2 {
+            return Err(
+                "cluster.node_ttl: must be at least twice cluster.heartbeat_interval".into(),
+            );
+        }
+        if self.prefix.is_empty() || self.prefix.contains(char::is_whitespace) {
+            return Err("cluster.prefix: a non-empty word".into());
+        }
+        if self.publish_queue == 0 {
+            return Err("cluster.publish_queue: at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// `postgres://…` or `postgresql://…`.
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyKind {
+    /// Every listed channel at once.
+    All,
+    /// One step after another, until one succeeds.
+    Failover,
+}
+
+/// A routing policy as written in a send (`routing`) or in `herald.toml`
+/// (`[routing.templates.<name>]`, `[routing.types.<n>]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schema(example = json!({"policy": "failover", "steps": [
+    {"channel": "websocket", "wait": "2m"}, {"channel": "wechat"}, {"channel": "sms"}]}))]
+pub struct PolicySpec {
+    pub policy: PolicyKind,
+    /// Channel instances, in order (for `all`, the order does not matter).
+    pub steps: Vec<StepSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StepSpec {
+    /// A channel instance name.
+    pub channel: String,
+    /// `failover` only: how long to wait for `delivered`/`read` before the next step
+    /// (`"90s"`, `"2m"`, `"1h"`; at most 30 days). Absent: the step succeeds once `sent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<String>,
+}
+
+/// Default policies (`[routing]` in `herald.toml`). A send's own `routing` or `channels`
+/// wins; then its template's policy; then its message type's.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingSettings {
+    /// By template name.
+    pub templates: BTreeMap<String, PolicySpec>,
+    /// By message type (the keys are the type numbers, as strings).
+    pub types: BTreeMap<String, PolicySpec>,
 }

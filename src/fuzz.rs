@@ -20,9 +20,9 @@ use futures_util::FutureExt;
 use reqwest::Method;
 
 use crate::api::dto::{SeedSendRequest, SendRequest};
-use crate::api::error::ApiError;
 use crate::api::extract::{parse_json, Params};
 use crate::config::{Secret, Settings, Synchronous};
+use crate::error::ApiError;
 use crate::ws::frame::{decode, ClientFrame, ServerFrame};
 
 const API_KEY: &str = "fuzz-api-key-0123456789abcdef";

@@ -33,6 +33,8 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod dispatch;
+pub mod error;
+#[cfg(feature = "fuzz")]
 pub mod fuzz;
 pub mod limits;
 pub mod metrics;
@@ -344,9 +346,27 @@ pub async fn start_with_options(
     // Outbox workers stop on their own token, after the HTTP server has stopped accepting.
     let outbox_stop = CancellationToken::new();
     let outbox = dispatcher.start_outbox(&settings.dispatch, &outbox_stop);
+    let backlog: Arc<session::Backlog> = Arc::default();
+    let planner = dispatch::plan::Planner::new(dispatch::plan::PlannerParts {
+        dispatcher: dispatcher.clone(),
+        store: store.clone(),
+        registry: registry.clone(),
+        templates: templates.clone(),
+        metrics: metrics.clone(),
+        backlog: backlog.clone(),
+        routing: settings.routing.clone(),
+        audience_window: settings.database.audience_window,
+        fanout_backlog: settings.dispatch.fanout_backlog,
+        preferences_present: preferences,
+    });
+    let scheduler_ctx = dispatch::schedule::Scheduler {
+        planner: planner.clone(),
+        poll: settings.dispatch.poll_interval,
+        lease: settings.dispatch.lease,
+    };
     let app = AppState::new(state::Inner {
         templates,
-        preferences_present: std::sync::atomic::AtomicBool::new(preferences),
+        planner,
         node: Arc::from(settings.node()),
         settings,
         store: store.clone(),
@@ -359,11 +379,11 @@ pub async fn start_with_options(
         metrics,
         shutdown: shutdown.clone(),
         sessions: TaskTracker::new(),
-        backlog: Arc::default(),
+        backlog,
     });
     let router = api::router(app.clone());
     // Timers (sendAt, expiresAt, failover chains) stop with the outbox workers.
-    let scheduler = tokio::spawn(dispatch::schedule::run(app.clone(), outbox_stop.clone()));
+    let scheduler = tokio::spawn(dispatch::schedule::run(scheduler_ctx, outbox_stop.clone()));
     let wake_handle = dispatcher.clone();
     let heartbeat = tokio::spawn(ws::heartbeat(app.clone()));
     let token = shutdown.clone();

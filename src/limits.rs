@@ -7,14 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
 use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-use crate::api::error::ApiError;
-use crate::config::{rate_limit_is_off, ConfigError};
-use crate::dispatch::outbox::Rate;
+use crate::config::{rate_limit_is_off, ConfigError, Rate};
 
 /// A request over a limit: `429` with `Retry-After` (whole seconds, at least 1) and a JSON
 /// error. Nothing behind the limit has run.
@@ -26,23 +22,13 @@ pub struct TooManyRequests {
 
 impl TooManyRequests {
     /// `Retry-After` in whole seconds, rounded up, at least 1.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     pub fn retry_after_secs(&self) -> u64 {
         let d = self.retry_after;
         (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
-    }
-}
-
-impl IntoResponse for TooManyRequests {
-    fn into_response(self) -> Response {
-        let secs = self.retry_after_secs();
-        let mut resp = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("{}; retry in {secs} s", self.message),
-        )
-        .into_response();
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        resp
     }
 }
 
@@ -226,6 +212,8 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
 mod tests {
     use super::*;
     use crate::config::{ApiKeySettings, Secret, Settings};
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
 
     fn rate(s: &str) -> Rate {
         Rate::parse(s).unwrap()

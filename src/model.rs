@@ -5,6 +5,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::config::PolicyKind;
+
 /// Delivery status. The numeric rank only ever grows for one delivery (`pending` → `sent` →
 /// `delivered` → `read`); `failed` is terminal and never overrides `delivered`/`read`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -121,7 +126,7 @@ pub struct NewMessage {
     pub expires_at_ms: Option<i64>,
     /// A failover policy: `routes` lists the receivers, one chain each; the chains create
     /// their deliveries step by step (`deliveries` holds none of theirs).
-    pub routing: Option<crate::routing::Policy>,
+    pub routing: Option<Policy>,
     pub routes: Vec<String>,
     /// Presence deliveries stored compactly (a broadcast, or many receivers): one row for
     /// the whole audience instead of one per receiver. `deliveries` holds none of them.
@@ -274,7 +279,7 @@ pub struct OutboxMessage {
     pub rendered: RenderedByFamily,
     pub expires_at_ms: Option<i64>,
     /// The failover policy it was sent with.
-    pub routing: Option<crate::routing::Policy>,
+    pub routing: Option<Policy>,
 }
 
 /// What a timer is for (the `schedule` table).
@@ -312,7 +317,7 @@ pub struct Timer {
     pub receiver: String,
     pub lease_until_ms: i64,
     /// Route: its progress.
-    pub progress: crate::routing::Progress,
+    pub progress: Progress,
 }
 
 impl Timer {
@@ -323,16 +328,14 @@ impl Timer {
         receiver: String,
         (step, started_at_ms): (i64, Option<i64>),
         lease_until_ms: i64,
-    ) -> Result<Timer, crate::store::StoreError> {
+    ) -> Result<Timer, String> {
         Ok(Timer {
             id,
             message_seq,
-            kind: TimerKind::from_code(kind).ok_or_else(|| {
-                crate::store::StoreError::Corrupt(format!("schedule.kind {kind}"))
-            })?,
+            kind: TimerKind::from_code(kind).ok_or_else(|| format!("schedule.kind {kind}"))?,
             receiver,
             lease_until_ms,
-            progress: crate::routing::Progress {
+            progress: Progress {
                 step: usize::try_from(step).ok(),
                 started_at_ms,
             },
@@ -347,10 +350,10 @@ pub struct RouteAdvance {
     pub lease_until_ms: i64,
     pub message_seq: i64,
     pub receiver: String,
-    pub state: crate::routing::RouteState,
-    pub progress: crate::routing::Progress,
+    pub state: RouteState,
+    pub progress: Progress,
     pub due_at_ms: Option<i64>,
-    pub log: Vec<crate::routing::LogEntry>,
+    pub log: Vec<LogEntry>,
     /// Deliveries the chain starts (provider ones are due at `now_ms`).
     pub start: Vec<NewDelivery>,
     /// Pending deliveries to fail: (id, error).
@@ -362,9 +365,9 @@ pub struct RouteAdvance {
 #[derive(Debug, Clone)]
 pub struct RouteRecord {
     pub receiver: String,
-    pub state: crate::routing::RouteState,
+    pub state: RouteState,
     pub step: Option<usize>,
-    pub log: Vec<crate::routing::LogEntry>,
+    pub log: Vec<LogEntry>,
 }
 
 /// The outcome of one provider attempt.
@@ -392,7 +395,7 @@ pub struct Message {
     pub send_at_ms: Option<i64>,
     pub expires_at_ms: Option<i64>,
     /// The failover policy (JSON as stored), if any.
-    pub routing: Option<crate::routing::Policy>,
+    pub routing: Option<Policy>,
     /// Its chains, one per receiver (`get_message` only).
     pub routes: Vec<RouteRecord>,
     /// Deliveries (all of them, or the first N in listings).
@@ -487,6 +490,49 @@ pub enum StatusChange {
         channel: String,
         status: Status,
     },
+}
+
+/// The instance name and kind of the built-in WebSocket channel.
+pub const WEBSOCKET: &str = "websocket";
+
+/// A recipient's preferences: `{"optOutChannels": ["sms", "email"], "optOutTypes": [3]}`.
+/// A channel entry names an instance (`mail`) or a family (`email`: every e-mail instance).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Preferences {
+    pub opt_out_channels: Vec<String>,
+    pub opt_out_types: Vec<i64>,
+}
+
+impl Preferences {
+    /// The keys a `preferences` object may have.
+    pub const KEYS: [&'static str; 2] = ["optOutChannels", "optOutTypes"];
+
+    /// Read from a stored record (validated when it was written; anything else is ignored).
+    pub fn of(r: &Recipient) -> Preferences {
+        let list = |key: &str| r.preferences.get(key).and_then(|v| v.as_array());
+        Preferences {
+            opt_out_channels: list("optOutChannels")
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            opt_out_types: list("optOutTypes")
+                .map(|a| a.iter().filter_map(serde_json::Value::as_i64).collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    pub fn mutes_type(&self, msg_type: i64) -> bool {
+        self.opt_out_types.contains(&msg_type)
+    }
+
+    pub fn mutes_channel(&self, instance: &str, family: &str) -> bool {
+        self.opt_out_channels
+            .iter()
+            .any(|c| c == instance || c == family)
+    }
 }
 
 /// Addresses used by non-WebSocket channels.
@@ -612,4 +658,77 @@ mod tests {
         assert_eq!(PageRequest { page: 1, size: 20 }.offset(), 0);
         assert_eq!(PageRequest { page: 3, size: 20 }.offset(), 40);
     }
+}
+
+// The stored shape of failover routing; `routing.rs` decides, with these.
+
+/// A validated policy, as stored with a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Policy {
+    pub policy: PolicyKind,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Step {
+    pub channel: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<i64>,
+}
+
+/// Where a failover chain stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteState {
+    Running = 0,
+    /// A step succeeded (or the receiver acked/read the message on some channel).
+    Succeeded = 1,
+    /// Every step was tried without success.
+    Exhausted = 2,
+    /// Ended early: the message expired.
+    Cancelled = 3,
+}
+
+impl RouteState {
+    pub fn from_code(c: i64) -> RouteState {
+        match c {
+            0 => RouteState::Running,
+            1 => RouteState::Succeeded,
+            2 => RouteState::Exhausted,
+            _ => RouteState::Cancelled,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteState::Running => "running",
+            RouteState::Succeeded => "succeeded",
+            RouteState::Exhausted => "exhausted",
+            RouteState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One entry of a chain's log: what happened at which step, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LogEntry {
+    /// RFC 3339.
+    pub at: String,
+    /// The step's index in the policy (`null` for events of the whole chain).
+    pub step: Option<usize>,
+    pub channel: Option<String>,
+    /// `started`, `skipped`, `failed`, `timeout`, `succeeded`, `acknowledged`, `exhausted`,
+    /// `expired`.
+    pub event: String,
+    pub reason: String,
+}
+
+/// A chain's stored progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// The current step (`None`: not started yet).
+    pub step: Option<usize>,
+    pub started_at_ms: Option<i64>,
 }

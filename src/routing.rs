@@ -13,11 +13,8 @@
 //! [`decide`] is the whole policy as a pure function; the scheduler (`dispatch/schedule.rs`)
 //! loads a chain's state, calls it and stores the result atomically.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use crate::model::{rfc3339, Status};
 
@@ -26,48 +23,8 @@ pub const MAX_STEPS: usize = 10;
 /// Longest `wait` of a step.
 pub const MAX_WAIT: Duration = Duration::from_secs(30 * 86_400);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum PolicyKind {
-    /// Every listed channel at once.
-    All,
-    /// One step after another, until one succeeds.
-    Failover,
-}
-
-/// A routing policy as written in a send (`routing`) or in `herald.toml`
-/// (`[routing.templates.<name>]`, `[routing.types.<n>]`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-#[schema(example = json!({"policy": "failover", "steps": [
-    {"channel": "websocket", "wait": "2m"}, {"channel": "wechat"}, {"channel": "sms"}]}))]
-pub struct PolicySpec {
-    pub policy: PolicyKind,
-    /// Channel instances, in order (for `all`, the order does not matter).
-    pub steps: Vec<StepSpec>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct StepSpec {
-    /// A channel instance name.
-    pub channel: String,
-    /// `failover` only: how long to wait for `delivered`/`read` before the next step
-    /// (`"90s"`, `"2m"`, `"1h"`; at most 30 days). Absent: the step succeeds once `sent`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wait: Option<String>,
-}
-
-/// Default policies (`[routing]` in `herald.toml`). A send's own `routing` or `channels`
-/// wins; then its template's policy; then its message type's.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RoutingSettings {
-    /// By template name.
-    pub templates: BTreeMap<String, PolicySpec>,
-    /// By message type (the keys are the type numbers, as strings).
-    pub types: BTreeMap<String, PolicySpec>,
-}
+pub use crate::config::{PolicyKind, PolicySpec, RoutingSettings, StepSpec};
+pub use crate::model::{LogEntry, Policy, Progress, RouteState, Step};
 
 impl RoutingSettings {
     /// The default policy for a send with this template and type.
@@ -92,22 +49,6 @@ impl RoutingSettings {
         }
         Ok(())
     }
-}
-
-/// A validated policy, as stored with a message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Policy {
-    pub policy: PolicyKind,
-    pub steps: Vec<Step>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Step {
-    pub channel: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wait_ms: Option<i64>,
 }
 
 impl PolicySpec {
@@ -169,53 +110,6 @@ fn human(ms: i64) -> String {
     humantime::format_duration(Duration::from_millis(ms.max(0) as u64)).to_string()
 }
 
-/// Where a failover chain stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RouteState {
-    Running = 0,
-    /// A step succeeded (or the receiver acked/read the message on some channel).
-    Succeeded = 1,
-    /// Every step was tried without success.
-    Exhausted = 2,
-    /// Ended early: the message expired.
-    Cancelled = 3,
-}
-
-impl RouteState {
-    pub fn from_code(c: i64) -> RouteState {
-        match c {
-            0 => RouteState::Running,
-            1 => RouteState::Succeeded,
-            2 => RouteState::Exhausted,
-            _ => RouteState::Cancelled,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RouteState::Running => "running",
-            RouteState::Succeeded => "succeeded",
-            RouteState::Exhausted => "exhausted",
-            RouteState::Cancelled => "cancelled",
-        }
-    }
-}
-
-/// One entry of a chain's log: what happened at which step, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct LogEntry {
-    /// RFC 3339.
-    pub at: String,
-    /// The step's index in the policy (`null` for events of the whole chain).
-    pub step: Option<usize>,
-    pub channel: Option<String>,
-    /// `started`, `skipped`, `failed`, `timeout`, `succeeded`, `acknowledged`, `exhausted`,
-    /// `expired`.
-    pub event: String,
-    pub reason: String,
-}
-
 impl LogEntry {
     fn new(now_ms: i64, step: Option<(usize, &Step)>, event: &str, reason: String) -> LogEntry {
         LogEntry {
@@ -226,14 +120,6 @@ impl LogEntry {
             reason,
         }
     }
-}
-
-/// A chain's stored progress.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Progress {
-    /// The current step (`None`: not started yet).
-    pub step: Option<usize>,
-    pub started_at_ms: Option<i64>,
 }
 
 /// One of the receiver's deliveries of the message.

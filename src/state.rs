@@ -19,9 +19,8 @@ pub struct Inner {
     pub settings: Settings,
     /// Message templates, loaded at start.
     pub templates: Arc<crate::templates::Templates>,
-    /// Some recipient has preferences (opt-outs): sends must look receivers up. Set at start
-    /// and on writes; never cleared while running (a stale `true` only costs a lookup).
-    pub preferences_present: std::sync::atomic::AtomicBool,
+    /// Plans and accepts sends (`dispatch::plan`).
+    pub planner: crate::dispatch::plan::Planner,
     pub store: Arc<dyn Store>,
     pub registry: Arc<dyn SessionRegistry>,
     pub dispatcher: Dispatcher,

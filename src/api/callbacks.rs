@@ -7,10 +7,9 @@
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
-use herald_channel::{family_of, CallbackError, CallbackRequest, Receipt, ReceiptFor};
+use herald_channel::{family_of, CallbackError, CallbackRequest};
 
 use super::error::{ApiError, ErrorBody};
-use crate::model::{Status, StatusChange};
 use crate::state::AppState;
 
 /// Receive a vendor's delivery receipts
@@ -75,49 +74,6 @@ pub async fn callback(
             return Err(ApiError::new(StatusCode::BAD_REQUEST, why));
         }
     };
-    for receipt in receipts {
-        let (target, status, error) = match receipt {
-            Receipt::Delivered(t) => (t, Status::Delivered, None),
-            // A failure receipt is final: a kind that would be retried at send time
-            // (e.g. "handset unreachable") reads as permanent here, with its code.
-            Receipt::Failed(t, e) => {
-                let e = if e.is_retryable() {
-                    let p = herald_channel::ChannelError::permanent(e.message());
-                    match e.code() {
-                        Some(c) => p.with_code(c),
-                        None => p,
-                    }
-                } else {
-                    e
-                };
-                (t, Status::Failed, Some(e.to_string()))
-            }
-        };
-        let delivery_id = match target {
-            // Only a delivery of this instance (the id came in the signed callback URL).
-            ReceiptFor::Delivery(id) => app
-                .store
-                .delivery_channel(id)
-                .await?
-                .filter(|c| *c == instance)
-                .map(|_| id),
-            ReceiptFor::Provider(pid) => app.store.delivery_by_provider_id(&instance, &pid).await?,
-        };
-        let Some(delivery_id) = delivery_id else {
-            tracing::info!(channel = %instance, "receipt for an unknown delivery ignored");
-            continue;
-        };
-        app.dispatcher
-            .record(
-                &instance,
-                StatusChange::Delivery {
-                    delivery_id,
-                    status,
-                    error,
-                    count_attempt: false,
-                },
-            )
-            .await;
-    }
+    app.dispatcher.apply_receipts(&instance, receipts).await?;
     Ok(StatusCode::NO_CONTENT)
 }

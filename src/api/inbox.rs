@@ -7,8 +7,8 @@ use super::dto::{Collected, InboxMessage, InboxPage};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Params, User};
 use super::messages::page_request;
+use crate::model::WEBSOCKET;
 use crate::state::AppState;
-use crate::ws::WEBSOCKET;
 
 /// Most messages one collect returns; call again until `items` is empty.
 pub const COLLECT_LIMIT: u32 = 1000;

@@ -16,7 +16,7 @@ pub mod clients;
 pub mod cors;
 pub mod devices;
 pub mod dto;
-pub mod error;
+pub use crate::error;
 pub mod extract;
 pub mod inbox;
 pub mod messages;

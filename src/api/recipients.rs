@@ -7,7 +7,7 @@ use axum::Json;
 use super::dto::{RecipientBody, RecipientDto};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiKey, JsonBody};
-use crate::model::{rfc3339, Recipient};
+use crate::model::{rfc3339, Preferences, Recipient};
 use crate::state::AppState;
 
 fn dto(r: Recipient, devices: &[crate::model::DeviceRecord]) -> RecipientDto {
@@ -23,88 +23,81 @@ fn dto(r: Recipient, devices: &[crate::model::DeviceRecord]) -> RecipientDto {
     }
 }
 
-/// A recipient's preferences: `{"optOutChannels": ["sms", "email"], "optOutTypes": [3]}`.
-/// A channel entry names an instance (`mail`) or a family (`email`: every e-mail instance).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Preferences {
-    pub opt_out_channels: Vec<String>,
-    pub opt_out_types: Vec<i64>,
+/// Check the address fields and name of a recipient body; the error names the field.
+fn validate_addresses(b: &RecipientBody) -> Result<(), ApiError> {
+    if b.email.as_deref().is_some_and(|e| !valid_email(e)) {
+        return Err(ApiError::invalid("email", "not a valid e-mail address"));
+    }
+    if b.phone.as_deref().is_some_and(|p| !valid_e164(p)) {
+        return Err(ApiError::invalid(
+            "phone",
+            "expected E.164 form, e.g. +8613800000000",
+        ));
+    }
+    if b.wechat_open_id
+        .as_ref()
+        .is_some_and(|w| w.is_empty() || w.len() > 128)
+    {
+        return Err(ApiError::invalid(
+            "wechatOpenId",
+            "must be 1 to 128 characters",
+        ));
+    }
+    if b.name.as_ref().is_some_and(|n| n.len() > 256) {
+        return Err(ApiError::invalid("name", "longer than 256 bytes"));
+    }
+    Ok(())
 }
 
-const PREFERENCE_KEYS: [&str; 2] = ["optOutChannels", "optOutTypes"];
-
-impl Preferences {
-    /// Read from a stored record (validated when it was written; anything else is ignored).
-    pub fn of(r: &Recipient) -> Preferences {
-        let list = |key: &str| r.preferences.get(key).and_then(|v| v.as_array());
-        Preferences {
-            opt_out_channels: list("optOutChannels")
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            opt_out_types: list("optOutTypes")
-                .map(|a| a.iter().filter_map(serde_json::Value::as_i64).collect())
-                .unwrap_or_default(),
-        }
-    }
-
-    /// Check a `preferences` object from a request; the error names the offending field.
-    pub fn validate(p: &serde_json::Map<String, serde_json::Value>) -> Result<(), ApiError> {
-        for (key, value) in p {
-            let field = format!("preferences.{key}");
-            let Some(items) = value.as_array() else {
-                if PREFERENCE_KEYS.contains(&key.as_str()) {
-                    return Err(ApiError::invalid(&field, "must be an array"));
-                }
-                return Err(ApiError::invalid(
-                    &field,
-                    format!("unknown preference (known: {})", PREFERENCE_KEYS.join(", ")),
-                ));
-            };
-            match key.as_str() {
-                "optOutChannels" => {
-                    for (i, v) in items.iter().enumerate() {
-                        if !v.as_str().is_some_and(|s| !s.is_empty() && s.len() <= 128) {
-                            return Err(ApiError::invalid(
-                                &format!("{field}[{i}]"),
-                                "must be a channel instance or family name",
-                            ));
-                        }
+/// Check a `preferences` object from a request; the error names the offending field.
+fn validate_preferences(p: &serde_json::Map<String, serde_json::Value>) -> Result<(), ApiError> {
+    for (key, value) in p {
+        let field = format!("preferences.{key}");
+        let Some(items) = value.as_array() else {
+            if Preferences::KEYS.contains(&key.as_str()) {
+                return Err(ApiError::invalid(&field, "must be an array"));
+            }
+            return Err(ApiError::invalid(
+                &field,
+                format!(
+                    "unknown preference (known: {})",
+                    Preferences::KEYS.join(", ")
+                ),
+            ));
+        };
+        match key.as_str() {
+            "optOutChannels" => {
+                for (i, v) in items.iter().enumerate() {
+                    if !v.as_str().is_some_and(|s| !s.is_empty() && s.len() <= 128) {
+                        return Err(ApiError::invalid(
+                            &format!("{field}[{i}]"),
+                            "must be a channel instance or family name",
+                        ));
                     }
-                }
-                "optOutTypes" => {
-                    for (i, v) in items.iter().enumerate() {
-                        if v.as_i64().is_none() {
-                            return Err(ApiError::invalid(
-                                &format!("{field}[{i}]"),
-                                "must be an integer message type",
-                            ));
-                        }
-                    }
-                }
-                _ => {
-                    return Err(ApiError::invalid(
-                        &field,
-                        format!("unknown preference (known: {})", PREFERENCE_KEYS.join(", ")),
-                    ))
                 }
             }
+            "optOutTypes" => {
+                for (i, v) in items.iter().enumerate() {
+                    if v.as_i64().is_none() {
+                        return Err(ApiError::invalid(
+                            &format!("{field}[{i}]"),
+                            "must be an integer message type",
+                        ));
+                    }
+                }
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    &field,
+                    format!(
+                        "unknown preference (known: {})",
+                        Preferences::KEYS.join(", ")
+                    ),
+                ))
+            }
         }
-        Ok(())
     }
-
-    pub fn mutes_type(&self, msg_type: i64) -> bool {
-        self.opt_out_types.contains(&msg_type)
-    }
-
-    pub fn mutes_channel(&self, instance: &str, family: &str) -> bool {
-        self.opt_out_channels
-            .iter()
-            .any(|c| c == instance || c == family)
-    }
+    Ok(())
 }
 
 fn check_user(user_id: &str) -> Result<(), ApiError> {
@@ -168,36 +161,12 @@ pub async fn put(
 ) -> Result<(StatusCode, Json<RecipientDto>), ApiError> {
     check_user(&user_id)?;
     let b = body.value;
-    if let Some(e) = &b.email {
-        if !valid_email(e) {
-            return Err(ApiError::invalid("email", "not a valid e-mail address"));
-        }
-    }
-    if let Some(p) = &b.phone {
-        if !valid_e164(p) {
-            return Err(ApiError::invalid(
-                "phone",
-                "expected E.164 form, e.g. +8613800000000",
-            ));
-        }
-    }
-    if let Some(w) = &b.wechat_open_id {
-        if w.is_empty() || w.len() > 128 {
-            return Err(ApiError::invalid(
-                "wechatOpenId",
-                "must be 1 to 128 characters",
-            ));
-        }
-    }
-    if b.name.as_ref().is_some_and(|n| n.len() > 256) {
-        return Err(ApiError::invalid("name", "longer than 256 bytes"));
-    }
+    validate_addresses(&b)?;
     if let Some(p) = &b.preferences {
-        Preferences::validate(p)?;
+        validate_preferences(p)?;
         if !p.is_empty() {
             // Before the write: a send racing with it must already look receivers up.
-            app.preferences_present
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            app.planner.note_preferences();
         }
     }
     let mut new_devices = Vec::new();

@@ -9,7 +9,8 @@ use axum::Json;
 use super::dto::{ClientDto, Collected, MessagePage, SeedSendRequest, SendResponse};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiKey, JsonBody, Params, User};
-use super::messages::{self, Send};
+use super::messages;
+use crate::dispatch::plan::SendInput;
 use crate::state::AppState;
 
 /// Send a message (seed-compatible)
@@ -38,18 +39,15 @@ pub async fn send_message(
 ) -> Result<Response, ApiError> {
     let idem = messages::idempotency(&headers, &body.raw)?;
     let b = body.value;
-    let req = Send {
+    let req = SendInput {
         title: Some(b.title.unwrap_or_default()),
         content: Some(b.content),
         msg_type: b.msg_type,
-        receivers: b.receiver,
-        channels: None,
-        template: None,
-        data: None,
+        receivers: b
+            .receiver
+            .map(|list| list.into_iter().map(|r| r.into_string()).collect()),
         sender: b.sender,
-        routing: None,
-        send_at: None,
-        expires_at: None,
+        ..SendInput::default()
     };
     messages::accept(&app, req, idem).await
 }

@@ -19,59 +19,11 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
-
 pub mod cache;
 pub mod limiter;
 pub mod registry;
 
-/// `[cluster]` settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ClusterSettings {
-    /// How often a node renews its liveness key and re-reads which nodes are alive.
-    #[serde(with = "humantime_serde")]
-    pub heartbeat_interval: Duration,
-    /// How long a node stays listed (with its sessions) after its last heartbeat.
-    #[serde(with = "humantime_serde")]
-    pub node_ttl: Duration,
-    /// Key prefix, so several Herald clusters can share one Redis.
-    pub prefix: String,
-    /// Frames waiting to be published to the other nodes; when full, a frame is not sent
-    /// live to remote sessions (it stays undelivered and is replayed on reconnect).
-    pub publish_queue: usize,
-}
-
-impl Default for ClusterSettings {
-    fn default() -> Self {
-        ClusterSettings {
-            heartbeat_interval: Duration::from_secs(2),
-            node_ttl: Duration::from_secs(10),
-            prefix: "herald".into(),
-            publish_queue: 65_536,
-        }
-    }
-}
-
-impl ClusterSettings {
-    pub fn validate(&self) -> Result<(), String> {
-        if self.heartbeat_interval < Duration::from_millis(100) {
-            return Err("cluster.heartbeat_interval: at least 100ms".into());
-        }
-        if self.node_ttl < self.heartbeat_interval * 2 {
-            return Err(
-                "cluster.node_ttl: must be at least twice cluster.heartbeat_interval".into(),
-            );
-        }
-        if self.prefix.is_empty() || self.prefix.contains(char::is_whitespace) {
-            return Err("cluster.prefix: a non-empty word".into());
-        }
-        if self.publish_queue == 0 {
-            return Err("cluster.publish_queue: at least 1".into());
-        }
-        Ok(())
-    }
-}
+pub use crate::config::ClusterSettings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {

@@ -21,6 +21,8 @@ use tokio_util::task::TaskTracker;
 
 pub mod outbox;
 pub mod pending;
+pub mod plan;
+mod receipts;
 pub mod schedule;
 use outbox::{Limits, Worker, WorkerHandle};
 use pending::PendingIndex;

@@ -10,7 +10,6 @@
 //! waits while holding a lease.
 
 use std::collections::HashMap;
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,45 +92,12 @@ pub trait SharedRate: Send + Sync + 'static {
     async fn take(&self, key: &str, rate: Rate, want: u32) -> Result<(u32, Duration), String>;
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rate {
-    pub count: NonZeroU32,
-    pub per: Duration,
-}
+pub use crate::config::Rate;
 
 impl Rate {
-    /// `"10/s"`, `"600/min"`, `"1000/h"`, `"20/1m"` (a humantime period).
-    pub fn parse(s: &str) -> Result<Rate, String> {
-        let (n, per) = s
-            .split_once('/')
-            .ok_or_else(|| format!("`{s}`: expected COUNT/PERIOD, e.g. \"10/s\" or \"600/min\""))?;
-        let count = n
-            .trim()
-            .parse::<NonZeroU32>()
-            .map_err(|_| format!("`{s}`: the count must be a positive integer"))?;
-        let per = match per.trim() {
-            "s" | "sec" | "second" => Duration::from_secs(1),
-            "m" | "min" | "minute" => Duration::from_secs(60),
-            "h" | "hour" => Duration::from_secs(3600),
-            "d" | "day" => Duration::from_secs(86_400),
-            other => humantime::parse_duration(other)
-                .map_err(|_| format!("`{s}`: unknown period `{other}` (s, min, h, day or 30s…)"))?,
-        };
-        if per.is_zero() {
-            return Err(format!("`{s}`: the period must be > 0"));
-        }
-        Ok(Rate { count, per })
-    }
-
     fn quota(self) -> Option<Quota> {
         // Spread the cells evenly over the period; allow a burst of the whole count.
         Quota::with_period(self.per / self.count.get()).map(|q| q.allow_burst(self.count))
-    }
-}
-
-impl std::fmt::Display for Rate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.count, humantime::format_duration(self.per))
     }
 }
 

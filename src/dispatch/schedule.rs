@@ -13,27 +13,37 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::outbox::view;
+use super::plan::Planner;
 use super::Planned;
-use crate::api::messages::plan_one;
 use crate::model::{NewDelivery, RouteAdvance, Status, Timer, TimerKind};
 use crate::routing::{self, LogEntry, Probe, RouteState, Seen};
-use crate::state::AppState;
 use crate::store::StoreError;
 
 /// Timers claimed per round.
 const BATCH: u32 = 64;
 
-pub async fn run(app: AppState, stop: CancellationToken) {
-    let poll = app.settings.dispatch.poll_interval;
-    let presence = app.dispatcher.presence_instances();
+/// What the scheduler works with: the planner (and through it the dispatcher, store and
+/// session registry) and its two settings.
+pub struct Scheduler {
+    pub planner: Planner,
+    /// `dispatch.poll_interval`: the longest sleep between rounds.
+    pub poll: Duration,
+    /// `dispatch.lease`: how long a claimed timer is this node's.
+    pub lease: Duration,
+}
+
+pub async fn run(ctx: Scheduler, stop: CancellationToken) {
+    let poll = ctx.poll;
+    let app = &ctx.planner;
+    let presence = app.dispatcher().presence_instances();
     loop {
         if stop.is_cancelled() {
             return;
         }
-        let clock = app.dispatcher.clock().clone();
+        let clock = app.dispatcher().clock().clone();
         let now = clock.now_ms();
-        let lease = app.settings.dispatch.lease.as_millis() as i64;
-        let claimed = match app.store.claim_timers(now, now + lease, BATCH).await {
+        let lease = ctx.lease.as_millis() as i64;
+        let claimed = match app.store().claim_timers(now, now + lease, BATCH).await {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(error = %e, "claiming timers failed");
@@ -41,7 +51,7 @@ pub async fn run(app: AppState, stop: CancellationToken) {
             }
         };
         for t in &claimed {
-            if let Err(e) = fire(&app, t, &presence).await {
+            if let Err(e) = fire(app, t, &presence).await {
                 // The lease runs out and the timer comes due again.
                 tracing::warn!(error = %e, timer = t.id, "timer failed; it will be retried");
             }
@@ -49,7 +59,7 @@ pub async fn run(app: AppState, stop: CancellationToken) {
         if claimed.len() == BATCH as usize {
             continue;
         }
-        let next = app.store.next_timer_due().await.ok().flatten();
+        let next = app.store().next_timer_due().await.ok().flatten();
         let wait = next.map_or(poll, |at| {
             Duration::from_millis((at - clock.now_ms()).max(0) as u64).min(poll)
         });
@@ -59,20 +69,20 @@ pub async fn run(app: AppState, stop: CancellationToken) {
         }
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = app.dispatcher.scheduler_notify().notified() => {}
+            _ = app.dispatcher().scheduler_notify().notified() => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }
 }
 
-async fn fire(app: &AppState, t: &Timer, presence: &[String]) -> Result<(), StoreError> {
+async fn fire(app: &Planner, t: &Timer, presence: &[String]) -> Result<(), StoreError> {
     match t.kind {
         TimerKind::Release => release(app, t, presence).await,
         TimerKind::Expire => {
-            let now = app.dispatcher.clock().now_ms();
-            if let Some(channels) = app.store.expire_message(t, presence, now).await? {
+            let now = app.dispatcher().clock().now_ms();
+            if let Some(channels) = app.store().expire_message(t, presence, now).await? {
                 for (c, n) in &channels {
-                    if let Some(m) = app.metrics.channel(c) {
+                    if let Some(m) = app.metrics().channel(c) {
                         m.count_n(Status::Failed, *n);
                     }
                 }
@@ -86,9 +96,9 @@ async fn fire(app: &AppState, t: &Timer, presence: &[String]) -> Result<(), Stor
         }
         TimerKind::Route => evaluate(app, t).await,
         TimerKind::Spill => {
-            let now = app.dispatcher.clock().now_ms();
-            if let Some(n) = app.store.spill_audience(t, now).await? {
-                app.metrics
+            let now = app.dispatcher().clock().now_ms();
+            if let Some(n) = app.store().spill_audience(t, now).await? {
+                app.metrics()
                     .members_spilled
                     .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                 if n > 0 {
@@ -105,15 +115,15 @@ async fn fire(app: &AppState, t: &Timer, presence: &[String]) -> Result<(), Stor
 }
 
 /// `sendAt` reached: push the held presence deliveries; provider rows are due by now.
-async fn release(app: &AppState, t: &Timer, presence: &[String]) -> Result<(), StoreError> {
-    let Some(released) = app.store.release_held(t, presence).await? else {
+async fn release(app: &Planner, t: &Timer, presence: &[String]) -> Result<(), StoreError> {
+    let Some(released) = app.store().release_held(t, presence).await? else {
         return Ok(());
     };
-    app.dispatcher.wake_outbox();
+    app.dispatcher().wake_outbox();
     if released.is_empty() {
         return Ok(());
     }
-    let Some(m) = app.store.outbox_messages(&[t.message_seq]).await?.pop() else {
+    let Some(m) = app.store().outbox_messages(&[t.message_seq]).await?.pop() else {
         return Ok(()); // deleted meanwhile
     };
     let (_, (message, _)) = view(m, "");
@@ -126,18 +136,18 @@ async fn release(app: &AppState, t: &Timer, presence: &[String]) -> Result<(), S
             address: None,
         })
         .collect();
-    app.dispatcher
+    app.dispatcher()
         .dispatch(message, Instant::now(), planned)
         .await;
     Ok(())
 }
 
 /// Evaluate one failover chain and store the result (if the lease still holds).
-async fn evaluate(app: &AppState, t: &Timer) -> Result<(), StoreError> {
-    let Some(m) = app.store.outbox_messages(&[t.message_seq]).await?.pop() else {
+async fn evaluate(app: &Planner, t: &Timer) -> Result<(), StoreError> {
+    let Some(m) = app.store().outbox_messages(&[t.message_seq]).await?.pop() else {
         return Ok(()); // deleted: its chains went with it
     };
-    let now = app.dispatcher.clock().now_ms();
+    let now = app.dispatcher().clock().now_ms();
     let receiver = t.receiver.as_str();
     let Some(policy) = m.routing.clone() else {
         tracing::error!(message = %m.id, "a route timer for a message without a failover policy");
@@ -161,7 +171,7 @@ async fn evaluate(app: &AppState, t: &Timer) -> Result<(), StoreError> {
         return store(app, t, &m, d, Vec::new()).await;
     }
     let seen: Vec<Seen> = app
-        .store
+        .store()
         .receiver_deliveries(t.message_seq, receiver)
         .await?
         .into_iter()
@@ -182,7 +192,7 @@ async fn evaluate(app: &AppState, t: &Timer) -> Result<(), StoreError> {
     });
     let (decision, probes) = if asked.get() {
         let probes = probe_steps(app, receiver, &policy.steps, m.msg_type, now).await?;
-        let online = app.registry.is_online(receiver).await;
+        let online = app.registry().is_online(receiver).await;
         let decision = routing::decide(&policy.steps, t.progress, &seen, now, online, &mut |s| {
             probes
                 .get(&s.channel)
@@ -214,7 +224,7 @@ async fn evaluate(app: &AppState, t: &Timer) -> Result<(), StoreError> {
         .collect();
     for e in &decision.log {
         tracing::debug!(message = %m.id, receiver, event = %e.event, channel = ?e.channel, reason = %e.reason, "route");
-        app.metrics.count_route_event(&e.event);
+        app.metrics().count_route_event(&e.event);
     }
     store(app, t, &m, decision, start).await
 }
@@ -222,16 +232,18 @@ async fn evaluate(app: &AppState, t: &Timer) -> Result<(), StoreError> {
 /// What each step's channel would do for `receiver` now (the record is read once): the
 /// probe for [`routing::decide`] and the delivery it would start.
 async fn probe_steps(
-    app: &AppState,
+    app: &Planner,
     receiver: &str,
     steps: &[routing::Step],
     msg_type: i64,
     now: i64,
 ) -> Result<HashMap<String, (Probe, Option<NewDelivery>)>, StoreError> {
-    let rec = app.store.get_recipient(receiver).await?;
+    let rec = app.store().get_recipient(receiver).await?;
     let mut probes: HashMap<String, (Probe, Option<NewDelivery>)> = HashMap::new();
     for step in steps {
-        let planned = plan_one(app, receiver, &step.channel, rec.as_ref(), msg_type).await?;
+        let planned = app
+            .plan_one(receiver, &step.channel, rec.as_ref(), msg_type)
+            .await?;
         let probe = match &planned {
             None => Probe::Skip(format!(
                 "channel instance `{}` is not configured",
@@ -239,7 +251,7 @@ async fn probe_steps(
             )),
             Some(_)
                 if app
-                    .dispatcher
+                    .dispatcher()
                     .instance(&step.channel)
                     .is_some_and(|i| !i.enabled) =>
             {
@@ -285,21 +297,21 @@ fn ended(t: &Timer, now: i64, state: RouteState, reason: &str) -> routing::Decis
     }
 }
 
-async fn over_quota(app: &AppState, channel: &str, now: i64) -> Result<bool, StoreError> {
-    let Some(q) = app.dispatcher.limits(channel).and_then(|l| l.quota) else {
+async fn over_quota(app: &Planner, channel: &str, now: i64) -> Result<bool, StoreError> {
+    let Some(q) = app.dispatcher().limits(channel).and_then(|l| l.quota) else {
         return Ok(false);
     };
-    Ok(app.store.quota_used(channel, q.window_start(now)).await? >= q.limit)
+    Ok(app.store().quota_used(channel, q.window_start(now)).await? >= q.limit)
 }
 
 async fn store(
-    app: &AppState,
+    app: &Planner,
     t: &Timer,
     m: &crate::model::OutboxMessage,
     d: routing::Decision,
     start: Vec<NewDelivery>,
 ) -> Result<(), StoreError> {
-    let now = app.dispatcher.clock().now_ms();
+    let now = app.dispatcher().clock().now_ms();
     let advance = RouteAdvance {
         timer_id: t.id,
         lease_until_ms: t.lease_until_ms,
@@ -313,16 +325,14 @@ async fn store(
         supersede: d.supersede,
         now_ms: now,
     };
-    let Some(ids) = app.store.advance_route(advance).await? else {
+    let Some(ids) = app.store().advance_route(advance).await? else {
         return Ok(()); // the lease was lost (a status change made it due again)
     };
     let mut planned = Vec::new();
     let mut providers = false;
+    app.count_born_failed(&start);
     for (d, id) in start.into_iter().zip(ids) {
         if d.status == Status::Failed {
-            if let Some(c) = app.metrics.channel(&d.channel) {
-                c.count(Status::Failed);
-            }
             continue;
         }
         if d.outbox {
@@ -337,11 +347,11 @@ async fn store(
         }
     }
     if providers {
-        app.dispatcher.wake_outbox();
+        app.dispatcher().wake_outbox();
     }
     if !planned.is_empty() {
         let (_, (message, _)) = view(m.clone(), "");
-        app.dispatcher
+        app.dispatcher()
             .dispatch(message, Instant::now(), planned)
             .await;
     }

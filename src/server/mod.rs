@@ -35,8 +35,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use crate::api::error::ApiError;
 use crate::config::{ConfigError, HttpSettings};
+use crate::error::ApiError;
 use crate::metrics::Metrics;
 
 pub mod body;

@@ -13,8 +13,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::session::{Outbound, SessionRegistry};
 
-/// The instance name and kind of the built-in WebSocket channel.
-pub const WEBSOCKET: &str = "websocket";
+pub use crate::model::WEBSOCKET;
 
 pub struct WebSocketChannel {
     registry: Arc<dyn SessionRegistry>,

@@ -20,8 +20,8 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::api::error::ApiError;
 use crate::auth::UserIdentity;
+use crate::error::ApiError;
 use crate::model::{now_ms, rfc3339, InboxItem, Status, StatusChange};
 use crate::session::{signal, Outbound, SessionHandle, SessionInfo};
 use crate::state::AppState;
@@ -52,10 +52,10 @@ const INTERNAL: u16 = 1011;
     params(("token" = String, Path, description = "User token (JWT)")),
     responses(
         (status = 101, description = "Upgraded; frames as in API.md §3"),
-        (status = 401, description = "Bad, expired or missing token", body = crate::api::error::ErrorBody),
-        (status = 429, description = "Too many handshakes from this address (`websocket.handshake_rate_limit`); checked before the token", body = crate::api::error::ErrorBody,
+        (status = 401, description = "Bad, expired or missing token", body = crate::error::ErrorBody),
+        (status = 429, description = "Too many handshakes from this address (`websocket.handshake_rate_limit`); checked before the token", body = crate::error::ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds until a handshake is allowed again"))),
-        (status = 503, description = "Sessions hold every connection not reserved (`http.max_connections` - `http.reserved_connections`), or the server is shutting down", body = crate::api::error::ErrorBody,
+        (status = 503, description = "Sessions hold every connection not reserved (`http.max_connections` - `http.reserved_connections`), or the server is shutting down", body = crate::error::ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before trying again (when sessions are full)"))),
     )
 )]
@@ -76,10 +76,10 @@ pub async fn ws_path(
     params(("token" = String, Query, description = "User token (JWT)")),
     responses(
         (status = 101, description = "Upgraded; frames as in API.md §3"),
-        (status = 401, description = "Bad, expired or missing token", body = crate::api::error::ErrorBody),
-        (status = 429, description = "Too many handshakes from this address (`websocket.handshake_rate_limit`); checked before the token", body = crate::api::error::ErrorBody,
+        (status = 401, description = "Bad, expired or missing token", body = crate::error::ErrorBody),
+        (status = 429, description = "Too many handshakes from this address (`websocket.handshake_rate_limit`); checked before the token", body = crate::error::ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds until a handshake is allowed again"))),
-        (status = 503, description = "Sessions hold every connection not reserved (`http.max_connections` - `http.reserved_connections`), or the server is shutting down", body = crate::api::error::ErrorBody,
+        (status = 503, description = "Sessions hold every connection not reserved (`http.max_connections` - `http.reserved_connections`), or the server is shutting down", body = crate::error::ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before trying again (when sessions are full)"))),
     )
 )]

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use crate::api::error::ApiError;
+use crate::error::ApiError;
 
 /// A checked upgrade request: what the `101` and the hand-over need.
 pub struct Handshake {

@@ -102,10 +102,7 @@ const PRUNE_EVERY_MS: i64 = 3600 * 1000;
 /// Bytes of member lists kept parsed (broadcasts being acked, replayed or listed).
 const MEMBERS_CACHE_BYTES: usize = 32 << 20;
 
-/// `postgres://…` or `postgresql://…`.
-pub fn is_postgres_url(url: &str) -> bool {
-    url.starts_with("postgres://") || url.starts_with("postgresql://")
-}
+pub use crate::config::is_postgres_url;
 
 pub struct PgStore {
     pool: PgPool,

@@ -93,6 +93,7 @@ pub(super) async fn claim(
                 (r.try_get(4)?, r.try_get(5)?),
                 lease_until,
             )
+            .map_err(StoreError::Corrupt)
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
     out.sort_by_key(|t| t.id);

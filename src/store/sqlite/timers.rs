@@ -49,12 +49,15 @@ pub(super) fn claim(
     let mut rows = stmt.query(params![lease_until, now, i64::from(limit)])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
-        out.push(Timer::claimed(
-            (r.get(0)?, r.get(1)?, r.get(2)?),
-            r.get(3)?,
-            (r.get(4)?, r.get(5)?),
-            lease_until,
-        )?);
+        out.push(
+            Timer::claimed(
+                (r.get(0)?, r.get(1)?, r.get(2)?),
+                r.get(3)?,
+                (r.get(4)?, r.get(5)?),
+                lease_until,
+            )
+            .map_err(StoreError::Corrupt)?,
+        );
     }
     out.sort_by_key(|t| t.id);
     Ok(out)

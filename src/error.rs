@@ -1,5 +1,6 @@
-//! One error type for every handler: `{"error": "...", "field"?: "..."}` with the right
-//! status. Internal causes are logged, never sent to clients.
+//! The HTTP error of every handler and of the WebSocket handshake: `{"error": "...",
+//! "field"?: "..."}` with the right status. Internal causes are logged, never sent to
+//! clients. Shared by `api/`, `ws/` and `server/`, so none of them imports another for it.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -7,6 +8,8 @@ use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::dispatch::plan::SendError;
+use crate::limits::TooManyRequests;
 use crate::store::StoreError;
 
 #[derive(Debug)]
@@ -107,6 +110,32 @@ impl From<StoreError> for ApiError {
         match e.retry_after_secs() {
             Some(secs) => err.with_retry_after(secs),
             None => err,
+        }
+    }
+}
+
+impl IntoResponse for TooManyRequests {
+    /// `429` with `Retry-After` (whole seconds, at least 1) and a JSON error.
+    fn into_response(self) -> Response {
+        let secs = self.retry_after_secs();
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("{}; retry in {secs} s", self.message()),
+        )
+        .with_retry_after(secs)
+        .into_response()
+    }
+}
+
+impl From<SendError> for ApiError {
+    fn from(e: SendError) -> Self {
+        match e {
+            SendError::Invalid { field, message } => ApiError::invalid(&field, message),
+            SendError::Backlog => ApiError::unavailable(
+                "overloaded (WebSocket sessions have too many frames queued); nothing was stored, retry shortly",
+            )
+            .with_retry_after(1),
+            SendError::Store(e) => e.into(),
         }
     }
 }
