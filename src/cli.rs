@@ -214,7 +214,18 @@ fn init_tracing(settings: &Settings) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let _ = builder.try_init();
+    // `json`: one object per line (`timestamp`, `level`, `target`, the event's fields at the
+    // top level, `span`/`spans`), what Loki/ELK/Vector ingest without parsing rules.
+    let _ = if settings.log.format == "json" {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 /// Many idle sockets need many file descriptors: raise the soft limit to the hard one.

@@ -314,3 +314,37 @@ async fn migrate_creates_the_schema() {
         String::from_utf8_lossy(&again.stderr)
     );
 }
+
+/// `log.format = "json"`: every line the server writes is one JSON object with the
+/// timestamp, level and message at the top level, and the event's fields beside them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let mut server = spawn_process(dir.path(), port, &[("HERALD_LOG__FORMAT", "json")]).await;
+    server.sigterm();
+    let status = server.wait_exit(Duration::from_secs(20)).await;
+    assert!(status.success(), "exit status {status}");
+    let log = server.log_text();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    for l in &lines {
+        for key in ["timestamp", "level", "target", "message"] {
+            assert!(l.get(key).is_some(), "no `{key}` in {l}");
+        }
+    }
+    let listening = lines
+        .iter()
+        .find(|l| l["message"] == "listening")
+        .unwrap_or_else(|| panic!("no `listening` line in:\n{log}"));
+    assert_eq!(listening["level"], "INFO");
+    assert_eq!(
+        listening["addr"],
+        format!("127.0.0.1:{port}"),
+        "{listening}"
+    );
+    assert!(lines.iter().any(|l| l["message"] == "stopped"), "{log}");
+}
