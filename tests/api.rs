@@ -507,6 +507,53 @@ async fn idempotency_key_sends_once() {
     assert_eq!(app.total().await, 2);
 }
 
+/// The key identifies the request body, not its spelling: the same fields in another order
+/// or layout are the same request (same id, nothing sent twice); another body under a used
+/// key is a `422` naming the header, and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_ignores_key_order_and_refuses_another_body() {
+    let app = spawn_app().await;
+    let post = |key: &'static str, raw: &'static str| {
+        let req = app
+            .client
+            .post(app.url("/api/v1/messages"))
+            .bearer_auth(&app.api_key)
+            .header("Idempotency-Key", key)
+            .header("content-type", "application/json")
+            .body(raw);
+        async move { read_response(req.send().await.expect("send")).await }
+    };
+    let (status, first) = post(
+        "order",
+        r#"{"title":"t","content":"c","receivers":["alice"],"type":2}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    let (status, again) = post(
+        "order",
+        r#"{ "type": 2, "receivers": ["alice"], "content": "c", "title": "t" }"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{again}");
+    assert_eq!(again["id"], first["id"], "key order made another request");
+    assert_eq!(app.total().await, 1);
+
+    let (status, other) = post(
+        "order",
+        r#"{"title":"t","content":"another","receivers":["alice"],"type":2}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{other}");
+    assert_eq!(other["field"], "Idempotency-Key", "{other}");
+    assert!(
+        other["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("different request body")),
+        "{other}"
+    );
+    assert_eq!(app.total().await, 1, "a refused request stored a message");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Inbox
 // ---------------------------------------------------------------------------------------------
