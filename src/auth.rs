@@ -353,7 +353,7 @@ pub enum SecretsError {
     Invalid { path: PathBuf, message: String },
     /// The file can be read or written by users other than its owner. Refused rather than
     /// warned about: whoever reads it can send as any service and forge any user's token,
-    /// whoever writes it can replace both (see README, "Secrets").
+    /// whoever writes it can replace both (docs/configuration.md §3, "Secrets").
     #[error(
         "the secrets file {path} can be {access} by other users (mode {mode:04o}); it holds \
          the API key and the token secret, so Herald refuses to use it. Run `chmod 600 {path}` \

@@ -28,7 +28,7 @@ use crate::ws::frame::{decode, ClientFrame, ServerFrame};
 const API_KEY: &str = "fuzz-api-key-0123456789abcdef";
 const JWT_SECRET: &str = "fuzz-jwt-secret-0123456789abcdef0123456789";
 
-/// A client → server WebSocket text frame (API.md §3): decoded, or answered with an error
+/// A client → server WebSocket text frame (docs/websocket.md §2.2): decoded, or answered with an error
 /// frame that is itself valid JSON. Bytes that are not UTF-8 are decoded lossily (the
 /// protocol layer refuses them before Herald sees them).
 pub fn ws_frame(data: &[u8]) {

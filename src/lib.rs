@@ -5,7 +5,7 @@
 //! built in). See `ARCHITECTURE.md` for the code map and invariants.
 //!
 //! [`start`] runs a server in the current Tokio runtime and returns a [`Running`] handle;
-//! `main.rs` only parses arguments and calls [`cli::main`].
+//! `main.rs` only parses arguments and calls [`cli::run`].
 
 // Built-in channel crates: referenced so they are linked and register their kinds.
 #[cfg(feature = "email")]

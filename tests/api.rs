@@ -1,4 +1,4 @@
-//! Management API (API.md §4), inbox (§5), seed routes (§6), operations (§7), input
+//! Management API (docs/api.md §3–§5, §7), inbox (§6), seed routes (§8), operations (§9), input
 //! validation and persistence across a restart.
 
 mod common;

@@ -1,6 +1,8 @@
-//! The layering of ARCHITECTURE.md, checked on the source: arrows point down only
-//! (`api`/`ws` → `dispatch` → `store`/`session`/`cluster` → `model`/`config`), and no import
-//! cycle spans more than one top-level module of `src/`.
+//! The layering of ARCHITECTURE.md ("Layers"), checked on the source: no import cycle spans
+//! more than one top-level module of `src/`; the lower layers (`dispatch`, `store`,
+//! `session`, `cluster`, `routing`, `model`, `config`) never import the HTTP side (`api`,
+//! `ws`, `server`, `state`, `error`, `cli`); `config` imports nothing of the crate and
+//! `model` only `config`.
 //!
 //! Edges are the `crate::<module>` paths of each file outside its `#[cfg(test)]` module
 //! (tests may reach anywhere); `use super::…` stays inside a folder and is not an edge.

@@ -1,4 +1,4 @@
-//! WebSocket contract (API.md §3), broadcast (§4) and the online-clients list.
+//! WebSocket contract (docs/websocket.md), broadcast (docs/api.md §3.2) and the online-clients list.
 
 mod common;
 

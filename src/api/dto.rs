@@ -52,8 +52,8 @@ pub struct SendRequest {
     #[schema(min_length = 1, max_length = 128)]
     pub sender: Option<String>,
     /// Routing policy, instead of `channels`: `all` (every step's channel at once) or
-    /// `failover` (one step after another per receiver, until one succeeds; see README
-    /// "Routing"). Absent: `channels`, else the configured default of the template or
+    /// `failover` (one step after another per receiver, until one succeeds; see docs/api.md
+    /// §3.4). Absent: `channels`, else the configured default of the template or
     /// type, else `["websocket"]`. The response's `deliveries` then counts the chains.
     pub routing: Option<crate::routing::PolicySpec>,
     /// RFC 3339: deliver at this time instead of now (± 1 s; at most a year ahead; a past

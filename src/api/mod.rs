@@ -1,4 +1,5 @@
-//! The HTTP surface: every route of API.md §3–§7 in one [`router`].
+//! The HTTP surface: every route of docs/api.md §2 (and the WebSocket routes of
+//! docs/websocket.md §1) in one [`router`].
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
@@ -168,7 +169,7 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
 #[openapi(
     info(
         title = "Herald",
-        description = "Self-hosted multi-channel notification server. WebSocket frames: see the `websocket` tag and API.md §3.",
+        description = "Self-hosted multi-channel notification server. WebSocket frames: see the `websocket` tag and docs/websocket.md in the repository (every frame, close code and the replay and ack rules).",
         license(name = "Apache-2.0")
     ),
     paths(

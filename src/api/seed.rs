@@ -1,4 +1,4 @@
-//! Seed-compatible routes (API.md §6): the earlier message service's names, served by the
+//! Seed-compatible routes (docs/api.md §8): the earlier message service's names, served by the
 //! same handlers.
 
 use axum::extract::State;

@@ -1,4 +1,4 @@
-//! WebSocket wire frames (API.md §3). Server frames are serialized once per message and
+//! WebSocket wire frames (docs/websocket.md §2). Server frames are serialized once per message and
 //! shared by every session that receives it.
 
 use serde::{Deserialize, Serialize};

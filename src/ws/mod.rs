@@ -51,7 +51,7 @@ const INTERNAL: u16 = 1011;
     tag = "websocket",
     params(("token" = String, Path, description = "User token (JWT)")),
     responses(
-        (status = 101, description = "Upgraded; frames as in API.md §3"),
+        (status = 101, description = "Upgraded; frames as in docs/websocket.md §2"),
         (status = 401, description = "Bad, expired or missing token", body = crate::error::ErrorBody),
         (status = 429, description = "Too many handshakes from this address (`websocket.handshake_rate_limit`); checked before the token", body = crate::error::ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds until a handshake is allowed again"))),
@@ -75,7 +75,7 @@ pub async fn ws_path(
     tag = "websocket",
     params(("token" = String, Query, description = "User token (JWT)")),
     responses(
-        (status = 101, description = "Upgraded; frames as in API.md §3"),
+        (status = 101, description = "Upgraded; frames as in docs/websocket.md §2"),
         (status = 401, description = "Bad, expired or missing token", body = crate::error::ErrorBody),
         (status = 429, description = "Too many handshakes from this address (`websocket.handshake_rate_limit`); checked before the token", body = crate::error::ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds until a handshake is allowed again"))),
