@@ -364,12 +364,36 @@ pub enum SecretsError {
         mode: u32,
         access: &'static str,
     },
+    /// A client command found no secrets to use: fresh ones would not match the server's.
+    #[error(
+        "no {missing:?} configured and {path} does not hold it. The server generates that file \
+         when it first starts: run this command in the server's working directory, or pass the \
+         server's --config, or set HERALD_JWT_SECRET / HERALD_API_KEY. (`herald token \
+         --generate` creates the file here, for a server that will start here.)",
+        missing = missing.join(", ")
+    )]
+    NotGenerated {
+        path: PathBuf,
+        missing: Vec<&'static str>,
+    },
 }
 
 /// Configured secrets win; missing ones come from `herald-secrets.toml` in the secrets
-/// directory, generated (mode 0600) on first use. `herald serve` and `herald token` both call
-/// this, so a token minted by the CLI is accepted by a server using the same settings.
+/// directory, generated (mode 0600) on first use. `herald serve` calls this; the client
+/// commands call [`existing_secrets`], so a token minted by the CLI is accepted by a server
+/// using the same settings.
 pub fn resolve_secrets(settings: &Settings) -> Result<ResolvedSecrets, SecretsError> {
+    secrets(settings, true)
+}
+
+/// [`resolve_secrets`] without generating anything: `herald token` and `herald send` run
+/// where no server has generated secrets would otherwise mint a token (or use a key) that
+/// no running server accepts.
+pub fn existing_secrets(settings: &Settings) -> Result<ResolvedSecrets, SecretsError> {
+    secrets(settings, false)
+}
+
+fn secrets(settings: &Settings, generate: bool) -> Result<ResolvedSecrets, SecretsError> {
     if let (Some(jwt), Some(key)) = (&settings.jwt_secret, &settings.api_key) {
         return Ok(ResolvedSecrets {
             jwt_secret: jwt.clone(),
@@ -389,6 +413,12 @@ pub fn resolve_secrets(settings: &Settings) -> Result<ResolvedSecrets, SecretsEr
     if settings.api_key.is_none() && stored.api_key.is_none() {
         stored.api_key = Some(Secret::new(format!("hk_{}", random_token(32))));
         generated.push("api_key");
+    }
+    if !generated.is_empty() && !generate {
+        return Err(SecretsError::NotGenerated {
+            path,
+            missing: generated,
+        });
     }
     if !generated.is_empty() {
         std::fs::create_dir_all(&dir).map_err(|source| SecretsError::Io {

@@ -34,6 +34,9 @@ pub enum Command {
         database_url: Option<String>,
     },
     /// Print a user token accepted by a server with the same configuration.
+    #[command(after_help = "Examples:
+  herald token --user 42 --name alice --ttl 7d     # in the server's directory
+  herald token --user 42 --config /etc/herald/herald.toml")]
     Token {
         /// User id (the token's `sub`).
         #[arg(long)]
@@ -47,22 +50,52 @@ pub enum Command {
         /// Lifetime, e.g. 1h, 30m, 7d.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
+        /// Generate herald-secrets.toml here if it does not exist (for a server that will
+        /// start in this directory). Without it, missing secrets are an error.
+        #[arg(long)]
+        generate: bool,
     },
-    /// Send a message through a running server's API.
+    /// Send a message through a running server's API (prints the answer: id, deliveries).
+    #[command(after_help = "Examples:
+  herald send --to 42 --title 'Report ready' --content 'Your report #7 is ready'
+  herald send --to 42,43 --channel email,sms --template report_ready --data '{\"reportId\":7}'
+  herald send --broadcast --title Maintenance --content 'Back at 22:00'
+  herald send --to 42 --title t --content c --idempotency-key order-7   # sent once, however often it runs")]
     Send {
         /// Receivers: user ids separated by commas.
-        #[arg(long, value_delimiter = ',', required = true, value_name = "ID[,ID…]")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            value_name = "ID[,ID…]",
+            required_unless_present = "broadcast",
+            conflicts_with = "broadcast"
+        )]
         to: Vec<String>,
+        /// Send to every user online now (a broadcast) instead of --to.
         #[arg(long)]
-        title: String,
-        #[arg(long)]
-        content: String,
-        /// Message type.
+        broadcast: bool,
+        /// Title (optional with --template: the template's rendering is used).
+        #[arg(long, required_unless_present = "template")]
+        title: Option<String>,
+        /// Content (optional with --template).
+        #[arg(long, required_unless_present = "template")]
+        content: Option<String>,
+        /// Template name (templates/<name>/<channel>.<part>.j2).
+        #[arg(long, value_name = "NAME")]
+        template: Option<String>,
+        /// The template's data, a JSON object.
+        #[arg(long, value_name = "JSON", requires = "template", value_parser = json_object)]
+        data: Option<serde_json::Value>,
+        /// Message type (an integer your services agree on).
         #[arg(long = "type", default_value_t = 0)]
         msg_type: i64,
         /// Channel instance (repeat or separate with commas; default websocket).
         #[arg(long = "channel", value_delimiter = ',', value_name = "NAME")]
         channels: Vec<String>,
+        /// Idempotency-Key: the same key and body again return the same id and send nothing
+        /// twice (kept 24 h).
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
         /// Server base URL (default: http://<bind>).
         #[arg(long, value_name = "URL")]
         server: Option<String>,
@@ -123,9 +156,14 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             name,
             device,
             ttl,
+            generate,
         } => {
             let settings = Settings::load(config, &Overrides::default())?;
-            let secrets = crate::auth::resolve_secrets(&settings)?;
+            let secrets = if generate {
+                crate::auth::resolve_secrets(&settings)?
+            } else {
+                crate::auth::existing_secrets(&settings)?
+            };
             if let Some(file) = secrets
                 .file
                 .as_ref()
@@ -146,31 +184,47 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Send {
             to,
+            broadcast,
             title,
             content,
+            template,
+            data,
             msg_type,
             channels,
+            idempotency_key,
             server,
         } => {
             let settings = Settings::load(config, &Overrides::default())?;
-            let secrets = crate::auth::resolve_secrets(&settings)?;
+            let secrets = crate::auth::existing_secrets(&settings)?;
             let base = server.unwrap_or_else(|| format!("http://{}", client_addr(&settings.bind)));
-            let mut body = serde_json::json!({
-                "title": title, "content": content, "type": msg_type, "receivers": to,
-            });
-            if !channels.is_empty() {
-                body["channels"] = serde_json::json!(channels);
+            let mut body = serde_json::json!({ "type": msg_type });
+            let fields = [
+                ("title", title.map(serde_json::Value::from)),
+                ("content", content.map(serde_json::Value::from)),
+                ("template", template.map(serde_json::Value::from)),
+                ("data", data),
+                ("receivers", (!broadcast).then(|| serde_json::json!(to))),
+                (
+                    "channels",
+                    (!channels.is_empty()).then(|| serde_json::json!(channels)),
+                ),
+            ];
+            for (key, value) in fields {
+                if let Some(v) = value {
+                    body[key] = v;
+                }
             }
-            let resp = reqwest::Client::new()
+            let mut request = reqwest::Client::new()
                 .post(format!("{}/api/v1/messages", base.trim_end_matches('/')))
                 .bearer_auth(secrets.api_key.expose())
                 .json(&body)
-                .timeout(Duration::from_secs(30))
-                .send()
-                .await
-                .with_context(|| {
-                    format!("cannot reach the server at {base} (is `herald serve` running?)")
-                })?;
+                .timeout(Duration::from_secs(30));
+            if let Some(key) = &idempotency_key {
+                request = request.header("Idempotency-Key", key);
+            }
+            let resp = request.send().await.with_context(|| {
+                format!("cannot reach the server at {base} (is `herald serve` running?)")
+            })?;
             let status = resp.status();
             let text = resp.text().await.unwrap_or_default();
             if !status.is_success() {
@@ -197,6 +251,15 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+/// `--data`: a JSON object.
+fn json_object(s: &str) -> Result<serde_json::Value, String> {
+    match serde_json::from_str::<serde_json::Value>(s) {
+        Ok(v) if v.is_object() => Ok(v),
+        Ok(_) => Err("expected a JSON object, e.g. '{\"reportId\":7}'".into()),
+        Err(e) => Err(format!("not JSON: {e}")),
     }
 }
 

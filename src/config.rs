@@ -445,6 +445,7 @@ impl Settings {
                 );
             }
         }
+        let env_keys: Vec<String> = env.iter().map(|(k, _)| k.clone()).collect();
         let source = config::Environment::with_prefix("HERALD")
             .prefix_separator("_")
             .separator("__")
@@ -461,7 +462,9 @@ impl Settings {
                 .map_err(invalid)?;
         }
         let cfg = builder.build().map_err(invalid)?;
-        let settings: Settings = cfg.try_deserialize().map_err(invalid)?;
+        let settings: Settings = cfg
+            .try_deserialize()
+            .map_err(|e| name_the_variable(invalid(e), &env_keys))?;
         settings.validate()?;
         Ok(settings)
     }
@@ -726,6 +729,36 @@ pub fn rate_limit_is_off(s: &str) -> bool {
     matches!(s.trim(), "" | "0" | "off" | "none")
 }
 
+/// An unknown setting that came from the environment names its variable: `HERALD_BINDD`
+/// says more than ``unknown field `bindd` ``, and the file has no such line to look for.
+fn name_the_variable(e: ConfigError, env_keys: &[String]) -> ConfigError {
+    let ConfigError::Invalid(message) = &e else {
+        return e;
+    };
+    let Some(field) = message
+        .split("unknown field `")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+    else {
+        return e;
+    };
+    let from_env = env_keys.iter().find(|k| {
+        k.strip_prefix("HERALD_").is_some_and(|rest| {
+            rest.to_ascii_lowercase()
+                .split("__")
+                .any(|part| part == field)
+        })
+    });
+    match from_env {
+        Some(var) => ConfigError::Invalid(format!(
+            "environment variable {var}: unknown setting `{field}` (settings are HERALD_<KEY>, \
+             nested keys joined with `__`, e.g. HERALD_BIND or HERALD_LOG__FILTER; see \
+             docs/configuration.md §2) — {message}"
+        )),
+        None => e,
+    }
+}
+
 impl Settings {
     /// `[[api_keys]]`, `api_key_rate_limit`, `[http.cors]` and
     /// `websocket.handshake_rate_limit`; every error names the key path.
@@ -876,6 +909,24 @@ mod tests {
         assert_eq!(s.http.body_limit, 1 << 20);
         assert_eq!(s.sqlite_path().unwrap(), PathBuf::from("herald.db"));
         assert_eq!(s.secrets_dir(), PathBuf::from("."));
+    }
+
+    #[test]
+    fn an_unknown_setting_from_the_environment_names_the_variable() {
+        for (var, field) in [("HERALD_BINDD", "bindd"), ("HERALD_LOG__FROMAT", "fromat")] {
+            let e = Settings::load_from(None, env(&[(var, "x")]), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(var) && e.contains(&format!("`{field}`")), "{e}");
+        }
+        // From a file there is no variable to name.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("h.toml");
+        std::fs::write(&file, "bindd = \"x\"\n").unwrap();
+        let e = Settings::load_from(Some(&file), vec![], &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`bindd`") && !e.contains("HERALD_"), "{e}");
     }
 
     #[test]

@@ -65,10 +65,12 @@ pub enum StartError {
     Config(#[from] config::ConfigError),
     #[error(transparent)]
     Secrets(#[from] auth::SecretsError),
-    #[error("database {url}: {source}")]
+    // The fields are not `source`s: the message already says it, and an error chain
+    // (`{:#}`) would print it twice.
+    #[error("database {url}: {error}")]
     Store {
         url: String,
-        source: store::StoreError,
+        error: store::StoreError,
     },
     #[error("cannot create the database directory {0}: {1}")]
     DataDir(std::path::PathBuf, std::io::Error),
@@ -82,11 +84,20 @@ pub enum StartError {
     Routing(String),
     #[error(transparent)]
     Cluster(#[from] cluster::ClusterError),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: String,
-        source: std::io::Error,
-    },
+    #[error("cannot listen on {addr}: {error}{hint}", hint = bind_hint(error))]
+    Bind { addr: String, error: std::io::Error },
+}
+
+fn bind_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            " (another program listens there: stop it, or choose another address with --bind or HERALD_BIND)"
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            " (no interface of this machine has that address; 127.0.0.1 or 0.0.0.0 always work)"
+        }
+        _ => "",
+    }
 }
 
 /// A running server.
@@ -190,11 +201,49 @@ pub fn load_templates(settings: &Settings) -> Result<templates::Templates, Start
     Ok(templates::Templates::load(&dir)?)
 }
 
-/// Start a server with [`StartOptions`].
+/// Start a server with [`StartOptions`]. A start that fails removes the files it created
+/// (a new SQLite database, a new secrets file): left behind, they would make the next start
+/// or `herald token` look like a server that ran here.
 pub async fn start_with_options(
     settings: Settings,
     options: StartOptions,
 ) -> Result<Running, StartError> {
+    let new_files = NewFiles::before(&settings);
+    let result = start_checked(settings, options).await;
+    if result.is_err() {
+        new_files.remove();
+    }
+    result
+}
+
+/// The files a start may create that do not exist yet.
+struct NewFiles(Vec<std::path::PathBuf>);
+
+impl NewFiles {
+    fn before(settings: &Settings) -> NewFiles {
+        let mut candidates = vec![settings.secrets_dir().join(auth::SECRETS_FILE)];
+        if let Some(db) = settings.sqlite_path() {
+            for suffix in ["", "-wal", "-shm", "-journal"] {
+                let mut name = db.clone().into_os_string();
+                name.push(suffix);
+                candidates.push(name.into());
+            }
+        }
+        NewFiles(candidates.into_iter().filter(|p| !p.exists()).collect())
+    }
+
+    fn remove(self) {
+        for path in self.0 {
+            match std::fs::remove_file(&path) {
+                Ok(()) => tracing::info!(file = %path.display(), "removed: the start failed"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot remove"),
+            }
+        }
+    }
+}
+
+async fn start_checked(settings: Settings, options: StartOptions) -> Result<Running, StartError> {
     let StartOptions { auth, clock } = options;
     settings.validate()?;
     // The connection cap may come from the open-file limit: resolved (and checked) now.
@@ -316,7 +365,7 @@ pub async fn start_with_options(
         .await
         .map_err(|source| StartError::Store {
             url: redact_url(&settings.database_url),
-            source,
+            error: source,
         })?;
 
     dispatcher
@@ -324,7 +373,7 @@ pub async fn start_with_options(
         .await
         .map_err(|source| StartError::Store {
             url: redact_url(&settings.database_url),
-            source,
+            error: source,
         })?;
     let auth = auth.unwrap_or_else(|| {
         Arc::new(JwtAuthenticator::new(
@@ -336,11 +385,11 @@ pub async fn start_with_options(
         .await
         .map_err(|source| StartError::Bind {
             addr: settings.bind.clone(),
-            source,
+            error: source,
         })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind {
         addr: settings.bind.clone(),
-        source,
+        error: source,
     })?;
     let shutdown_timeout = settings.http.shutdown_timeout;
     // Outbox workers stop on their own token, after the HTTP server has stopped accepting.
@@ -452,7 +501,7 @@ async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StartError> {
     let url = &settings.database_url;
     let failed = |source| StartError::Store {
         url: redact_url(url),
-        source,
+        error: source,
     };
     if store::postgres::is_postgres_url(url) {
         let store = store::postgres::PgStore::open(url, &settings.database)
