@@ -24,7 +24,8 @@ def report(path):
         d = json.loads(line)
         runs[d["run"]] = d["result"]
         cores, cpus = d.get("cores", cores), d.get("cpus", cpus)
-
+    if cores is None:  # benches/cluster.sh
+        return cluster(path, runs)
     def get(name, key, sub=None):
         r = runs.get(name)
         if r is None:
@@ -97,6 +98,18 @@ def report(path):
             print(f"| {name.split()[-1]} | {fmt(get(name, 'accepted_sends_per_s'))} | {fmt(get(name, 'deliveries_per_s'))} | "
                   f"{fmt(get(name, 'latency_ms', 'p50'))} | {fmt(get(name, 'latency_ms', 'p99'))} | "
                   f"{fmt(get(name, 'lost'))} | {fmt(get(name, 'duplicates'))} | {fmt(get(name, 'server_cpu_percent'), ' %')} |")
+    print()
+
+
+def cluster(path, runs):
+    print(f"## Cluster mode (benches/cluster.sh)\n\nFrom `{path}`.\n")
+    print("| run | sessions | received / expected | lost | dup | lost after replay | p50 ms | p99 ms | max ms | deliveries/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, r in runs.items():
+        lat = r.get("latency_ms", {})
+        print(f"| {name} | {fmt(r.get('connected'))} | {fmt(r.get('received'))} / {fmt(r.get('expected_deliveries'))} | "
+              f"{fmt(r.get('lost'))} | {fmt(r.get('duplicates'))} | {fmt(r.get('lost_after_replay'))} | "
+              f"{fmt(lat.get('p50'))} | {fmt(lat.get('p99'))} | {fmt(lat.get('max'))} | {fmt(r.get('deliveries_per_s'))} |")
     print()
 
 
