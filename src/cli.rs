@@ -1,4 +1,4 @@
-//! The `herald` command line: `serve | token | send | migrate`.
+//! The `herald` command line: `serve | token | send | health | migrate`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -99,6 +99,36 @@ pub enum Command {
         /// Server base URL (default: http://<bind>).
         #[arg(long, value_name = "URL")]
         server: Option<String>,
+    },
+    /// Connect to a running server as a user and print every frame as a JSON line (no
+    /// WebSocket client needed); each message is acked, so its delivery becomes `delivered`.
+    #[command(after_help = "Examples:
+  herald listen --user 42                 # until Ctrl-C
+  herald listen --user 42 --count 1       # exit after the first message
+  herald listen --user 42 --no-ack        # leave messages unacknowledged (replayed later)")]
+    Listen {
+        /// User id to connect as (a token is minted with the server's secret).
+        #[arg(long)]
+        user: String,
+        /// Exit after this many messages.
+        #[arg(long, value_name = "N")]
+        count: Option<usize>,
+        /// Do not acknowledge messages.
+        #[arg(long)]
+        no_ack: bool,
+        /// Server base URL (default: http://<bind>).
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+    },
+    /// Check a running server: exit 0 when GET /readyz (or --path) answers 200 within 5 s.
+    /// For container HEALTHCHECKs and scripts that have no curl.
+    Health {
+        /// Server base URL (default: http://<bind>).
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+        /// The path to check: /readyz (can it store?) or /healthz (is it up?).
+        #[arg(long, default_value = "/readyz")]
+        path: String,
     },
     /// Create or upgrade the database schema, then exit.
     Migrate {
@@ -233,6 +263,35 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             println!("{text}");
             Ok(())
         }
+        Command::Listen {
+            user,
+            count,
+            no_ack,
+            server,
+        } => {
+            let settings = Settings::load(config, &Overrides::default())?;
+            let secrets = crate::auth::existing_secrets(&settings)?;
+            let base = server.unwrap_or_else(|| format!("http://{}", client_addr(&settings.bind)));
+            listen(&base, &secrets, &user, count, !no_ack).await
+        }
+        Command::Health { server, path } => {
+            let settings = Settings::load(config, &Overrides::default())?;
+            let base = server.unwrap_or_else(|| format!("http://{}", client_addr(&settings.bind)));
+            let url = format!("{}{path}", base.trim_end_matches('/'));
+            let resp = reqwest::Client::new()
+                .get(&url)
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await
+                .with_context(|| format!("cannot reach {url}"))?;
+            let status = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            if !status.is_success() {
+                bail!("{url} answered {status}: {text}");
+            }
+            println!("{text}");
+            Ok(())
+        }
         Command::Migrate { database_url } => {
             let settings = Settings::load(
                 config,
@@ -250,6 +309,75 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
                 crate::redact_url(&settings.database_url)
             );
             Ok(())
+        }
+    }
+}
+
+/// `herald listen`: one session, frames printed as they come, messages acked.
+async fn listen(
+    base: &str,
+    secrets: &crate::auth::ResolvedSecrets,
+    user: &str,
+    count: Option<usize>,
+    ack: bool,
+) -> anyhow::Result<()> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let ws_base = match base.split_once("://") {
+        Some(("https", rest)) => bail!(
+            "https://{rest}: `herald listen` speaks plain ws:// only; use the server's own address"
+        ),
+        Some((_, rest)) => format!("ws://{}", rest.trim_end_matches('/')),
+        None => format!("ws://{}", base.trim_end_matches('/')),
+    };
+    let exp = crate::auth::unix_now() + 86_400;
+    let token = crate::auth::mint_token(
+        secrets.jwt_secret.expose().as_bytes(),
+        user,
+        None,
+        Some("herald listen"),
+        exp,
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{ws_base}/websocket/{token}"))
+        .await
+        .with_context(|| format!("cannot connect to {ws_base} (is `herald serve` running?)"))?;
+    let mut seen = 0usize;
+    loop {
+        let frame = tokio::select! {
+            f = ws.next() => f,
+            _ = tokio::signal::ctrl_c() => {
+                let _ = ws.close(None).await;
+                return Ok(());
+            }
+        };
+        let text = match frame {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Close(c))) => {
+                let why = c.map(|c| format!("{} {}", u16::from(c.code), c.reason));
+                bail!("the server closed the session: {}", why.unwrap_or_default());
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => bail!("connection lost: {e}"),
+            None => bail!("connection closed"),
+        };
+        println!("{text}");
+        let frame: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        if frame["type"] != "message" {
+            continue;
+        }
+        if ack {
+            if let Some(id) = frame["id"].as_str() {
+                let ack = serde_json::json!({"type": "ack", "id": id}).to_string();
+                ws.send(Message::text(ack)).await.context("ack")?;
+            }
+        }
+        seen += 1;
+        if count.is_some_and(|n| seen >= n) {
+            // The ack is written before the close frame: it is applied before we leave.
+            let _ = ws.close(None).await;
+            while let Some(Ok(_)) = ws.next().await {}
+            return Ok(());
         }
     }
 }

@@ -261,3 +261,83 @@ async fn send_broadcasts_renders_templates_and_sends_once_per_key() {
         .expect("healthz");
     assert_eq!(resp.status(), StatusCode::OK);
 }
+
+/// `herald listen` is a WebSocket client in the binary: it prints the frames as JSON lines
+/// and acks each message, so the delivery ends `delivered`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_prints_messages_and_acks_them() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = spawn_process_with_secrets(dir.path()).await;
+    let secrets = [
+        ("HERALD_API_KEY", PROC_API_KEY),
+        ("HERALD_JWT_SECRET", PROC_JWT_SECRET),
+    ];
+    let mut child = herald_command(dir.path(), &secrets)
+        .args([
+            "listen",
+            "--user",
+            "42",
+            "--count",
+            "1",
+            "--server",
+            &server.base,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn listen");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let welcome = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("no welcome line")
+        .expect("listen exited");
+    let welcome: serde_json::Value = serde_json::from_str(&welcome).expect("JSON line");
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    let (status, sent) = server
+        .send(&serde_json::json!({"title": "t", "content": "hello", "receivers": ["42"]}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{sent}");
+    let id = sent["id"].as_str().expect("id").to_owned();
+    let message = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("no message line")
+        .expect("listen exited");
+    let message: serde_json::Value = serde_json::from_str(&message).expect("JSON line");
+    assert_eq!(message["id"], id.as_str(), "{message}");
+    assert_eq!(message["content"], "hello");
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "listen --count 1 did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}");
+    // The ack reached the store.
+    loop {
+        let resp = server
+            .client
+            .get(format!("{}/api/v1/messages/{id}", server.base))
+            .bearer_auth(PROC_API_KEY)
+            .send()
+            .await
+            .expect("get message");
+        let (_, m) = read_response(resp).await;
+        if m["deliveries"][0]["status"] == "delivered" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never delivered: {m}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
