@@ -1201,3 +1201,55 @@ async fn openapi_lists_seed_routes_and_docs_page_is_self_contained() {
         "docs page refers to an external resource"
     );
 }
+
+/// `GET /` is a front door (version, live health, links to every page, the next step) and
+/// `/favicon.ico` an icon; neither loads anything from outside the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_front_door_links_every_page_and_the_icon_is_served() {
+    let app = spawn_app().await;
+    let resp = app.client.get(app.url("/")).send().await.expect("index");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .expect("type")
+        .starts_with("text/html"));
+    let html = resp.text().await.expect("html");
+    assert!(
+        html.contains(&format!("v{}", env!("CARGO_PKG_VERSION"))),
+        "no version"
+    );
+    for link in [
+        "href=\"/demo\"",
+        "href=\"/admin\"",
+        "href=\"/docs\"",
+        "href=\"/openapi.json\"",
+        "/readyz",
+    ] {
+        assert!(html.contains(link), "{link} missing");
+    }
+    assert!(html.contains("herald send --to 42"), "no next step");
+    assert!(
+        !html.contains("http://") && !html.contains("https://") && !html.contains("{{"),
+        "external asset or unfilled placeholder"
+    );
+    // Every page it links to exists.
+    for page in ["/demo", "/admin", "/docs", "/openapi.json", "/readyz"] {
+        let status = app
+            .client
+            .get(app.url(page))
+            .send()
+            .await
+            .expect("page")
+            .status();
+        assert_eq!(status, StatusCode::OK, "{page}");
+    }
+    let icon = app
+        .client
+        .get(app.url("/favicon.ico"))
+        .send()
+        .await
+        .expect("icon");
+    assert_eq!(icon.status(), StatusCode::OK);
+    assert_eq!(icon.headers()["content-type"], "image/svg+xml");
+    assert!(icon.text().await.expect("svg").starts_with("<svg"));
+}

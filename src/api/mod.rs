@@ -76,6 +76,8 @@ pub fn router(app: AppState) -> Router {
             get(seed::get_websocket_clients),
         )
         .route("/message/collectMessage", post(seed::collect_message))
+        .route("/", get(index))
+        .route("/favicon.ico", get(favicon))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -269,6 +271,23 @@ async fn herald_js() -> impl IntoResponse {
             (header::CACHE_CONTROL, "no-cache"),
         ],
         include_str!("../../clients/js/herald.js"),
+    )
+}
+
+/// The front door: version, health, links to the demo, dashboard and API reference, and
+/// the next step.
+async fn index() -> Html<String> {
+    Html(include_str!("../../web/index.html").replace("{{VERSION}}", env!("CARGO_PKG_VERSION")))
+}
+
+/// The icon (SVG; browsers ask for `/favicon.ico` on their own).
+async fn favicon() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "max-age=86400"),
+        ],
+        include_str!("../../web/favicon.svg"),
     )
 }
 

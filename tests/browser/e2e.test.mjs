@@ -1,7 +1,7 @@
 // End-to-end tests in headless Chromium: the demo inbox (/demo), the admin dashboard
 // (/admin) and herald.js, against a real herald binary. Run by tests/browser/run.sh:
 //   HERALD_BIN=target/debug/herald node --test tests/browser/e2e.test.mjs
-// Writes docs/screenshots/demo.png and docs/screenshots/admin.png.
+// Writes docs/screenshots/demo.png, admin.png and landing.png.
 
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
@@ -243,6 +243,31 @@ test("screenshots of the demo inbox and the dashboard (docs/screenshots)", async
   );
   await admin.evaluate(() => window.scrollTo(0, 0));
   await admin.screenshot({ path: path.join(SHOTS, "admin.png"), fullPage: true });
+});
+
+test("front door: shows the version and live health, links lead to the pages (screenshot)", async () => {
+  const page = await newPage("index");
+  await page.goto(`${server.url}/`);
+  await page.locator("#health.ok").waitFor();
+  assert.equal(await page.locator("#health").textContent(), "ready");
+  assert.match(await page.locator("#version").textContent(), /^v\d+\.\d+\.\d+/);
+  const icon = await page.evaluate(async () => (await fetch("/favicon.ico")).headers.get("content-type"));
+  assert.equal(icon, "image/svg+xml");
+  mkdirSync(SHOTS, { recursive: true });
+  await page.screenshot({ path: path.join(SHOTS, "landing.png"), fullPage: true });
+  for (const [id, title] of [["#link-demo", /demo/i], ["#link-admin", /dashboard|admin/i], ["#link-docs", /API|docs/i]]) {
+    await page.goto(`${server.url}/`);
+    await page.locator(id).click();
+    await page.waitForLoadState("domcontentloaded");
+    assert.match(await page.title(), title, `${id} led to ${page.url()}`);
+  }
+  // Phone width: nothing wider than the screen.
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.goto(`${server.url}/`);
+  await page.locator("#health.ok").waitFor();
+  const width = await page.evaluate(() => document.documentElement.scrollWidth);
+  assert.ok(width <= 390, `the page is ${width}px wide at 390px`);
+  await page.context().close();
 });
 
 test("no JavaScript errors in the pages so far", () => {
