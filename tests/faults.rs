@@ -184,17 +184,28 @@ enum Outcome {
     NotSent,
 }
 
+/// One send of the burst. A `503` (admission control: nothing was stored) is what a
+/// well-behaved client retries, with the same key, after `Retry-After`; on a busy machine
+/// the burst's own sessions can fill the fan-out backlog for a moment.
 async fn post_send(client: &reqwest::Client, base: &str, i: usize) -> Result<String, String> {
-    let resp = client
-        .post(format!("{base}/api/v1/messages"))
-        .bearer_auth(PROC_API_KEY)
-        .header("idempotency-key", format!("burst-{i}"))
-        .json(&burst_body(i))
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = resp.status();
-    let text = resp.text().await.map_err(|e| e.to_string())?;
+    let (status, text) = loop {
+        let resp = client
+            .post(format!("{base}/api/v1/messages"))
+            .bearer_auth(PROC_API_KEY)
+            .header("idempotency-key", format!("burst-{i}"))
+            .json(&burst_body(i))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let retry = resp.headers().contains_key("retry-after");
+        let text = resp.text().await.map_err(|e| e.to_string())?;
+        if status == StatusCode::SERVICE_UNAVAILABLE && retry {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        break (status, text);
+    };
     assert_eq!(status, StatusCode::ACCEPTED, "send {i}: {text}");
     let body: Value = serde_json::from_str(&text).expect("a JSON answer");
     Ok(body["id"].as_str().expect("id").to_owned())
