@@ -71,6 +71,26 @@ fi
 echo "== herald.js unit tests (node --test clients/js/test/)"
 node "${ws_flag[@]}" --test --test-timeout=120000 clients/js/test/*.test.mjs || status=1
 
+echo "== @herald/client as a package (npm pack, install the tarball, import by name)"
+pkg_dir=$(mktemp -d)
+(
+  set -e
+  tarball=$(cd "$pkg_dir" && npm pack --silent "$OLDPWD/clients/js")
+  mkdir "$pkg_dir/app" && cd "$pkg_dir/app"
+  echo '{"name":"app","private":true,"type":"module"}' > package.json
+  npm install --silent --no-audit --no-fund --offline "../$tarball" >/dev/null
+  node --input-type=module -e '
+    import { Herald, VERSION } from "@herald/client";
+    import pkg from "@herald/client/package.json" with { type: "json" };
+    import { existsSync } from "node:fs";
+    if (typeof Herald !== "function") throw new Error("no Herald export");
+    if (VERSION !== pkg.version) throw new Error(`VERSION ${VERSION} != package ${pkg.version}`);
+    if (!existsSync("node_modules/@herald/client/" + pkg.types)) throw new Error("types missing");
+    console.log(`@herald/client ${pkg.version}: imports by name, types at ${pkg.types}`);
+  '
+) || status=1
+rm -rf "$pkg_dir"
+
 echo "== browser tests (headless Chromium: /demo, /admin)"
 node --test --test-timeout=180000 tests/browser/*.test.mjs || status=1
 
