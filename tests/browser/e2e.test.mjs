@@ -270,6 +270,53 @@ test("front door: shows the version and live health, links lead to the pages (sc
   await page.context().close();
 });
 
+test("admin at phone width (390 px): nothing wider than the screen, header tools reachable, axis labels apart (screenshot)", async () => {
+  const phone = await newPage("admin-phone");
+  await phone.setViewportSize({ width: 390, height: 844 });
+  await phone.goto(`${server.url}/admin`);
+  await phone.getByLabel("API key").fill(server.apiKey);
+  await phone.getByRole("button", { name: "Log in" }).click();
+  await phone.locator("#app").waitFor({ state: "visible", timeout: 5000 });
+  await phone.locator("#chart svg").waitFor();
+  await phone.locator("#messages-body tr.msg-row").first().waitFor({ timeout: 10_000 });
+  const wide = await phone.evaluate(() => {
+    const vw = document.documentElement.clientWidth;
+    const out = [...document.querySelectorAll("body *")]
+      .filter((e) => e.getClientRects().length && e.getBoundingClientRect().right > vw + 0.5)
+      // Inside a box that scrolls sideways (a wide table in its scroll area) is fine.
+      .filter((e) => {
+        for (let a = e.parentElement; a && a !== document.body; a = a.parentElement) {
+          if (["auto", "scroll"].includes(getComputedStyle(a).overflowX)) return false;
+        }
+        return true;
+      })
+      .map((e) => `${e.tagName.toLowerCase()}#${e.id}.${[...e.classList].join(".")} right=${Math.round(e.getBoundingClientRect().right)}`);
+    return { scrollWidth: document.documentElement.scrollWidth, vw, out: out.slice(0, 10) };
+  });
+  assert.ok(wide.scrollWidth <= 390, `the page is ${wide.scrollWidth}px wide: ${wide.out.join(", ")}`);
+  assert.deepEqual(wide.out, [], "elements past the right edge");
+  for (const sel of ["#auto-refresh", "#logout"]) {
+    const box = await phone.locator(sel).boundingBox();
+    assert.ok(box && box.x >= 0 && box.x + box.width <= 390, `${sel} is off-screen: ${JSON.stringify(box)}`);
+  }
+  const labels = await phone.evaluate(() =>
+    [...document.querySelectorAll("#chart .axis text:not(.axis-title)")]
+      .map((t) => t.getBoundingClientRect())
+      .filter((r) => r.width > 0)
+      .map((r) => ({ left: r.left, right: r.right, top: Math.round(r.top) })));
+  const byRow = new Map();
+  for (const l of labels) byRow.set(l.top, [...(byRow.get(l.top) ?? []), l]);
+  for (const row of byRow.values()) {
+    row.sort((a, b) => a.left - b.left);
+    for (let i = 1; i < row.length; i++) {
+      assert.ok(row[i].left >= row[i - 1].right, `chart labels overlap: ${JSON.stringify(row)}`);
+    }
+  }
+  mkdirSync(SHOTS, { recursive: true });
+  await phone.screenshot({ path: path.join(SHOTS, "admin-phone.png"), fullPage: false });
+  await phone.context().close();
+});
+
 test("no JavaScript errors in the pages so far", () => {
   assert.deepEqual(problems, []);
 });
