@@ -317,6 +317,35 @@ test("admin at phone width (390 px): nothing wider than the screen, header tools
   await phone.context().close();
 });
 
+test("docs: the API reference renders /openapi.json with resolved schemas, loads nothing from elsewhere, and try-it works with the API key (screenshot)", async () => {
+  const page = await newPage("docs");
+  const foreign = [];
+  page.on("request", (r) => { if (!r.url().startsWith(server.url)) foreign.push(r.url()); });
+  await page.goto(`${server.url}/docs`);
+  await page.locator('[id="link-post-/api/v1/messages"]').click();
+  // The request body as a table of its fields, not a `$ref`.
+  for (const field of ["receivers", "channels", "template", "sendAt"]) {
+    await page.locator("rapi-doc").getByText(field, { exact: true }).first().waitFor();
+  }
+  const text = await page.locator("rapi-doc").evaluate((el) => el.shadowRoot.textContent);
+  assert.ok(!text.includes("$ref"), "a schema is shown as a $ref");
+  mkdirSync(SHOTS, { recursive: true });
+  await page.screenshot({ path: path.join(SHOTS, "docs.png") });
+  // Authenticate with the API key, then try an operation.
+  await page.locator('[id="link-auth"]').click();
+  await page.locator("rapi-doc input.api_key").fill(server.apiKey);
+  await page.locator("rapi-doc button", { hasText: "SET" }).first().click();
+  await page.locator('[id="link-get-/api/v1/channels"]').click();
+  await page.locator("rapi-doc button", { hasText: "TRY" }).first().click();
+  await page.waitForFunction(() => {
+    const doc = document.querySelector("rapi-doc");
+    return [...doc.shadowRoot.querySelectorAll("api-request")].some((a) =>
+      a.shadowRoot?.querySelector(".response-message.success")?.textContent.includes("200"));
+  }, null, { timeout: 10_000 });
+  assert.deepEqual(foreign, [], "requests to other origins");
+  await page.context().close();
+});
+
 test("no JavaScript errors in the pages so far", () => {
   assert.deepEqual(problems, []);
 });
