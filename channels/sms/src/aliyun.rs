@@ -20,6 +20,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use base64::Engine;
+use herald_channel::http::http_client;
 use herald_channel::{
     async_trait, Accepted, BuildContext, Channel, ChannelError, ConfigError, ErrorKind, Health,
     Outgoing,
@@ -30,10 +31,10 @@ use serde::Deserialize;
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
-use crate::{
-    config_error, data_value, default_timeout, e164, http_client, parse, parse_base_url,
-    parse_timeout, read_body, request_error, required, retry_after_of, scalar, template_name,
-    unmapped, vendor_text, AccountHealth, Failure, Secret, Verdict,
+use crate::common::{
+    check_base_url, config_error, data_value, default_timeout, e164, parse, parse_timeout,
+    read_body, request_error, required, retry_after_of, scalar, template_name, unmapped,
+    vendor_text, AccountHealth, Failure, Secret, Verdict, USER_AGENT,
 };
 
 pub(crate) const DEFAULT_ENDPOINT: &str = "https://dysmsapi.aliyuncs.com";
@@ -199,7 +200,7 @@ impl AliyunSms {
                 },
             );
         }
-        let endpoint = parse_base_url(name, "endpoint", &cfg.endpoint)?;
+        let endpoint = check_base_url(name, "endpoint", &cfg.endpoint)?;
         let region = required(name, "region", &cfg.region)?;
         let timeout = parse_timeout(name, &cfg.timeout)?;
         Ok(Self {
@@ -210,7 +211,7 @@ impl AliyunSms {
             endpoint,
             signature: cfg.signature,
             region,
-            http: http_client(name, timeout)?,
+            http: http_client(name, USER_AGENT, timeout, timeout)?,
             health: AccountHealth::new(name),
         })
     }
@@ -278,7 +279,7 @@ impl AliyunSms {
         url.set_query(Some(&query));
         let mut headers = BTreeMap::new();
         for (k, v) in [
-            ("host", crate::host_header(&url)),
+            ("host", crate::common::host_header(&url)),
             ("x-acs-action", ACTION.to_owned()),
             ("x-acs-content-sha256", EMPTY_SHA256.to_owned()),
             ("x-acs-date", date.to_owned()),

@@ -12,6 +12,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use herald_channel::http::http_client;
 use herald_channel::{
     async_trait, Accepted, BuildContext, Channel, ChannelError, ConfigError, Defaults, ErrorKind,
     Health, Outgoing,
@@ -20,10 +21,10 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::{
-    config_error, data_value, default_timeout, e164, host_header, http_client, id_string, parse,
-    parse_base_url, parse_timeout, read_body, request_error, required, retry_after_of,
-    template_name, unmapped, vendor_text, AccountHealth, Failure, Secret, Verdict,
+use crate::common::{
+    check_base_url, config_error, data_value, default_timeout, e164, host_header, id_string, parse,
+    parse_timeout, read_body, request_error, required, retry_after_of, template_name, unmapped,
+    vendor_text, AccountHealth, Failure, Secret, Verdict, USER_AGENT,
 };
 
 pub(crate) const DEFAULT_ENDPOINT: &str = "https://sms.tencentcloudapi.com";
@@ -189,7 +190,7 @@ impl TencentSms {
                 },
             );
         }
-        let endpoint = parse_base_url(name, "endpoint", &cfg.endpoint)?;
+        let endpoint = check_base_url(name, "endpoint", &cfg.endpoint)?;
         let region = required(name, "region", &cfg.region)?;
         let timeout = parse_timeout(name, &cfg.timeout)?;
         Ok(Self {
@@ -201,7 +202,7 @@ impl TencentSms {
             host: host_header(&endpoint),
             endpoint,
             region,
-            http: http_client(name, timeout)?,
+            http: http_client(name, USER_AGENT, timeout, timeout)?,
             health: AccountHealth::new(name),
         })
     }

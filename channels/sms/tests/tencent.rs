@@ -1,23 +1,15 @@
 //! `sms.tencent` end to end, built through its descriptor, against a local Tencent Cloud API
-//! (`vendors/tencent.rs`) that checks the `X-TC-*` headers, recomputes the TC3-HMAC-SHA256
+//! (`herald_channel_sms::testing::tencent`) that checks the `X-TC-*` headers, recomputes the TC3-HMAC-SHA256
 //! signature from the received request as Tencent does and answers with Tencent's
 //! documented replies.
-
-mod common;
-mod vendors;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-// `vendors` reaches the harness as `crate::sms_common`, as in the server's `tests/sms.rs`.
-use common as sms_common;
-use common::*;
 use herald_channel::{Accepted, Channel, ErrorKind, Health};
+use herald_channel_sms::testing::tencent::*;
+use herald_channel_sms::testing::*;
 use serde_json::json;
-use vendors::tencent::*;
-
-// Link the crate so its descriptors register.
-use herald_channel_sms as _;
 
 fn config(server: &Server, secret_key: &str) -> serde_json::Value {
     json!({
