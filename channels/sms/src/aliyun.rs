@@ -20,7 +20,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use base64::Engine;
-use herald_channel::http::http_client;
+use herald_channel::http::{http_client, MAX_CONNECT_TIMEOUT};
 use herald_channel::{
     async_trait, Accepted, BuildContext, Channel, ChannelError, ConfigError, ErrorKind, Health,
     Outgoing,
@@ -211,7 +211,7 @@ impl AliyunSms {
             endpoint,
             signature: cfg.signature,
             region,
-            http: http_client(name, USER_AGENT, timeout, timeout)?,
+            http: http_client(name, USER_AGENT, timeout.min(MAX_CONNECT_TIMEOUT), timeout)?,
             health: AccountHealth::new(name),
         })
     }

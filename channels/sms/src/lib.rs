@@ -23,7 +23,8 @@
 //!   secrets are `Secret`s, vendor messages pass through `vendor_text`, numbers are
 //!   shown as [`mask_phone`] does (`+86138****0000`).
 //! * **Bounded time**: every instance's HTTP client has its `timeout` (default 10 s), well
-//!   under the dispatcher's 30 s per send, and follows no redirects.
+//!   under the dispatcher's 30 s per send, connects within at most 5 s of it, and follows
+//!   no redirects.
 //! * **Account problems take the instance down**: a reply meaning that no send can succeed
 //!   until an operator acts (no balance, suspended account, rejected credentials) makes
 //!   [`Channel::health`](herald_channel::Channel::health) `Down` until a later send

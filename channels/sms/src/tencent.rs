@@ -12,7 +12,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_channel::http::http_client;
+use herald_channel::http::{http_client, MAX_CONNECT_TIMEOUT};
 use herald_channel::{
     async_trait, Accepted, BuildContext, Channel, ChannelError, ConfigError, Defaults, ErrorKind,
     Health, Outgoing,
@@ -202,7 +202,7 @@ impl TencentSms {
             host: host_header(&endpoint),
             endpoint,
             region,
-            http: http_client(name, USER_AGENT, timeout, timeout)?,
+            http: http_client(name, USER_AGENT, timeout.min(MAX_CONNECT_TIMEOUT), timeout)?,
             health: AccountHealth::new(name),
         })
     }

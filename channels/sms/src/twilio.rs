@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use herald_channel::http::http_client;
+use herald_channel::http::{http_client, MAX_CONNECT_TIMEOUT};
 use herald_channel::{
     async_trait, Accepted, BuildContext, CallbackError, CallbackRequest, Channel, ChannelError,
     ConfigError, ErrorKind, Health, Outgoing, Receipt, ReceiptFor,
@@ -193,7 +193,7 @@ impl TwilioSms {
             sender,
             status_callback,
             messages_url,
-            http: http_client(name, USER_AGENT, timeout, timeout)?,
+            http: http_client(name, USER_AGENT, timeout.min(MAX_CONNECT_TIMEOUT), timeout)?,
             health: AccountHealth::new(name),
         })
     }
