@@ -7,15 +7,7 @@ use std::time::Duration;
 use herald_channel::{testkit, Accepted, AddressKind, BuildContext, Channel, ErrorKind, Services};
 use serde_json::json;
 
-// Compiled here rather than through the `testing` feature, so plain `cargo test` runs these.
-#[allow(dead_code)]
-#[path = "../src/testing.rs"]
-mod testing;
-
-use testing::TestSmtp;
-
-// Link the crate so its descriptor registers.
-use herald_channel_email as _;
+use herald_channel_email::testing::TestSmtp;
 
 const WAIT: Duration = Duration::from_secs(5);
 
