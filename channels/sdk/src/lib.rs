@@ -16,6 +16,11 @@
 //! 3. Link the crate into the `herald` binary (`extern crate my_channel as _;`): an unreferenced
 //!    crate is not linked and silently does not register.
 //!
+//! Lay the crate out as every channel crate is (`README.md`, "Layout of a channel crate"):
+//! `lib.rs` registers, `common.rs` shares, one file per provider, fakes behind a `testing`
+//! feature. Use [`config_error`], [`clock`] and, with the `http` feature, `http` rather
+//! than writing your own.
+//!
 //! ```
 //! use herald_channel::*;
 //! use std::sync::Arc;
