@@ -13,7 +13,7 @@
 //! Layout (`channels/sdk/README.md`): this file registers the kinds and the `webpush`
 //! device check; `common.rs` holds what the providers share (content, outcomes,
 //! configuration helpers); `token.rs` is the FCM/APNs token cache; with the `testing`
-//! feature, [`testing`] has local stand-ins for Google, Apple and a push service.
+//! feature, `testing` has local stand-ins for Google, Apple and a push service.
 
 use herald_channel::{AddressKind, ChannelDescriptor, DeviceCheck};
 

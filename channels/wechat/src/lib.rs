@@ -11,7 +11,7 @@
 //! * [`KIND_ROBOT`] (`wechat.robot`, [`robot`]): a WeCom group robot's webhook; each delivery
 //!   is one post to the robot's group.
 //!
-//! What both share is in `common.rs`; with the `testing` feature, [`testing`] (not
+//! What both share is in `common.rs`; with the `testing` feature, `testing` (not
 //! compiled otherwise) has local stand-ins for WeChat's API and a WeCom robot.
 //!
 //! HTTP is reqwest with rustls on the *ring* provider (no OpenSSL, no aws-lc-rs), through
