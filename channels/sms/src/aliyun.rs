@@ -20,6 +20,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use base64::Engine;
+use herald_channel::clock::{self, Clock, SystemClock};
 use herald_channel::http::{http_client, MAX_CONNECT_TIMEOUT};
 use herald_channel::{
     async_trait, Accepted, BuildContext, Channel, ChannelError, ConfigError, ErrorKind, Health,
@@ -123,7 +124,9 @@ struct Template {
 
 pub(crate) fn build(ctx: BuildContext<'_>) -> Result<Arc<dyn Channel>, ConfigError> {
     let cfg: Config = parse(&ctx)?;
-    Ok(Arc::new(AliyunSms::new(ctx.name, cfg)?))
+    let mut channel = AliyunSms::new(ctx.name, cfg)?;
+    channel.clock = clock::from_services(ctx.services);
+    Ok(Arc::new(channel))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -140,6 +143,9 @@ pub(crate) struct AliyunSms {
     region: String,
     http: reqwest::Client,
     health: AccountHealth,
+    /// The signature's timestamp (the SDK's clock, from the services; the system clock by
+    /// default).
+    clock: Arc<dyn Clock>,
 }
 
 impl fmt::Debug for AliyunSms {
@@ -213,6 +219,7 @@ impl AliyunSms {
             region,
             http: http_client(name, USER_AGENT, timeout.min(MAX_CONNECT_TIMEOUT), timeout)?,
             health: AccountHealth::new(name),
+            clock: Arc::new(SystemClock),
         })
     }
 
@@ -304,7 +311,7 @@ impl AliyunSms {
 
     async fn attempt(&self, out: &Outgoing) -> Result<Accepted, Failure> {
         let params = self.params(out)?;
-        let now = time::OffsetDateTime::now_utc();
+        let now = time::OffsetDateTime::from(self.clock.wall());
         let timestamp = now
             .format(&time::macros::format_description!(
                 "[year]-[month]-[day]T[hour]:[minute]:[second]Z"

@@ -12,6 +12,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use herald_channel::clock::{self, Clock, SystemClock};
 use herald_channel::http::{http_client, MAX_CONNECT_TIMEOUT};
 use herald_channel::{
     async_trait, Accepted, BuildContext, Channel, ChannelError, ConfigError, Defaults, ErrorKind,
@@ -97,7 +98,9 @@ struct Template {
 
 pub(crate) fn build(ctx: BuildContext<'_>) -> Result<Arc<dyn Channel>, ConfigError> {
     let cfg: Config = parse(&ctx)?;
-    Ok(Arc::new(TencentSms::new(ctx.name, cfg)?))
+    let mut channel = TencentSms::new(ctx.name, cfg)?;
+    channel.clock = clock::from_services(ctx.services);
+    Ok(Arc::new(channel))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -116,6 +119,9 @@ pub(crate) struct TencentSms {
     region: String,
     http: reqwest::Client,
     health: AccountHealth,
+    /// The signature's timestamp (the SDK's clock, from the services; the system clock by
+    /// default).
+    clock: Arc<dyn Clock>,
 }
 
 impl fmt::Debug for TencentSms {
@@ -204,6 +210,7 @@ impl TencentSms {
             region,
             http: http_client(name, USER_AGENT, timeout.min(MAX_CONNECT_TIMEOUT), timeout)?,
             health: AccountHealth::new(name),
+            clock: Arc::new(SystemClock),
         })
     }
 
@@ -246,7 +253,7 @@ impl TencentSms {
 
     async fn attempt(&self, out: &Outgoing) -> Result<Accepted, Failure> {
         let body = self.body(out)?;
-        let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
+        let timestamp = time::OffsetDateTime::from(self.clock.wall()).unix_timestamp();
         let authorization = self.authorization(&body, timestamp)?;
         let response = self
             .http

@@ -178,12 +178,21 @@ pub fn build(
     name: &str,
     config: serde_json::Value,
 ) -> Result<Arc<dyn Channel>, ConfigError> {
+    build_with(kind, name, config, &Services::default())
+}
+
+/// [`build`] with the services a host lends (e.g. a clock: `ManualClock::services`).
+pub fn build_with(
+    kind: &str,
+    name: &str,
+    config: serde_json::Value,
+    services: &Services,
+) -> Result<Arc<dyn Channel>, ConfigError> {
     let descriptor = herald_channel::find(kind).unwrap_or_else(|| panic!("{kind} is registered"));
-    let services = Services::default();
     (descriptor.build)(BuildContext {
         name,
         config: &config,
-        services: &services,
+        services,
     })
 }
 
