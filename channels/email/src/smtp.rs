@@ -8,6 +8,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
+use herald_channel::clock::{self, Clock, SystemClock};
 use herald_channel::{
     async_trait, Accepted, BuildContext, Channel, ChannelError, ConfigError, ErrorKind, Health,
     Outgoing,
@@ -99,7 +100,9 @@ impl TlsMode {
 /// lazily on the first send.
 pub(crate) fn build(ctx: BuildContext<'_>) -> Result<std::sync::Arc<dyn Channel>, ConfigError> {
     let cfg = parse(&ctx)?;
-    Ok(std::sync::Arc::new(SmtpChannel::new(ctx.name, cfg)?))
+    let mut channel = SmtpChannel::new(ctx.name, cfg)?;
+    channel.clock = clock::from_services(ctx.services);
+    Ok(std::sync::Arc::new(channel))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -123,6 +126,9 @@ pub(crate) struct SmtpChannel {
     permits: Semaphore,
     /// Consecutive sends that got no SMTP reply at all (refused, timed out, TLS failed).
     connection_failures: AtomicU32,
+    /// The `Date:` of every message (the SDK's clock, from the services; the system clock
+    /// by default).
+    clock: std::sync::Arc<dyn Clock>,
 }
 
 impl fmt::Debug for SmtpChannel {
@@ -242,6 +248,7 @@ impl SmtpChannel {
             transport: OnceLock::new(),
             permits: Semaphore::new(cfg.pool_max_size as usize),
             connection_failures: AtomicU32::new(0),
+            clock: std::sync::Arc::new(SystemClock),
         })
     }
 
@@ -269,7 +276,7 @@ impl SmtpChannel {
             .from(self.from.clone())
             .to(to)
             .subject(content.subject)
-            .date_now()
+            .date(self.clock.wall())
             .message_id(Some(format!("<{message_id}>")));
         if let Some(reply_to) = &self.reply_to {
             builder = builder.reply_to(reply_to.clone());
