@@ -20,10 +20,6 @@
 //! --nocapture` shows them) and runs under a deadline of its own.
 
 mod common;
-#[path = "../channels/sms/tests/common/mod.rs"]
-mod sms_common;
-#[path = "../channels/sms/tests/vendors/mod.rs"]
-mod vendors;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
@@ -33,12 +29,12 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
+use herald_channel_sms::testing::{aliyun, tencent, twilio};
+use herald_channel_sms::testing::{Answer, Recorded, Server, Vendor};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use sms_common::{Answer, Recorded, Server, Vendor};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
-use vendors::{aliyun, tencent, twilio};
 
 // ---------------------------------------------------------------------------------------------
 // Shared helpers

@@ -8,19 +8,15 @@
 //! API over HTTP/2 (verifying the ES256 provider token). A token the vendor calls
 //! unregistered is deactivated, and the access / provider token is reused.
 
-#[path = "../channels/push/tests/support/apns_service.rs"]
-mod apns_service;
 mod common;
-#[path = "../channels/push/tests/support/fcm_service.rs"]
-mod fcm_service;
-#[path = "../channels/push/tests/support/webpush_service.rs"]
-mod service;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use common::*;
+use herald_channel_push::testing::webpush as service;
+use herald_channel_push::testing::{apns as apns_service, fcm as fcm_service, ManualClock};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use service::{random_secret, PushService, Reply};
@@ -329,7 +325,7 @@ async fn apns_reaches_the_live_token_over_http2_and_a_410_is_deactivated() {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let apple = apns_service::Apple::start(public, apns_service::Clock::at(now)).await;
+    let apple = apns_service::Apple::start(public, ManualClock::at_unix_secs(now)).await;
     let app = app_with_channel(
         "apns",
         &[

@@ -1,14 +1,10 @@
 //! SMS end to end: `[channels.*]` config → REST API → outbox → `sms.aliyun` / `sms.tencent`
 //! / `sms.twilio` → local vendor servers that check every request as the vendor does,
-//! signatures recomputed from what arrived (`channels/sms/tests/vendors`, shared with the
+//! signatures recomputed from what arrived (`herald_channel_sms::testing`, shared with the
 //! crate's own tests). Twilio's StatusCallback is signed as Twilio signs it and posted to
 //! Herald's real route. Time moves by an injected clock, never by sleeping.
 
 mod common;
-#[path = "../channels/sms/tests/common/mod.rs"]
-mod sms_common;
-#[path = "../channels/sms/tests/vendors/mod.rs"]
-mod vendors;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,10 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use herald_channel_sms::testing::Server;
+use herald_channel_sms::testing::{aliyun, tencent, twilio};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use sms_common::Server;
-use vendors::{aliyun, tencent, twilio};
 
 fn table(kind: &str, config: &Value) -> toml::Table {
     let mut t = toml::Table::try_from(config).expect("JSON object → TOML");

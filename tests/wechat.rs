@@ -1,16 +1,14 @@
 //! WeChat end to end: `[channels.*]` config → REST API → outbox → `wechat.template` /
 //! `wechat.robot` → local WeChat and WeCom servers that check every request as the vendor
-//! does (`channels/wechat/tests/common`, shared with the crate's own tests). The daily quota
+//! does (`herald_channel_wechat::testing`, shared with the crate's own tests). The daily quota
 //! is driven by an injected clock.
 
 mod common;
-#[allow(unused_imports)]
-#[path = "../channels/wechat/tests/common/mod.rs"]
-mod vendor;
 
 use std::time::Duration;
 
 use common::*;
+use herald_channel_wechat::testing as vendor;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 

@@ -1,6 +1,7 @@
 //! # herald-channel-email — Herald's e-mail channels
 //!
-//! One provider per file. Today: [`KIND_SMTP`] (`email.smtp`), e-mail through an SMTP
+//! One provider per file, what providers share in `common.rs`, registrations here (the
+//! layout of every channel crate, `channels/sdk/README.md`). Today: [`KIND_SMTP`] (`email.smtp`), e-mail through an SMTP
 //! server with lettre's pooled async transport (rustls with the *ring* provider; no
 //! OpenSSL). The descriptor registers itself with `inventory`; the `herald` binary links
 //! this crate with `extern crate herald_channel_email as _;`.
@@ -13,6 +14,7 @@
 
 use herald_channel::{AddressKind, ChannelDescriptor};
 
+mod common;
 mod smtp;
 
 #[cfg(feature = "testing")]

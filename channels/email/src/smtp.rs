@@ -8,9 +8,10 @@ use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
+use herald_channel::clock::{self, Clock, SystemClock};
 use herald_channel::{
-    async_trait, parse_config, Accepted, BuildContext, Channel, ChannelError, ConfigError,
-    ErrorKind, Health, Outgoing,
+    async_trait, Accepted, BuildContext, Channel, ChannelError, ConfigError, ErrorKind, Health,
+    Outgoing,
 };
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
@@ -20,6 +21,8 @@ use lettre::transport::smtp::{AsyncSmtpTransportBuilder, PoolConfig};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::Deserialize;
 use tokio::sync::Semaphore;
+
+use crate::common::{config_error, parse, Secret};
 
 /// Consecutive failed sends without any SMTP reply (refused, timed out, TLS) after which
 /// [`Channel::health`] reports `Degraded`.
@@ -93,26 +96,13 @@ impl TlsMode {
     }
 }
 
-use herald_channel::Secret;
-
-/// [`parse_config`], plus the key in type errors (serde names the key only for unknown and
-/// missing fields; `port = "x"` would otherwise just say "expected u16").
-fn parse(ctx: &BuildContext<'_>) -> Result<Config, ConfigError> {
-    parse_config::<Config>(ctx).map_err(|err| {
-        match serde_path_to_error::deserialize::<_, Config>(ctx.config) {
-            Err(e) if e.path().to_string() != "." => {
-                ConfigError::new(ctx.name, format!("{}: {}", e.path(), e.inner()))
-            }
-            _ => err,
-        }
-    })
-}
-
 /// The descriptor's `build`: parse, validate, and return the channel. Connections are made
 /// lazily on the first send.
 pub(crate) fn build(ctx: BuildContext<'_>) -> Result<std::sync::Arc<dyn Channel>, ConfigError> {
     let cfg = parse(&ctx)?;
-    Ok(std::sync::Arc::new(SmtpChannel::new(ctx.name, cfg)?))
+    let mut channel = SmtpChannel::new(ctx.name, cfg)?;
+    channel.clock = clock::from_services(ctx.services);
+    Ok(std::sync::Arc::new(channel))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -136,6 +126,9 @@ pub(crate) struct SmtpChannel {
     permits: Semaphore,
     /// Consecutive sends that got no SMTP reply at all (refused, timed out, TLS failed).
     connection_failures: AtomicU32,
+    /// The `Date:` of every message (the SDK's clock, from the services; the system clock
+    /// by default).
+    clock: std::sync::Arc<dyn Clock>,
 }
 
 impl fmt::Debug for SmtpChannel {
@@ -155,7 +148,7 @@ impl fmt::Debug for SmtpChannel {
 impl SmtpChannel {
     /// Validates `cfg`; every error names the key.
     pub(crate) fn new(name: &str, cfg: Config) -> Result<Self, ConfigError> {
-        let fail = |key: &str, msg: &str| ConfigError::new(name, format!("{key}: {msg}"));
+        let fail = |key: &str, msg: &str| config_error(name, key, msg);
 
         let host = cfg.host.trim().to_owned();
         if host.is_empty() || host.contains(char::is_whitespace) {
@@ -255,6 +248,7 @@ impl SmtpChannel {
             transport: OnceLock::new(),
             permits: Semaphore::new(cfg.pool_max_size as usize),
             connection_failures: AtomicU32::new(0),
+            clock: std::sync::Arc::new(SystemClock),
         })
     }
 
@@ -282,7 +276,7 @@ impl SmtpChannel {
             .from(self.from.clone())
             .to(to)
             .subject(content.subject)
-            .date_now()
+            .date(self.clock.wall())
             .message_id(Some(format!("<{message_id}>")));
         if let Some(reply_to) = &self.reply_to {
             builder = builder.reply_to(reply_to.clone());
@@ -939,7 +933,7 @@ mod tests {
             config: &cfg,
             services: &services,
         };
-        let config = parse(&ctx).unwrap();
+        let config = parse::<Config>(&ctx).unwrap();
         assert!(!format!("{config:?}").contains("hunter2"));
 
         // A wrongly typed password is not echoed.

@@ -24,8 +24,8 @@
 //!
 //! Dropping the [`TestSmtp`] stops the server and closes its connections.
 //!
-//! This file only uses `std`, `tokio`, `base64`, `quoted_printable` and `serde_json`, so a
-//! test can also compile it directly (`#[path = "../src/testing.rs"] mod testing;`).
+//! The crate's own tests turn the feature on through a dev-dependency on the crate itself;
+//! the server's `tests/email.rs` through its own dev-dependency.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;

@@ -4,18 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use herald_channel::testkit::ManualClock;
 use herald_channel::{testkit, Accepted, AddressKind, BuildContext, Channel, ErrorKind, Services};
 use serde_json::json;
 
-// Compiled here rather than through the `testing` feature, so plain `cargo test` runs these.
-#[allow(dead_code)]
-#[path = "../src/testing.rs"]
-mod testing;
-
-use testing::TestSmtp;
-
-// Link the crate so its descriptor registers.
-use herald_channel_email as _;
+use herald_channel_email::testing::TestSmtp;
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -136,6 +129,28 @@ async fn rendered_parts_become_multipart_alternative() {
     assert_eq!(
         m.html_part().as_deref(),
         Some("<p>Hello Bob, your report <b>42</b> is ready. 你好</p>")
+    );
+}
+
+/// `Date:` is the clock the services lend (the system clock unless one is lent).
+#[tokio::test]
+async fn the_date_header_comes_from_the_lent_clock() {
+    let smtp = TestSmtp::start();
+    let clock = ManualClock::at_unix_secs(1_767_225_600); // 2026-01-01T00:00:00Z
+    let descriptor = herald_channel::find("email.smtp").expect("email.smtp is registered");
+    let config = smtp.channel_config();
+    let ch = (descriptor.build)(BuildContext {
+        name: "mail",
+        config: &config,
+        services: &clock.services(),
+    })
+    .expect("the test server's config is valid");
+    let out = testkit::outgoing(testkit::message("t", "c"), "42", Some("bob@example.org"));
+    ch.send(&out).await.expect("sent");
+    let mail = smtp.wait_for(1, WAIT).await;
+    assert_eq!(
+        mail[0].header("Date").as_deref(),
+        Some("Thu, 01 Jan 2026 00:00:00 +0000")
     );
 }
 

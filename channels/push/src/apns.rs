@@ -43,7 +43,8 @@
 //!   instance or node signed it with another key): replaced the same way and retried once. A
 //!   token this key signed is refused for the key itself: `config`.
 //!
-//! The clock is injectable through [`herald_channel::Services`] (see `fcm::WallClock`).
+//! The clock is the SDK's ([`herald_channel::clock`]), injectable through
+//! [`herald_channel::Services`].
 //!
 //! Invariants: no other retry, no sleep, no store; the private key and the JWT never appear
 //! in errors, logs or `Debug` output; device tokens are hex-checked before they enter a URL.
@@ -54,9 +55,10 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use herald_channel::clock::{self, Clock};
+use herald_channel::http::{build_client, client_builder, MAX_CONNECT_TIMEOUT};
 use herald_channel::{
-    async_trait, Accepted, AddressKind, BuildContext, Channel, ChannelDescriptor, ChannelError,
-    ConfigError, ErrorKind, Outgoing,
+    async_trait, Accepted, BuildContext, Channel, ChannelError, ConfigError, ErrorKind, Outgoing,
 };
 use p256::ecdsa::signature::{Signer, Verifier};
 use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
@@ -64,15 +66,12 @@ use p256::pkcs8::DecodePrivateKey;
 use p256::SecretKey;
 use serde_json::{json, Map, Value};
 
-use crate::fcm::{
-    clock_from, config_error, content, duration_value, endpoint_value, finish, http_client,
-    payload_too_large, request_error, retry_after_header, secret_value, string_value,
-    timeout_value, unix_secs, vendor_text, Content, Outcome, Secret, Verdict, WallClock,
+use crate::common::{
+    config_error, content, duration_value, endpoint_value, finish, payload_too_large,
+    request_error, retry_after_header, secret_value, string_value, timeout_value, vendor_text,
+    Content, Outcome, Secret, Verdict,
 };
 use crate::token::{Fresh, SharedToken};
-
-/// The kind this file registers.
-pub const KIND: &str = "push.apns";
 
 const PRODUCTION: &str = "https://api.push.apple.com";
 const SANDBOX: &str = "https://api.sandbox.push.apple.com";
@@ -89,17 +88,8 @@ pub(crate) fn cache_key(team_id: &str, key_id: &str) -> String {
     format!("herald:token:apns:{team_id}:{key_id}")
 }
 
-herald_channel::inventory::submit! {
-    ChannelDescriptor {
-        kind: KIND,
-        summary: "Apple Push Notification service (HTTP/2, token authentication)",
-        address: AddressKind::Device("apns"),
-        presence: false,
-        build,
-    }
-}
-
-fn build(ctx: BuildContext<'_>) -> Result<Arc<dyn Channel>, ConfigError> {
+/// The descriptor's `build` (registered in `lib.rs`).
+pub(crate) fn build(ctx: BuildContext<'_>) -> Result<Arc<dyn Channel>, ConfigError> {
     Ok(Arc::new(ApnsChannel::from_context(&ctx)?))
 }
 
@@ -176,7 +166,7 @@ pub struct ApnsChannel {
     ttl: Duration,
     timeout: Duration,
     http: reqwest::Client,
-    clock: WallClock,
+    clock: Arc<dyn Clock>,
     /// The provider token, shared by every instance and node with this team and key.
     tokens: SharedToken,
 }
@@ -291,15 +281,13 @@ impl ApnsChannel {
         }
         let ttl = duration_value(name, "ttl", raw.ttl.as_ref(), DEFAULT_TTL)?;
         let timeout = timeout_value(name, raw.timeout.as_ref())?;
-        let h2c = endpoint.starts_with("http://");
-        let http = http_client(timeout, h2c, USER_AGENT).map_err(|e| {
-            config_error(
-                name,
-                "timeout",
-                format!("cannot build the HTTP client: {e}"),
-            )
-        })?;
-        let clock = clock_from(ctx.services);
+        let mut builder = client_builder(USER_AGENT, timeout.min(MAX_CONNECT_TIMEOUT), timeout);
+        if endpoint.starts_with("http://") {
+            // h2c: HTTP/2 without TLS by prior knowledge (a local APNs in tests).
+            builder = builder.http2_prior_knowledge();
+        }
+        let http = build_client(name, builder)?;
+        let clock = clock::from_services(ctx.services);
         Ok(Self {
             name: name.to_owned(),
             tokens: SharedToken::new(ctx.services, cache_key(&team_id, &key_id), clock.clone()),
@@ -339,7 +327,7 @@ impl ApnsChannel {
     }
 
     async fn sign_new(&self) -> Result<Fresh, ChannelError> {
-        let now = unix_secs(&self.clock);
+        let now = self.clock.unix_secs();
         tracing::debug!(channel = %self.name, "APNs provider token signed");
         Ok(Fresh {
             token: self.jwt(now),
@@ -357,7 +345,7 @@ impl ApnsChannel {
         reason: &str,
     ) -> Result<Option<Secret>, ChannelError> {
         if reason == "ExpiredProviderToken" {
-            let now = unix_secs(&self.clock);
+            let now = self.clock.unix_secs();
             let age = jwt_iat(jwt.expose()).map_or(u64::MAX, |iat| now.saturating_sub(iat));
             if age < MIN_REFRESH_INTERVAL_SECS {
                 // Not ours to replace yet; another node may have done it already.
@@ -417,7 +405,7 @@ impl ApnsChannel {
         if self.ttl.is_zero() {
             0
         } else {
-            unix_secs(&self.clock) + self.ttl.as_secs()
+            self.clock.unix_secs() + self.ttl.as_secs()
         }
     }
 

@@ -25,26 +25,27 @@
 //! cache, takes the new one (fetched once for the whole cluster) and is retried once, within
 //! the same attempt.
 //!
-//! **Clock.** Token expiry reads a wall clock, which a host (or a test) may lend through
-//! [`herald_channel::Services`] as a [`WallClock`]; the system clock otherwise.
+//! **Clock.** Token expiry and the assertion's `iat` read the SDK's clock
+//! ([`herald_channel::clock`]), which a host (or a test) may lend through
+//! [`herald_channel::Services`]; the system clock otherwise.
 //!
 //! Invariants: no retry beyond that one re-authorisation, no sleep, no store; the private
 //! key, the assertion and access tokens never appear in errors, logs or `Debug` output.
 //!
-//! This file also holds what `push.apns` shares with it (content, outcome aggregation,
-//! configuration helpers): see the "Shared" section.
+//! What it shares with `push.apns` (content, outcome aggregation, configuration helpers) is
+//! in `common.rs`.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use herald_channel::clock::{self, Clock};
+use herald_channel::http::{http_client, MAX_CONNECT_TIMEOUT};
 use herald_channel::{
-    async_trait, Accepted, AddressKind, BuildContext, Channel, ChannelDescriptor, ChannelError,
-    ConfigError, ErrorKind, Outgoing, Services,
+    async_trait, Accepted, BuildContext, Channel, ChannelError, ConfigError, ErrorKind, Outgoing,
 };
 use reqwest::Url;
 use rsa::pkcs1::DecodeRsaPrivateKey;
@@ -55,10 +56,12 @@ use rsa::RsaPrivateKey;
 use serde_json::{json, Map, Value};
 use sha2::Sha256;
 
+use crate::common::{
+    config_error, content, endpoint_value, finish, payload_too_large, request_error,
+    retry_after_header, secret_value, string_value, timeout_value, truncate_bytes, vendor_text,
+    Content, Outcome, Secret, Verdict,
+};
 use crate::token::{Fresh, SharedToken};
-
-/// The kind this file registers.
-pub const KIND: &str = "push.fcm";
 
 const DEFAULT_ENDPOINT: &str = "https://fcm.googleapis.com";
 const DEFAULT_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
@@ -69,6 +72,12 @@ const ASSERTION_LIFETIME_SECS: u64 = 3600;
 /// An access token is replaced this long before Google says it expires.
 const REFRESH_MARGIN_SECS: u64 = 300;
 const USER_AGENT: &str = concat!("herald-fcm/", env!("CARGO_PKG_VERSION"));
+
+/// FCM's payload limit, for notification and data messages alike: "Maximum payload for
+/// both message types is 4096 bytes"
+/// (<https://firebase.google.com/docs/cloud-messaging/customize-messages/set-message-type>).
+/// `push.apns` has its own (`apns::max_payload`).
+const MAX_PAYLOAD: usize = 4096;
 
 /// The shared cache's key for a service account's access token.
 pub(crate) fn cache_key(client_email: &str) -> String {
@@ -84,17 +93,8 @@ fn reuse_secs(expires_in: u64) -> u64 {
     }
 }
 
-herald_channel::inventory::submit! {
-    ChannelDescriptor {
-        kind: KIND,
-        summary: "Firebase Cloud Messaging (HTTP v1) push notifications",
-        address: AddressKind::Device("fcm"),
-        presence: false,
-        build,
-    }
-}
-
-fn build(ctx: BuildContext<'_>) -> Result<Arc<dyn Channel>, ConfigError> {
+/// The descriptor's `build` (registered in `lib.rs`).
+pub(crate) fn build(ctx: BuildContext<'_>) -> Result<Arc<dyn Channel>, ConfigError> {
     Ok(Arc::new(FcmChannel::from_context(&ctx)?))
 }
 
@@ -209,7 +209,7 @@ pub struct FcmChannel {
     android: Option<Value>,
     apns: Option<Value>,
     http: reqwest::Client,
-    clock: WallClock,
+    clock: Arc<dyn Clock>,
     /// The access token, shared by every instance and node with this service account.
     tokens: SharedToken,
 }
@@ -290,14 +290,8 @@ impl FcmChannel {
         let timeout = timeout_value(name, raw.timeout.as_ref())?;
         let android = table_value(name, "android", raw.android)?;
         let apns = table_value(name, "apns", raw.apns)?;
-        let http = http_client(timeout, false, USER_AGENT).map_err(|e| {
-            config_error(
-                name,
-                "timeout",
-                format!("cannot build the HTTP client: {e}"),
-            )
-        })?;
-        let clock = clock_from(ctx.services);
+        let http = http_client(name, USER_AGENT, timeout.min(MAX_CONNECT_TIMEOUT), timeout)?;
+        let clock = clock::from_services(ctx.services);
         Ok(Self {
             name: name.to_owned(),
             tokens: SharedToken::new(
@@ -317,7 +311,7 @@ impl FcmChannel {
     }
 
     fn now(&self) -> u64 {
-        unix_secs(&self.clock)
+        self.clock.unix_secs()
     }
 
     /// The signed assertion `{iss, scope, aud, iat, exp}` for `now`.
@@ -594,14 +588,6 @@ impl Channel for FcmChannel {
     }
 }
 
-/// What FCM's answer means for one device.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Verdict {
-    /// The token is gone: mark the device dead (reason: the vendor's code).
-    Dead(String),
-    Failed(ChannelError),
-}
-
 /// FCM's error code (`details[].errorCode`, else the status string) and HTTP status → what
 /// to do. `retry_after` is the `Retry-After` header.
 pub(crate) fn classify(status: u16, code: Option<&str>, retry_after: Option<Duration>) -> Verdict {
@@ -647,325 +633,10 @@ pub(crate) fn classify(status: u16, code: Option<&str>, retry_after: Option<Dura
     })
 }
 
-// ---------------------------------------------------------------------------------------
-// Shared with `push.apns`
-// ---------------------------------------------------------------------------------------
-
-/// FCM's payload limit, for notification and data messages alike: "Maximum payload for
-/// both message types is 4096 bytes"
-/// (<https://firebase.google.com/docs/cloud-messaging/customize-messages/set-message-type>).
-/// `push.apns` has its own (`apns::max_payload`).
-const MAX_PAYLOAD: usize = 4096;
-
-/// A notification over the vendor's limit: `permanent`, before any request. Neither kind
-/// ever cuts the text to fit (a cut notification would be reported `sent` although the
-/// user never saw the end of it).
-pub(crate) fn payload_too_large(
-    what: &str,
-    vendor: &str,
-    size: usize,
-    limit: usize,
-) -> ChannelError {
-    ChannelError::permanent(format!(
-        "{what} is {size} bytes; {vendor} accepts at most {limit} bytes, so nothing was sent \
-         (the title and content are never cut: shorten them, or render a shorter push.json)"
-    ))
-    .with_code("payload_too_large")
-}
-
-/// A wall clock, lent through [`Services`] by a host or a test (token expiry, JWT `iat`).
-pub(crate) type WallClock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
-
-pub(crate) fn clock_from(services: &Services) -> WallClock {
-    services
-        .get::<WallClock>()
-        .unwrap_or_else(|| Arc::new(SystemTime::now))
-}
-
-pub(crate) fn unix_secs(clock: &WallClock) -> u64 {
-    clock()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-pub(crate) use herald_channel::Secret;
-
-pub(crate) fn config_error(name: &str, key: &str, message: impl fmt::Display) -> ConfigError {
-    ConfigError::new(name, format!("{key}: {message}"))
-}
-
-/// A string value of `key`; type errors do not quote the value.
-pub(crate) fn string_value<'v>(
-    name: &str,
-    key: &str,
-    value: Option<&'v Value>,
-) -> Result<Option<&'v str>, ConfigError> {
-    match value {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.as_str())),
-        Some(_) => Err(config_error(name, key, "invalid type: expected a string")),
-    }
-}
-
-/// A secret string value of `key`: never empty, never quoted.
-pub(crate) fn secret_value(
-    name: &str,
-    key: &str,
-    value: Option<&Value>,
-) -> Result<Option<Secret>, ConfigError> {
-    match string_value(name, key, value)? {
-        Some(s) if s.trim().is_empty() => Err(config_error(name, key, "must not be empty")),
-        Some(s) => Ok(Some(Secret::new(s))),
-        None => Ok(None),
-    }
-}
-
-pub(crate) fn duration_value(
-    name: &str,
-    key: &str,
-    value: Option<&Value>,
-    default: &str,
-) -> Result<Duration, ConfigError> {
-    let text = string_value(name, key, value)?.unwrap_or(default);
-    humantime::parse_duration(text.trim()).map_err(|e| {
-        config_error(
-            name,
-            key,
-            format!("`{text}` is not a duration ({e}); expected e.g. \"10s\""),
-        )
-    })
-}
-
-pub(crate) fn timeout_value(name: &str, value: Option<&Value>) -> Result<Duration, ConfigError> {
-    let timeout = duration_value(name, "timeout", value, "10s")?;
-    if timeout.is_zero() {
-        return Err(config_error(name, "timeout", "must be longer than 0s"));
-    }
-    Ok(timeout)
-}
-
-/// An `http`/`https` base URL without query or fragment, without a trailing `/`.
-pub(crate) fn endpoint_value(
-    name: &str,
-    key: &str,
-    value: Option<&Value>,
-    default: &str,
-) -> Result<String, ConfigError> {
-    let text = string_value(name, key, value)?.unwrap_or(default);
-    let url = Url::parse(text.trim())
-        .map_err(|e| config_error(name, key, format!("`{text}` is not a URL ({e})")))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(config_error(
-            name,
-            key,
-            format!("`{text}`: expected an http(s) URL such as \"{default}\""),
-        ));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(config_error(
-            name,
-            key,
-            format!("`{text}`: a base URL takes no query or fragment"),
-        ));
-    }
-    Ok(url.as_str().trim_end_matches('/').to_owned())
-}
-
-/// One client per instance. Redirects are never followed (they would carry the bearer
-/// token elsewhere). `h2c`: HTTP/2 without TLS by prior knowledge (APNs tests).
-pub(crate) fn http_client(
-    timeout: Duration,
-    h2c: bool,
-    user_agent: &str,
-) -> Result<reqwest::Client, reqwest::Error> {
-    let mut builder = reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(5)))
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(user_agent);
-    if h2c {
-        builder = builder.http2_prior_knowledge();
-    }
-    builder.build()
-}
-
-/// A request that got no HTTP answer: `transient`, without the URL (it holds device tokens).
-pub(crate) fn request_error(e: reqwest::Error, what: &str) -> ChannelError {
-    let e = e.without_url();
-    let how = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "cannot connect"
-    } else {
-        "failed"
-    };
-    let message = format!("{what}: request {how}: {}", herald_channel::error_chain(&e));
-    ChannelError::transient(message)
-}
-
-/// `Retry-After` in seconds (the HTTP-date form is ignored).
-pub(crate) fn retry_after_header(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
-}
-
-/// A vendor text fit for a stored error: one line, at most 160 characters, secrets replaced.
-pub(crate) fn vendor_text(text: &str, secrets: &[&str]) -> String {
-    let mut text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    for secret in secrets.iter().filter(|s| !s.is_empty()) {
-        text = text.replace(secret, "<redacted>");
-    }
-    if text.chars().count() > 160 {
-        text = text.chars().take(160).collect::<String>() + "…";
-    }
-    text
-}
-
-/// `s` cut to at most `max` bytes at a character boundary, ending in `…` when cut.
-pub(crate) fn truncate_bytes(s: &str, max: usize) -> Cow<'_, str> {
-    const ELLIPSIS: &str = "…";
-    if s.len() <= max {
-        return Cow::Borrowed(s);
-    }
-    let mut end = max.saturating_sub(ELLIPSIS.len());
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    Cow::Owned(format!("{}{ELLIPSIS}", &s[..end]))
-}
-
-/// What a notification shows and carries.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Content {
-    pub title: String,
-    pub body: String,
-    /// String → string (FCM requires it; APNs gets the same keys).
-    pub data: BTreeMap<String, String>,
-}
-
-/// The rendered `push` `json` part (`{"title", "body", "data": {…}}`) when there is one,
-/// else the message's title and content, whole (the caller refuses a payload over the
-/// vendor's limit). `data` gets `messageId` unless the rendering sets it; non-string data
-/// values are stringified.
-pub(crate) fn content(out: &Outgoing) -> Result<Content, ChannelError> {
-    let message = &out.message;
-    let mut content = Content {
-        title: message.title.clone(),
-        body: message.content.clone(),
-        data: BTreeMap::new(),
-    };
-    if let Some(json) = out.rendered.as_ref().and_then(|r| r.part("json")) {
-        let bad = |why: &str| {
-            ChannelError::permanent(format!("the rendered push.json template {why}"))
-                .with_code("bad_rendering")
-        };
-        let v: Value = serde_json::from_str(json).map_err(|_| bad("is not valid JSON"))?;
-        let Value::Object(v) = v else {
-            return Err(bad("is not a JSON object"));
-        };
-        let text = |v: &Value| match v {
-            Value::String(s) => s.clone(),
-            Value::Null => String::new(),
-            other => other.to_string(),
-        };
-        if let Some(title) = v.get("title") {
-            content.title = text(title);
-        }
-        if let Some(body) = v.get("body") {
-            content.body = text(body);
-        }
-        match v.get("data") {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(data)) => {
-                content.data = data.iter().map(|(k, v)| (k.clone(), text(v))).collect();
-            }
-            Some(_) => return Err(bad("has a `data` that is not an object")),
-        }
-    }
-    content
-        .data
-        .entry("messageId".into())
-        .or_insert_with(|| message.id.clone());
-    Ok(content)
-}
-
-/// One device's result.
-#[derive(Debug)]
-pub(crate) enum Outcome {
-    /// Accepted, with the vendor's id.
-    Sent(Option<String>),
-    /// The token is gone (already marked dead).
-    Dead(String),
-    Failed(ChannelError),
-}
-
-/// Lower is more important.
-fn rank(kind: ErrorKind) -> u8 {
-    match kind {
-        ErrorKind::Config => 0,
-        ErrorKind::RateLimited | ErrorKind::Transient => 1,
-        ErrorKind::BadRecipient => 2,
-        ErrorKind::Permanent => 3,
-    }
-}
-
-/// The delivery's result from its devices' outcomes: `Sent` (first vendor id) when any
-/// device accepted; else the most important error (config > retryable > bad recipient >
-/// permanent), dead tokens counting as bad recipients.
-pub(crate) fn finish(outcomes: Vec<Outcome>) -> Result<Accepted, ChannelError> {
-    let total = outcomes.len();
-    let mut sent: Option<Option<String>> = None;
-    let mut dead = 0;
-    let mut best: Option<ChannelError> = None;
-    for outcome in outcomes {
-        match outcome {
-            Outcome::Sent(id) => {
-                if sent.as_ref().is_none_or(|s| s.is_none()) {
-                    sent = Some(id);
-                }
-            }
-            Outcome::Dead(_) => dead += 1,
-            Outcome::Failed(e) => {
-                let better = match &best {
-                    None => true,
-                    Some(b) => {
-                        rank(e.kind()) < rank(b.kind())
-                            || (rank(e.kind()) == rank(b.kind())
-                                && e.retry_after() > b.retry_after())
-                    }
-                };
-                if better {
-                    best = Some(e);
-                }
-            }
-        }
-    }
-    if let Some(provider_id) = sent {
-        return Ok(Accepted::Sent { provider_id });
-    }
-    let dead_error = || {
-        if dead == total {
-            ChannelError::bad_recipient("all devices unregistered")
-        } else {
-            ChannelError::bad_recipient(format!("{dead} of {total} devices unregistered"))
-        }
-    };
-    match best {
-        Some(e) if dead == 0 || rank(e.kind()) < rank(ErrorKind::BadRecipient) => Err(e),
-        Some(_) => Err(dead_error()),
-        None if dead > 0 => Err(dead_error()),
-        None => Err(ChannelError::bad_recipient("no active device").with_code("no_device")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herald_channel::testkit::{message, rendered, to_devices};
+    use herald_channel::Services;
 
     /// status, code, Retry-After → kind, code, retry_after.
     type Row = (
@@ -1112,43 +783,6 @@ mod tests {
         assert_eq!(error_code(&json!("<html>")).0, None);
     }
 
-    #[test]
-    fn outcomes_combine() {
-        use Outcome::*;
-        let sent = finish(vec![
-            Dead("UNREGISTERED".into()),
-            Sent(Some("a".into())),
-            Sent(Some("b".into())),
-        ]);
-        assert_eq!(
-            sent,
-            Ok(Accepted::Sent {
-                provider_id: Some("a".into())
-            })
-        );
-        let e = finish(vec![Dead("x".into()), Dead("y".into())]).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::BadRecipient);
-        assert_eq!(e.message(), "all devices unregistered");
-        let e = finish(vec![Dead("x".into()), Failed(ChannelError::permanent("p"))]).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::BadRecipient);
-        let e = finish(vec![
-            Failed(ChannelError::permanent("p")),
-            Failed(ChannelError::transient("t")),
-            Dead("x".into()),
-        ])
-        .unwrap_err();
-        assert_eq!(e.message(), "t");
-        let e = finish(vec![
-            Failed(ChannelError::transient("t")),
-            Failed(ChannelError::rate_limited("r").with_retry_after(Duration::from_secs(5))),
-            Failed(ChannelError::config("c")),
-        ])
-        .unwrap_err();
-        assert_eq!(e.message(), "c");
-        let e = finish(vec![]).unwrap_err();
-        assert_eq!(e.message(), "no active device");
-    }
-
     /// rand 0.9 behind rsa's rand_core 0.6 traits.
     struct Rng06;
     impl rsa::rand_core::RngCore for Rng06 {
@@ -1204,29 +838,5 @@ mod tests {
             json!({"iss": "a@p.iam.gserviceaccount.com", "scope": SCOPE,
                 "aud": "https://oauth2.googleapis.com/token", "iat": 1000, "exp": 4600})
         );
-    }
-
-    #[test]
-    fn content_from_rendering_or_message() {
-        let mut out = to_devices(message("Hello", "World"), "42", &["t"]);
-        let c = content(&out).unwrap();
-        assert_eq!((c.title.as_str(), c.body.as_str()), ("Hello", "World"));
-        assert_eq!(c.data.get("messageId"), Some(&out.message.id));
-        out.rendered = Some(rendered(&[(
-            "json",
-            r#"{"title": "T", "body": "B", "data": {"reportId": 17, "url": "/r/1", "ok": true}}"#,
-        )]));
-        let c = content(&out).unwrap();
-        assert_eq!((c.title.as_str(), c.body.as_str()), ("T", "B"));
-        assert_eq!(c.data["reportId"], "17");
-        assert_eq!(c.data["ok"], "true");
-        assert_eq!(c.data["url"], "/r/1");
-        out.rendered = Some(rendered(&[("json", r#"{"data": [1]}"#)]));
-        assert_eq!(content(&out).unwrap_err().code(), Some("bad_rendering"));
-        // Never cut, whatever the length.
-        let long = to_devices(message(&"t".repeat(1000), &"é".repeat(5000)), "42", &["t"]);
-        let c = content(&long).unwrap();
-        assert_eq!((c.title.len(), c.body.len()), (1000, 10_000));
-        assert_eq!(c.body, long.message.content);
     }
 }

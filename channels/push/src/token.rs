@@ -5,7 +5,7 @@
 //! * **Shared.** A token lives under a key that names the credentials, not the instance
 //!   (`herald:token:fcm:<client_email>`, `herald:token:apns:<team_id>:<key_id>`), for as long
 //!   as the provider reuses it, with its refresh time in unix seconds so every node judges it
-//!   by the wall clock (the injectable [`WallClock`]). Instances with the same credentials, on
+//!   by the wall clock (the SDK's injectable [`Clock`]). Instances with the same credentials, on
 //!   one node or many, share it.
 //! * **One maker.** A new token is made (fetched, or signed) only when the shared cache holds
 //!   none, by one caller in the cluster at a time ([`get_or_refresh`]); the other nodes wait
@@ -21,13 +21,15 @@
 //! * **Shared cache down.** [`get_or_refresh`] makes the token locally and it is not shared.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
+use herald_channel::clock::Clock;
 use herald_channel::shared::{get_or_refresh, Shared};
 use herald_channel::{ChannelError, Services};
 use serde::{Deserialize, Serialize};
 
-use crate::fcm::{unix_secs, Secret, WallClock};
+use crate::common::Secret;
 
 /// How long an instance trusts its in-process copy before reading the shared cache again
 /// (so it moves to a token another node made, without waiting for a refusal).
@@ -83,14 +85,14 @@ impl Local {
 pub(crate) struct SharedToken {
     shared: Shared,
     key: String,
-    clock: WallClock,
+    clock: Arc<dyn Clock>,
     local: tokio::sync::Mutex<Option<Local>>,
 }
 
 impl SharedToken {
     /// The token stored under `key` in the shared cache `services` lend (an in-process one
     /// of its own when they lend none).
-    pub(crate) fn new(services: &Services, key: String, clock: WallClock) -> SharedToken {
+    pub(crate) fn new(services: &Services, key: String, clock: Arc<dyn Clock>) -> SharedToken {
         SharedToken {
             shared: Shared::from_services(services),
             key,
@@ -100,7 +102,7 @@ impl SharedToken {
     }
 
     fn now(&self) -> u64 {
-        unix_secs(&self.clock)
+        self.clock.unix_secs()
     }
 
     /// A usable token: the instance's copy, the cluster's, or one `make` makes (one caller
@@ -196,23 +198,19 @@ impl SharedToken {
 mod tests {
     use super::*;
     use herald_channel::shared::LocalCache;
-    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-    use std::sync::Arc;
-    use std::time::UNIX_EPOCH;
+    use herald_channel::testkit::ManualClock;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    fn cluster() -> (Services, Arc<AtomicU64>) {
-        let at = Arc::new(AtomicU64::new(1_800_000_000));
+    fn cluster() -> (Services, ManualClock) {
+        let at = ManualClock::at_unix_secs(1_800_000_000);
         let mut services = Services::default();
         services.insert(Shared(Arc::new(LocalCache::default())));
         (services, at)
     }
 
     /// One instance ("node") of the cluster `services` and `at` (its clock) describe.
-    fn node(services: &Services, at: &Arc<AtomicU64>) -> SharedToken {
-        let at = at.clone();
-        let clock: WallClock =
-            Arc::new(move || UNIX_EPOCH + Duration::from_secs(at.load(Ordering::SeqCst)));
-        SharedToken::new(services, "herald:token:test:a".into(), clock)
+    fn node(services: &Services, at: &ManualClock) -> SharedToken {
+        SharedToken::new(services, "herald:token:test:a".into(), Arc::new(at.clone()))
     }
 
     /// Makes `T1`, `T2`, … reused for an hour.
@@ -248,7 +246,7 @@ mod tests {
         // Without a refusal B moves to it within a minute.
         let c = node(&services, &at);
         assert_eq!(c.get(None, || m.make()).await.unwrap(), t2);
-        at.fetch_add(3600, Ordering::SeqCst);
+        at.advance(Duration::from_secs(3600));
         let t3 = b.get(None, || m.make()).await.unwrap();
         assert_eq!(t3.expose(), "T3", "due after reuse_secs");
         assert_eq!(c.get(None, || m.make()).await.unwrap(), t3);

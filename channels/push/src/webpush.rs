@@ -26,7 +26,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{Aes128Gcm, Nonce};
@@ -34,9 +34,11 @@ use base64::alphabet::URL_SAFE;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE_NO_PAD};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
+use herald_channel::clock::{self, Clock};
+use herald_channel::http::{http_client, MAX_CONNECT_TIMEOUT};
 use herald_channel::{
-    async_trait, Accepted, AddressKind, BuildContext, Channel, ChannelDescriptor, ChannelError,
-    ConfigError, Device, DeviceCheck, ErrorKind, InvalidDevice, Outgoing,
+    async_trait, Accepted, BuildContext, Channel, ChannelError, ConfigError, Device, ErrorKind,
+    InvalidDevice, Outgoing,
 };
 use hkdf::Hkdf;
 use p256::ecdsa::signature::Signer;
@@ -50,8 +52,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sha2::Sha256;
 
-/// The kind this file registers.
-pub const KIND: &str = "push.webpush";
+use crate::common::{config_error, duration_value, string_value, timeout_value};
 
 /// The record size written into every body; one record carries the whole message.
 pub const RECORD_SIZE: u32 = 4096;
@@ -72,7 +73,6 @@ const JWT_RENEW_BEFORE_SECS: u64 = 3600;
 const JWT_CACHE_MAX: usize = 64;
 
 const DEFAULT_TTL: &str = "4w";
-const DEFAULT_TIMEOUT: &str = "10s";
 const USER_AGENT: &str = concat!("herald-webpush/", env!("CARGO_PKG_VERSION"));
 
 /// base64url that takes padded and unpadded input (browsers send unpadded).
@@ -81,27 +81,15 @@ const B64URL_LENIENT: GeneralPurpose = GeneralPurpose::new(
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
-herald_channel::inventory::submit! {
-    ChannelDescriptor {
-        kind: KIND,
-        summary: "Web Push (RFC 8030) with VAPID and aes128gcm payload encryption",
-        address: AddressKind::Device("webpush"),
-        presence: false,
-        build,
-    }
-}
-
-fn build(ctx: BuildContext<'_>) -> Result<Arc<dyn Channel>, ConfigError> {
+/// The descriptor's `build` (registered in `lib.rs`).
+pub(crate) fn build(ctx: BuildContext<'_>) -> Result<Arc<dyn Channel>, ConfigError> {
     Ok(Arc::new(WebPushChannel::from_context(&ctx)?))
 }
 
-// A subscription `send` could not encrypt for (a `p256dh` that is 65 bytes but not a point
-// on P-256, …) is refused at registration, by the same parser `send` uses.
-herald_channel::inventory::submit! {
-    DeviceCheck { platform: "webpush", check: check_subscription }
-}
-
-fn check_subscription(token: &str) -> Result<(), InvalidDevice> {
+/// The registration check of `webpush` devices (registered in `lib.rs`): a subscription
+/// `send` could not encrypt for (a `p256dh` that is 65 bytes but not a point on P-256, …)
+/// is refused at registration, by the same parser `send` uses.
+pub(crate) fn check_subscription(token: &str) -> Result<(), InvalidDevice> {
     Subscription::parse(token).map(drop)
 }
 
@@ -152,39 +140,6 @@ impl Urgency {
     }
 }
 
-fn config_error(name: &str, key: &str, message: impl fmt::Display) -> ConfigError {
-    ConfigError::new(name, format!("{key}: {message}"))
-}
-
-/// A string value of `key`; type errors do not quote the value.
-fn string_value<'v>(
-    name: &str,
-    key: &str,
-    value: Option<&'v Value>,
-) -> Result<Option<&'v str>, ConfigError> {
-    match value {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.as_str())),
-        Some(_) => Err(config_error(name, key, "invalid type: expected a string")),
-    }
-}
-
-fn duration_value(
-    name: &str,
-    key: &str,
-    value: Option<&Value>,
-    default: &str,
-) -> Result<Duration, ConfigError> {
-    let text = string_value(name, key, value)?.unwrap_or(default);
-    humantime::parse_duration(text.trim()).map_err(|e| {
-        config_error(
-            name,
-            key,
-            format!("`{text}` is not a duration ({e}); expected e.g. \"4w\" or \"10s\""),
-        )
-    })
-}
-
 /// The application server key from raw base64url or PEM. Errors never contain the key.
 fn parse_private_key(text: &str) -> Result<SecretKey, &'static str> {
     let text = text.trim();
@@ -221,16 +176,6 @@ fn valid_subject(subject: &str) -> bool {
 // The channel
 // ---------------------------------------------------------------------------------------
 
-/// Seconds since the Unix epoch.
-type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
-}
-
 /// A signed VAPID token for one audience.
 struct CachedJwt {
     token: String,
@@ -252,7 +197,7 @@ pub struct WebPushChannel {
     http: reqwest::Client,
     /// VAPID tokens by audience (`scheme://host[:port]`).
     tokens: Mutex<HashMap<String, CachedJwt>>,
-    clock: Clock,
+    clock: Arc<dyn Clock>,
 }
 
 impl fmt::Debug for WebPushChannel {
@@ -335,10 +280,7 @@ impl WebPushChannel {
                 )
             })?,
         };
-        let timeout = duration_value(name, "timeout", raw.timeout.as_ref(), DEFAULT_TIMEOUT)?;
-        if timeout.is_zero() {
-            return Err(config_error(name, "timeout", "must be longer than 0s"));
-        }
+        let timeout = timeout_value(name, raw.timeout.as_ref())?;
 
         let allowed_endpoint_hosts = match &raw.allowed_endpoint_hosts {
             None => None,
@@ -377,13 +319,7 @@ impl WebPushChannel {
         };
 
         // No redirects: a push service answers, it does not send us elsewhere.
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(USER_AGENT)
-            .build()
-            .map_err(|e| ConfigError::new(name, format!("HTTP client: {e}")))?;
+        let http = http_client(name, USER_AGENT, timeout.min(MAX_CONNECT_TIMEOUT), timeout)?;
 
         Ok(Self {
             name: name.to_owned(),
@@ -396,7 +332,7 @@ impl WebPushChannel {
             allowed_endpoint_hosts,
             http,
             tokens: Mutex::new(HashMap::new()),
-            clock: Arc::new(unix_now),
+            clock: clock::from_services(ctx.services),
         })
     }
 
@@ -429,7 +365,7 @@ impl WebPushChannel {
     /// `vapid t=<jwt>, k=<public key>` for `audience`, from the cache while the token has
     /// more than an hour left.
     fn authorization(&self, audience: &str) -> Result<String, ChannelError> {
-        let now = (self.clock)();
+        let now = self.clock.unix_secs();
         let mut tokens = self
             .tokens
             .lock()
@@ -692,7 +628,7 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
 
 /// A request that got no answer: transient. The URL (a capability) is left out.
 fn request_error(e: reqwest::Error, origin: &str) -> ChannelError {
-    crate::fcm::request_error(e, &format!("push service {origin}"))
+    crate::common::request_error(e, &format!("push service {origin}"))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -857,9 +793,9 @@ pub(crate) fn encrypt(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use herald_channel::testkit::ManualClock;
     use herald_channel::testkit::{message, rendered, to_devices};
     use herald_channel::Services;
-    use std::sync::atomic::{AtomicU64, Ordering};
 
     fn b64(s: &str) -> Vec<u8> {
         B64URL_LENIENT.decode(s).unwrap()
@@ -954,9 +890,8 @@ mod tests {
     fn the_jwt_is_cached_per_audience_until_an_hour_before_it_expires() {
         let mut ch =
             channel(json!({"vapid_private_key": KEY, "subject": "https://example.com"})).unwrap();
-        let now = Arc::new(AtomicU64::new(1_800_000_000));
-        let clock = now.clone();
-        ch.clock = Arc::new(move || clock.load(Ordering::SeqCst));
+        let now = ManualClock::at_unix_secs(1_800_000_000);
+        ch.clock = Arc::new(now.clone());
         let a = ch.authorization("https://push.example.net").unwrap();
         assert!(a.starts_with("vapid t=") && a.ends_with(&format!(", k={}", ch.public_key)));
         let claims = |auth: &str| -> Value {
@@ -973,11 +908,11 @@ mod tests {
             claims(&a),
             json!({"aud": "https://push.example.net", "exp": 1_800_000_000u64 + 12 * 3600, "sub": "https://example.com"})
         );
-        now.fetch_add(10 * 3600, Ordering::SeqCst);
+        now.advance(Duration::from_secs(10 * 3600));
         assert_eq!(ch.authorization("https://push.example.net").unwrap(), a);
         let other = ch.authorization("https://other.example.net").unwrap();
         assert_ne!(other, a);
-        now.fetch_add(3600 + 1, Ordering::SeqCst);
+        now.advance(Duration::from_secs(3600 + 1));
         let renewed = ch.authorization("https://push.example.net").unwrap();
         assert_ne!(renewed, a);
         assert_eq!(

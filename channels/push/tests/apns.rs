@@ -1,28 +1,27 @@
 //! `push.apns` against a local stand-in for Apple's provider API over cleartext HTTP/2
-//! (tests/support): it refuses anything that is not HTTP/2, verifies the ES256 provider token
-//! with the test key's public key (`kid`, `iss`, age), checks the headers and the JSON body,
-//! and answers with Apple's documented errors when a device token is scripted to fail.
-
-#[path = "support/apns_service.rs"]
-mod service;
-
-#[path = "support/cluster.rs"]
-mod cluster;
+//! (`herald_channel_push::testing::apns`): it refuses anything that is not HTTP/2, verifies
+//! the ES256 provider token with the test key's public key (`kid`, `iss`, age), checks the
+//! headers and the JSON body, and answers with Apple's documented errors when a device
+//! token is scripted to fail.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use cluster::WatchedCache;
+use herald_channel::clock::Clock;
 use herald_channel::testkit::{message, rendered, to_devices};
 use herald_channel::{Accepted, BuildContext, Channel, ConfigError, ErrorKind, Services};
+use herald_channel_push::testing::apns as service;
+use herald_channel_push::testing::{test_clock, ManualClock, WatchedCache};
 use serde_json::{json, Value};
-use service::{device, p8_key, Apple, Clock, KEY_ID, MESSAGE_ID, TEAM_ID, TOPIC};
-
-use herald_channel_push as _;
+use service::{device, p8_key, Apple, KEY_ID, MESSAGE_ID, TEAM_ID, TOPIC};
 
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
+
+fn minutes(m: u64) -> Duration {
+    Duration::from_secs(m * 60)
+}
 
 fn build(config: Value, services: &Services) -> Result<Arc<dyn Channel>, ConfigError> {
     let descriptor = herald_channel::find("push.apns").expect("push.apns is registered");
@@ -45,9 +44,9 @@ fn config(apple: &Apple, pem: &str) -> Value {
 }
 
 /// A stand-in, a channel talking to it, and their shared clock.
-async fn setup() -> (Apple, Arc<dyn Channel>, Clock, String) {
+async fn setup() -> (Apple, Arc<dyn Channel>, ManualClock, String) {
     let (pem, public) = p8_key();
-    let clock = Clock::new();
+    let clock = test_clock();
     let apple = Apple::start(public, clock.clone()).await;
     let ch = build(config(&apple, &pem), &clock.services()).expect("a valid configuration");
     (apple, ch, clock, pem)
@@ -55,9 +54,9 @@ async fn setup() -> (Apple, Arc<dyn Channel>, Clock, String) {
 
 /// A stand-in and two instances with the same team, key and one shared cache (and clock):
 /// two "nodes" of a cluster.
-async fn two_nodes() -> (Apple, [Arc<dyn Channel>; 2], Clock, Arc<WatchedCache>) {
+async fn two_nodes() -> (Apple, [Arc<dyn Channel>; 2], ManualClock, Arc<WatchedCache>) {
     let (pem, public) = p8_key();
-    let clock = Clock::new();
+    let clock = test_clock();
     let apple = Apple::start(public, clock.clone()).await;
     let cache = WatchedCache::new();
     let services = cache.services(clock.services());
@@ -128,7 +127,7 @@ async fn a_notification_goes_over_http2_with_every_header_and_the_body() {
     // ttl defaults to 4 weeks.
     assert_eq!(
         headers["apns-expiration"],
-        (clock.now() + 28 * 24 * 3600).to_string()
+        (clock.unix_secs() + 28 * 24 * 3600).to_string()
     );
     assert_eq!(
         body,
@@ -147,17 +146,17 @@ async fn the_provider_token_is_reused_and_rotated_after_50_minutes() {
     let out = to_devices(message("t", "b"), "42", &[&device(1), &device(2)]);
     ch.send(&out).await.unwrap();
     for _ in 0..4 {
-        clock.advance_minutes(10); // 10, 20, 30, 40 minutes
+        clock.advance(minutes(10)); // 10, 20, 30, 40 minutes
         ch.send(&out).await.unwrap();
     }
     assert_eq!(apple.distinct_tokens(), 1);
-    clock.advance_minutes(11); // 51 minutes
+    clock.advance(minutes(11)); // 51 minutes
     ch.send(&out).await.unwrap();
     assert_eq!(apple.distinct_tokens(), 2);
-    clock.advance_minutes(45); // the new token is 45 minutes old
+    clock.advance(minutes(45)); // the new token is 45 minutes old
     ch.send(&out).await.unwrap();
     assert_eq!(apple.distinct_tokens(), 2);
-    clock.advance_minutes(5);
+    clock.advance(minutes(5));
     ch.send(&out).await.unwrap();
     assert_eq!(apple.distinct_tokens(), 3);
     assert_eq!(apple.seen(|s| (s.requests, s.accepted.len())), (16, 16));
@@ -172,13 +171,13 @@ async fn expired_provider_token_is_replaced_once_but_not_within_20_minutes() {
     let first = apple.seen(|s| s.tokens[0].clone());
     apple.seen(|s| s.expired.insert(first));
     // 5 minutes later Apple calls it expired: a new one would be refused (429), so no.
-    clock.advance_minutes(5);
+    clock.advance(minutes(5));
     let e = ch.send(&out).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Transient, "{e}");
     assert_eq!(e.code(), Some("ExpiredProviderToken"));
     assert_eq!(apple.distinct_tokens(), 1);
     // 25 minutes after it was made: replaced, and the device is retried once.
-    clock.advance_minutes(20);
+    clock.advance(minutes(20));
     assert_eq!(ch.send(&out).await.unwrap(), provider_id(2));
     assert_eq!(apple.distinct_tokens(), 2);
     // 1 + 1 refused + (1 refused, 1 retried).
@@ -445,7 +444,7 @@ async fn two_nodes_sending_concurrently_sign_one_provider_token() {
     }
     assert_eq!(apple.distinct_tokens(), 1);
     // 51 minutes later: one new token for both.
-    clock.advance_minutes(51);
+    clock.advance(minutes(51));
     for result in send_on_both_at_once(&nodes, &cache, &device(2)).await {
         assert!(matches!(result, Ok(Accepted::Sent { .. })), "{result:?}");
     }
@@ -465,14 +464,14 @@ async fn an_expired_provider_token_is_replaced_once_for_both_nodes() {
     let first = apple.seen(|s| s.tokens[0].clone());
     apple.seen(|s| s.expired.insert(first));
     // 5 minutes after it was signed: no node signs another (Apple allows one per 20 min).
-    clock.advance_minutes(5);
+    clock.advance(minutes(5));
     for ch in &nodes {
         let e = ch.send(&out).await.unwrap_err();
         assert_eq!(e.code(), Some("ExpiredProviderToken"), "{e}");
     }
     assert_eq!(apple.distinct_tokens(), 1);
     // 25 minutes after: both refused at once, one new token for both, each device retried.
-    clock.advance_minutes(20);
+    clock.advance(minutes(20));
     for result in send_on_both_at_once(&nodes, &cache, &device(1)).await {
         assert!(matches!(result, Ok(Accepted::Sent { .. })), "{result:?}");
     }
@@ -490,7 +489,7 @@ async fn an_expired_provider_token_is_replaced_once_for_both_nodes() {
 async fn a_token_another_node_signed_with_a_wrong_key_is_replaced() {
     let (pem, public) = p8_key();
     let (wrong_pem, _) = p8_key();
-    let clock = Clock::new();
+    let clock = test_clock();
     let apple = Apple::start(public, clock.clone()).await;
     let cache = WatchedCache::new();
     let services = cache.services(clock.services());

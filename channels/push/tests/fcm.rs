@@ -1,24 +1,17 @@
 //! `push.fcm` against a local stand-in for Google's OAuth token endpoint and the FCM HTTP v1
-//! API (tests/support): it verifies the RS256 assertion with the service account's public
-//! key and its claims, checks the bearer token and the message body, and answers with FCM's
-//! documented errors when a device token is scripted to fail.
-
-#[path = "support/fcm_service.rs"]
-mod service;
-
-#[path = "support/cluster.rs"]
-mod cluster;
+//! API (`herald_channel_push::testing::fcm`): it verifies the RS256 assertion with the
+//! service account's public key and its claims, checks the bearer token and the message
+//! body, and answers with FCM's documented errors when a device token is scripted to fail.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use cluster::WatchedCache;
 use herald_channel::testkit::{message, rendered, to_devices};
 use herald_channel::{Accepted, BuildContext, Channel, ConfigError, ErrorKind, Services};
+use herald_channel_push::testing::fcm as service;
+use herald_channel_push::testing::{test_clock, ManualClock, WatchedCache};
 use serde_json::{json, Value};
-use service::{key, Clock, Google, CLIENT_EMAIL, PROJECT};
-
-use herald_channel_push as _;
+use service::{key, Google, CLIENT_EMAIL, PROJECT};
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -33,13 +26,13 @@ fn build(config: Value, services: &Services) -> Result<Arc<dyn Channel>, ConfigE
     })
 }
 
-fn channel(google: &Google, clock: &Clock) -> Arc<dyn Channel> {
+fn channel(google: &Google, clock: &ManualClock) -> Arc<dyn Channel> {
     build(google.config(), &clock.services()).expect("a valid configuration")
 }
 
 /// Two instances with the same service account and one shared cache (and clock): two
 /// "nodes" of a cluster.
-fn two_nodes(google: &Google, clock: &Clock) -> ([Arc<dyn Channel>; 2], Arc<WatchedCache>) {
+fn two_nodes(google: &Google, clock: &ManualClock) -> ([Arc<dyn Channel>; 2], Arc<WatchedCache>) {
     let cache = WatchedCache::new();
     let services = cache.services(clock.services());
     let node = || build(google.config(), &services).expect("a valid configuration");
@@ -67,7 +60,7 @@ fn registered_as_a_device_channel() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_sends_share_one_token_and_every_device_gets_the_message() {
     let google = Google::start().await;
-    let ch = channel(&google, &Clock::new());
+    let ch = channel(&google, &test_clock());
     let mut tasks = Vec::new();
     for i in 0..6 {
         let ch = ch.clone();
@@ -111,7 +104,7 @@ async fn concurrent_sends_share_one_token_and_every_device_gets_the_message() {
 #[tokio::test]
 async fn the_rendered_template_is_sent_with_string_data() {
     let google = Google::start().await;
-    let ch = channel(&google, &Clock::new());
+    let ch = channel(&google, &test_clock());
     let mut out = to_devices(message("Hello", "World"), "42", &["device-1"]);
     out.rendered = Some(rendered(&[(
         "json",
@@ -140,14 +133,14 @@ async fn the_rendered_template_is_sent_with_string_data() {
 #[tokio::test]
 async fn the_token_is_reused_until_five_minutes_before_it_expires() {
     let google = Google::start().await;
-    let clock = Clock::new();
+    let clock = test_clock();
     let ch = channel(&google, &clock);
     let out = to_devices(message("t", "b"), "42", &["device-1"]);
     ch.send(&out).await.unwrap();
-    clock.advance(3599 - 300 - 1);
+    clock.advance(Duration::from_secs(3599 - 300 - 1));
     ch.send(&out).await.unwrap();
     assert_eq!(google.seen(|s| s.token_fetches), 1);
-    clock.advance(1);
+    clock.advance(Duration::from_secs(1));
     ch.send(&out).await.unwrap();
     assert_eq!(google.seen(|s| s.token_fetches), 2);
     google.assert_no_problems();
@@ -156,7 +149,7 @@ async fn the_token_is_reused_until_five_minutes_before_it_expires() {
 #[tokio::test]
 async fn an_expired_token_is_refreshed_once_within_the_attempt() {
     let google = Google::start().await;
-    let ch = channel(&google, &Clock::new());
+    let ch = channel(&google, &test_clock());
     let out = to_devices(message("t", "b"), "42", &["device-1"]);
     ch.send(&out).await.unwrap();
     google.seen(|s| {
@@ -176,7 +169,7 @@ async fn an_expired_token_is_refreshed_once_within_the_attempt() {
 #[tokio::test]
 async fn an_unregistered_device_is_marked_dead_and_the_others_get_it() {
     let google = Google::start().await;
-    let ch = channel(&google, &Clock::new());
+    let ch = channel(&google, &test_clock());
     google.script("gone", 404, "UNREGISTERED", None);
     let out = to_devices(message("t", "b"), "42", &["gone", "alive"]);
     assert_eq!(
@@ -195,7 +188,7 @@ async fn an_unregistered_device_is_marked_dead_and_the_others_get_it() {
 #[tokio::test]
 async fn all_devices_unregistered_is_a_bad_recipient() {
     let google = Google::start().await;
-    let ch = channel(&google, &Clock::new());
+    let ch = channel(&google, &test_clock());
     google.script("gone-1", 404, "UNREGISTERED", None);
     google.script("gone-2", 404, "UNREGISTERED", None);
     let out = to_devices(message("t", "b"), "42", &["gone-1", "gone-2"]);
@@ -211,7 +204,7 @@ async fn all_devices_unregistered_is_a_bad_recipient() {
 #[tokio::test]
 async fn no_device_is_a_bad_recipient_without_a_request() {
     let google = Google::start().await;
-    let ch = channel(&google, &Clock::new());
+    let ch = channel(&google, &test_clock());
     let out = to_devices(message("t", "b"), "42", &[]);
     let e = ch.send(&out).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::BadRecipient);
@@ -222,7 +215,7 @@ async fn no_device_is_a_bad_recipient_without_a_request() {
 #[tokio::test]
 async fn vendor_errors_are_classified() {
     let google = Google::start().await;
-    let ch = channel(&google, &Clock::new());
+    let ch = channel(&google, &test_clock());
     google.script("quota", 429, "QUOTA_EXCEEDED", Some(42));
     google.script("down", 503, "UNAVAILABLE", None);
     google.script("bad", 400, "INVALID_ARGUMENT", None);
@@ -270,7 +263,7 @@ async fn vendor_errors_are_classified() {
 #[tokio::test]
 async fn a_payload_over_4_kib_is_refused_without_a_request() {
     let google = Google::start().await;
-    let ch = channel(&google, &Clock::new());
+    let ch = channel(&google, &test_clock());
     let mut out = to_devices(message("t", "b"), "42", &["device-1"]);
     let data = format!(
         r#"{{"title": "T", "body": "B", "data": {{"x": "{}"}}}}"#,
@@ -294,7 +287,7 @@ fn long_text() -> (String, String) {
 #[tokio::test]
 async fn a_2999_byte_content_arrives_whole() {
     let google = Google::start().await;
-    let ch = channel(&google, &Clock::new());
+    let ch = channel(&google, &test_clock());
     let (title, content) = long_text();
     let out = to_devices(message(&title, &content), "42", &["device-1"]);
     assert!(matches!(ch.send(&out).await, Ok(Accepted::Sent { .. })));
@@ -307,7 +300,7 @@ async fn a_2999_byte_content_arrives_whole() {
 #[tokio::test]
 async fn content_over_the_fcm_limit_fails_permanent_and_is_never_cut() {
     let google = Google::start().await;
-    let ch = channel(&google, &Clock::new());
+    let ch = channel(&google, &test_clock());
     let content = "x".repeat(4096);
     let out = to_devices(message("Report", &content), "42", &["device-1"]);
     let e = ch.send(&out).await.unwrap_err();
@@ -328,7 +321,7 @@ async fn a_refused_assertion_is_a_configuration_error() {
     let mut account = google.service_account();
     account["client_email"] = json!("someone-else@herald-test.iam.gserviceaccount.com");
     let config = json!({"service_account": account.to_string(), "endpoint": google.endpoint()});
-    let ch = build(config, &Clock::new().services()).unwrap();
+    let ch = build(config, &test_clock().services()).unwrap();
     let out = to_devices(message("t", "b"), "42", &["device-1"]);
     let e = ch.send(&out).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Config, "{e}");
@@ -420,7 +413,7 @@ async fn android_and_apns_tables_are_passed_through() {
     let mut config = google.config();
     config["android"] = json!({"priority": "high", "ttl": "3600s"});
     config["apns"] = json!({"headers": {"apns-priority": "10"}});
-    let ch = build(config, &Clock::new().services()).unwrap();
+    let ch = build(config, &test_clock().services()).unwrap();
     let out = to_devices(message("t", "b"), "42", &["device-1"]);
     ch.send(&out).await.unwrap();
     google.assert_no_problems();
@@ -432,7 +425,7 @@ async fn android_and_apns_tables_are_passed_through() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_sending_concurrently_fetch_one_token() {
     let google = Google::start().await;
-    let (nodes, cache) = two_nodes(&google, &Clock::new());
+    let (nodes, cache) = two_nodes(&google, &test_clock());
     // The node that fetches keeps the refresh lock until we let it store the token.
     cache.hold_sets();
     let mut tasks = Vec::new();
@@ -462,7 +455,7 @@ async fn two_nodes_sending_concurrently_fetch_one_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_revoked_on_two_nodes_is_refreshed_once_for_both() {
     let google = Google::start().await;
-    let (nodes, cache) = two_nodes(&google, &Clock::new());
+    let (nodes, cache) = two_nodes(&google, &test_clock());
     let out = to_devices(message("t", "b"), "42", &["device-1"]);
     for ch in &nodes {
         ch.send(&out).await.unwrap();

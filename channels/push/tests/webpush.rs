@@ -1,8 +1,6 @@
 //! `push.webpush` end to end: the channel, built through its descriptor, against a local
-//! push service that verifies VAPID and decrypts every message (tests/support).
-
-#[path = "support/webpush_service.rs"]
-mod service;
+//! push service that verifies VAPID and decrypts every message
+//! (`herald_channel_push::testing::webpush`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,13 +11,13 @@ use herald_channel::{
     testkit, Accepted, AddressKind, BuildContext, Channel, ConfigError, ErrorKind, Outgoing,
     Services,
 };
+use herald_channel_push::testing::webpush as service;
 use p256::elliptic_curve::sec1::ToEncodedPoint;
 use p256::SecretKey;
 use serde_json::{json, Value};
 use service::{random_secret, PushService, Reply};
 
 // The descriptor lives in the library: link it.
-use herald_channel_push as _;
 
 const SUBJECT: &str = "mailto:ops@herald.example";
 

@@ -16,6 +16,11 @@
 //! 3. Link the crate into the `herald` binary (`extern crate my_channel as _;`): an unreferenced
 //!    crate is not linked and silently does not register.
 //!
+//! Lay the crate out as every channel crate is (`README.md`, "Layout of a channel crate"):
+//! `lib.rs` registers, `common.rs` shares, one file per provider, fakes behind a `testing`
+//! feature. Use [`config_error`], [`clock`] and, with the `http` feature, `http` rather
+//! than writing your own.
+//!
 //! ```
 //! use herald_channel::*;
 //! use std::sync::Arc;
@@ -49,6 +54,9 @@ use std::time::Duration;
 pub use async_trait::async_trait;
 pub use inventory;
 
+pub mod clock;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod shared;
 pub mod testkit;
 
@@ -278,6 +286,12 @@ impl ConfigError {
             message: message.into(),
         }
     }
+}
+
+/// A validation failure of `key` in instance `instance`'s table:
+/// `channels.<instance>: <key>: <message>`. Never put a secret value into `message`.
+pub fn config_error(instance: &str, key: &str, message: impl fmt::Display) -> ConfigError {
+    ConfigError::new(instance, format!("{key}: {message}"))
 }
 
 /// The message as channels see it. Shared by every delivery of one message.
@@ -746,5 +760,16 @@ mod tests {
         };
         let err = parse_config::<Cfg>(&ctx).unwrap_err();
         assert!(err.to_string().contains("missing field `host`"), "{err}");
+    }
+
+    #[test]
+    fn config_errors_name_instance_and_key() {
+        let e = config_error("sms", "timeout", "must be longer than 0s");
+        assert_eq!(
+            e.to_string(),
+            "channels.sms: timeout: must be longer than 0s"
+        );
+        assert_eq!(e.instance, "sms");
+        assert_eq!(e.message, "timeout: must be longer than 0s");
     }
 }

@@ -2,14 +2,84 @@
 //!
 //! [`ScriptedChannel`] records every delivery it is handed and answers with scripted
 //! outcomes (then `Sent` once the script is used up), so dispatcher behaviour can be tested
-//! without a network.
+//! without a network. [`ManualClock`] is a [`Clock`] that moves only when told to.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use std::sync::Arc;
 
-use crate::{async_trait, Accepted, Channel, ChannelError, MessageView, Outgoing, Rendered};
+use crate::clock::Clock;
+use crate::{
+    async_trait, Accepted, Channel, ChannelError, MessageView, Outgoing, Rendered, Services,
+};
+
+/// A [`Clock`] that moves only when told to ([`ManualClock::advance`]); clones share the
+/// time. Its wall clock starts where it is told ([`ManualClock::at`]), by default at the
+/// present (whole milliseconds); its monotonic clock at the moment it was made.
+#[derive(Debug, Clone)]
+pub struct ManualClock {
+    start: Instant,
+    wall: SystemTime,
+    offset: Arc<Mutex<Duration>>,
+}
+
+impl Default for ManualClock {
+    /// Starts at the present, in whole milliseconds.
+    fn default() -> Self {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        ManualClock::at(UNIX_EPOCH + Duration::from_millis(now.as_millis() as u64))
+    }
+}
+
+impl ManualClock {
+    /// A clock whose wall time reads `wall` until moved.
+    pub fn at(wall: SystemTime) -> Self {
+        ManualClock {
+            start: Instant::now(),
+            wall,
+            offset: Arc::new(Mutex::new(Duration::ZERO)),
+        }
+    }
+
+    /// A clock whose wall time reads `secs` seconds after the Unix epoch until moved.
+    pub fn at_unix_secs(secs: u64) -> Self {
+        ManualClock::at(UNIX_EPOCH + Duration::from_secs(secs))
+    }
+
+    /// Move both clocks forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        *self.offset.lock().unwrap_or_else(|p| p.into_inner()) += by;
+    }
+
+    /// Services lending this clock, as a host would ([`crate::clock::from_services`]).
+    pub fn services(&self) -> Services {
+        let mut services = Services::default();
+        self.lend(&mut services);
+        services
+    }
+
+    /// Lend this clock through `services`.
+    pub fn lend(&self, services: &mut Services) {
+        services.insert::<Arc<dyn Clock>>(Arc::new(self.clone()));
+    }
+
+    fn offset(&self) -> Duration {
+        *self.offset.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Clock for ManualClock {
+    fn instant(&self) -> Instant {
+        self.start + self.offset()
+    }
+    fn wall(&self) -> SystemTime {
+        self.wall + self.offset()
+    }
+}
 
 /// A message view for tests.
 pub fn message(title: &str, content: &str) -> Arc<MessageView> {
@@ -115,6 +185,24 @@ mod tests {
         };
         block_on(fut);
         assert_eq!(ch.seen().len(), 2);
+    }
+
+    #[test]
+    fn manual_clock_moves_when_told_and_clones_share_it() {
+        let clock = ManualClock::at_unix_secs(1_800_000_000);
+        let copy = clock.clone();
+        let start = copy.instant();
+        assert_eq!(copy.unix_secs(), 1_800_000_000);
+        clock.advance(Duration::from_millis(1_500));
+        assert_eq!(copy.now_ms(), 1_800_000_001_500);
+        assert_eq!(copy.instant() - start, Duration::from_millis(1_500));
+        let now = ManualClock::default();
+        let since_epoch = now.wall().duration_since(UNIX_EPOCH).unwrap();
+        assert_eq!(
+            since_epoch.subsec_nanos() % 1_000_000,
+            0,
+            "whole milliseconds"
+        );
     }
 
     /// A minimal executor: the futures here never pend.

@@ -20,6 +20,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use base64::Engine;
+use herald_channel::clock::{self, Clock, SystemClock};
+use herald_channel::http::{http_client, MAX_CONNECT_TIMEOUT};
 use herald_channel::{
     async_trait, Accepted, BuildContext, Channel, ChannelError, ConfigError, ErrorKind, Health,
     Outgoing,
@@ -30,10 +32,10 @@ use serde::Deserialize;
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
-use crate::{
-    config_error, data_value, default_timeout, e164, http_client, parse, parse_base_url,
-    parse_timeout, read_body, request_error, required, retry_after_of, scalar, template_name,
-    unmapped, vendor_text, AccountHealth, Failure, Secret, Verdict,
+use crate::common::{
+    check_base_url, config_error, data_value, default_timeout, e164, parse, parse_timeout,
+    read_body, request_error, required, retry_after_of, scalar, template_name, unmapped,
+    vendor_text, AccountHealth, Failure, Secret, Verdict, USER_AGENT,
 };
 
 pub(crate) const DEFAULT_ENDPOINT: &str = "https://dysmsapi.aliyuncs.com";
@@ -122,7 +124,9 @@ struct Template {
 
 pub(crate) fn build(ctx: BuildContext<'_>) -> Result<Arc<dyn Channel>, ConfigError> {
     let cfg: Config = parse(&ctx)?;
-    Ok(Arc::new(AliyunSms::new(ctx.name, cfg)?))
+    let mut channel = AliyunSms::new(ctx.name, cfg)?;
+    channel.clock = clock::from_services(ctx.services);
+    Ok(Arc::new(channel))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -139,6 +143,9 @@ pub(crate) struct AliyunSms {
     region: String,
     http: reqwest::Client,
     health: AccountHealth,
+    /// The signature's timestamp (the SDK's clock, from the services; the system clock by
+    /// default).
+    clock: Arc<dyn Clock>,
 }
 
 impl fmt::Debug for AliyunSms {
@@ -199,7 +206,7 @@ impl AliyunSms {
                 },
             );
         }
-        let endpoint = parse_base_url(name, "endpoint", &cfg.endpoint)?;
+        let endpoint = check_base_url(name, "endpoint", &cfg.endpoint)?;
         let region = required(name, "region", &cfg.region)?;
         let timeout = parse_timeout(name, &cfg.timeout)?;
         Ok(Self {
@@ -210,8 +217,9 @@ impl AliyunSms {
             endpoint,
             signature: cfg.signature,
             region,
-            http: http_client(name, timeout)?,
+            http: http_client(name, USER_AGENT, timeout.min(MAX_CONNECT_TIMEOUT), timeout)?,
             health: AccountHealth::new(name),
+            clock: Arc::new(SystemClock),
         })
     }
 
@@ -278,7 +286,7 @@ impl AliyunSms {
         url.set_query(Some(&query));
         let mut headers = BTreeMap::new();
         for (k, v) in [
-            ("host", crate::host_header(&url)),
+            ("host", crate::common::host_header(&url)),
             ("x-acs-action", ACTION.to_owned()),
             ("x-acs-content-sha256", EMPTY_SHA256.to_owned()),
             ("x-acs-date", date.to_owned()),
@@ -303,7 +311,7 @@ impl AliyunSms {
 
     async fn attempt(&self, out: &Outgoing) -> Result<Accepted, Failure> {
         let params = self.params(out)?;
-        let now = time::OffsetDateTime::now_utc();
+        let now = time::OffsetDateTime::from(self.clock.wall());
         let timestamp = now
             .format(&time::macros::format_description!(
                 "[year]-[month]-[day]T[hour]:[minute]:[second]Z"

@@ -12,6 +12,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use herald_channel::clock::{self, Clock, SystemClock};
+use herald_channel::http::{http_client, MAX_CONNECT_TIMEOUT};
 use herald_channel::{
     async_trait, Accepted, BuildContext, Channel, ChannelError, ConfigError, Defaults, ErrorKind,
     Health, Outgoing,
@@ -20,10 +22,10 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::{
-    config_error, data_value, default_timeout, e164, host_header, http_client, id_string, parse,
-    parse_base_url, parse_timeout, read_body, request_error, required, retry_after_of,
-    template_name, unmapped, vendor_text, AccountHealth, Failure, Secret, Verdict,
+use crate::common::{
+    check_base_url, config_error, data_value, default_timeout, e164, host_header, id_string, parse,
+    parse_timeout, read_body, request_error, required, retry_after_of, template_name, unmapped,
+    vendor_text, AccountHealth, Failure, Secret, Verdict, USER_AGENT,
 };
 
 pub(crate) const DEFAULT_ENDPOINT: &str = "https://sms.tencentcloudapi.com";
@@ -96,7 +98,9 @@ struct Template {
 
 pub(crate) fn build(ctx: BuildContext<'_>) -> Result<Arc<dyn Channel>, ConfigError> {
     let cfg: Config = parse(&ctx)?;
-    Ok(Arc::new(TencentSms::new(ctx.name, cfg)?))
+    let mut channel = TencentSms::new(ctx.name, cfg)?;
+    channel.clock = clock::from_services(ctx.services);
+    Ok(Arc::new(channel))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -115,6 +119,9 @@ pub(crate) struct TencentSms {
     region: String,
     http: reqwest::Client,
     health: AccountHealth,
+    /// The signature's timestamp (the SDK's clock, from the services; the system clock by
+    /// default).
+    clock: Arc<dyn Clock>,
 }
 
 impl fmt::Debug for TencentSms {
@@ -189,7 +196,7 @@ impl TencentSms {
                 },
             );
         }
-        let endpoint = parse_base_url(name, "endpoint", &cfg.endpoint)?;
+        let endpoint = check_base_url(name, "endpoint", &cfg.endpoint)?;
         let region = required(name, "region", &cfg.region)?;
         let timeout = parse_timeout(name, &cfg.timeout)?;
         Ok(Self {
@@ -201,8 +208,9 @@ impl TencentSms {
             host: host_header(&endpoint),
             endpoint,
             region,
-            http: http_client(name, timeout)?,
+            http: http_client(name, USER_AGENT, timeout.min(MAX_CONNECT_TIMEOUT), timeout)?,
             health: AccountHealth::new(name),
+            clock: Arc::new(SystemClock),
         })
     }
 
@@ -245,7 +253,7 @@ impl TencentSms {
 
     async fn attempt(&self, out: &Outgoing) -> Result<Accepted, Failure> {
         let body = self.body(out)?;
-        let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
+        let timestamp = time::OffsetDateTime::from(self.clock.wall()).unix_timestamp();
         let authorization = self.authorization(&body, timestamp)?;
         let response = self
             .http

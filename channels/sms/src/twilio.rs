@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
+use herald_channel::http::{http_client, MAX_CONNECT_TIMEOUT};
 use herald_channel::{
     async_trait, Accepted, BuildContext, CallbackError, CallbackRequest, Channel, ChannelError,
     ConfigError, ErrorKind, Health, Outgoing, Receipt, ReceiptFor,
@@ -22,10 +23,10 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha1::Sha1;
 
-use crate::{
-    config_error, default_timeout, e164, http_client, parse, parse_base_url, parse_timeout,
-    read_body, request_error, required, retry_after_of, vendor_text, AccountHealth, Failure,
-    Secret, Verdict,
+use crate::common::{
+    check_base_url, config_error, default_timeout, e164, parse, parse_timeout, read_body,
+    request_error, required, retry_after_of, vendor_text, AccountHealth, Failure, Secret, Verdict,
+    USER_AGENT,
 };
 
 pub(crate) const DEFAULT_ENDPOINT: &str = "https://api.twilio.com";
@@ -152,7 +153,7 @@ impl TwilioSms {
                     config_error(
                         name,
                         "status_callback_url",
-                        &format!("not a valid URL ({e})"),
+                        format!("not a valid URL ({e})"),
                     )
                 })?;
                 if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
@@ -179,12 +180,12 @@ impl TwilioSms {
                 Some(url)
             }
         };
-        let endpoint = parse_base_url(name, "endpoint", &cfg.endpoint)?;
+        let endpoint = check_base_url(name, "endpoint", &cfg.endpoint)?;
         let messages_url = reqwest::Url::parse(&format!(
             "{}/2010-04-01/Accounts/{account_sid}/Messages.json",
             endpoint.as_str().trim_end_matches('/')
         ))
-        .map_err(|e| config_error(name, "endpoint", &format!("not a valid URL ({e})")))?;
+        .map_err(|e| config_error(name, "endpoint", format!("not a valid URL ({e})")))?;
         let timeout = parse_timeout(name, &cfg.timeout)?;
         Ok(Self {
             account_sid,
@@ -192,7 +193,7 @@ impl TwilioSms {
             sender,
             status_callback,
             messages_url,
-            http: http_client(name, timeout)?,
+            http: http_client(name, USER_AGENT, timeout.min(MAX_CONNECT_TIMEOUT), timeout)?,
             health: AccountHealth::new(name),
         })
     }

@@ -1,23 +1,15 @@
 //! `sms.aliyun` end to end, built through its descriptor, against a local dysmsapi
-//! (`vendors/aliyun.rs`) that recomputes RPC v1 and ACS3 signatures from the received request as Aliyun does and
+//! (`herald_channel_sms::testing::aliyun`) that recomputes RPC v1 and ACS3 signatures from the received request as Aliyun does and
 //! answers with Aliyun's documented replies.
-
-mod common;
-mod vendors;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-// `vendors` reaches the harness as `crate::sms_common`, as in the server's `tests/sms.rs`.
-use common as sms_common;
-use common::*;
 use herald_channel::{Accepted, AddressKind, Channel, ErrorKind, Health};
+use herald_channel_sms::testing::aliyun::*;
+use herald_channel_sms::testing::*;
 use serde_json::json;
-use vendors::aliyun::*;
-
-// Link the crate so its descriptors register.
-use herald_channel_sms as _;
 
 fn config(server: &Server, signature: &str, secret: &str) -> serde_json::Value {
     json!({

@@ -1,23 +1,17 @@
 //! `sms.tencent` end to end, built through its descriptor, against a local Tencent Cloud API
-//! (`vendors/tencent.rs`) that checks the `X-TC-*` headers, recomputes the TC3-HMAC-SHA256
+//! (`herald_channel_sms::testing::tencent`) that checks the `X-TC-*` headers, recomputes the TC3-HMAC-SHA256
 //! signature from the received request as Tencent does and answers with Tencent's
 //! documented replies.
 
-mod common;
-mod vendors;
-
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-// `vendors` reaches the harness as `crate::sms_common`, as in the server's `tests/sms.rs`.
-use common as sms_common;
-use common::*;
+use herald_channel::clock::Clock;
+use herald_channel::testkit::ManualClock;
 use herald_channel::{Accepted, Channel, ErrorKind, Health};
+use herald_channel_sms::testing::tencent::*;
+use herald_channel_sms::testing::*;
 use serde_json::json;
-use vendors::tencent::*;
-
-// Link the crate so its descriptors register.
-use herald_channel_sms as _;
 
 fn config(server: &Server, secret_key: &str) -> serde_json::Value {
     json!({
@@ -39,6 +33,31 @@ async fn setup() -> (Arc<TencentCloud>, Server, Arc<dyn Channel>) {
     let server = Server::start(vendor.clone()).await;
     let channel = build("sms.tencent", "tc", config(&server, SECRET_KEY)).expect("valid config");
     (vendor, server, channel)
+}
+
+/// The signature's timestamp is the clock the services lend: ten minutes behind, Tencent
+/// refuses the request as expired.
+#[tokio::test]
+async fn the_timestamp_comes_from_the_lent_clock() {
+    let vendor = Arc::new(TencentCloud::default());
+    let server = Server::start(vendor.clone()).await;
+    let behind = ManualClock::at(SystemTime::now() - Duration::from_secs(600));
+    let channel = build_with(
+        "sms.tencent",
+        "tc",
+        config(&server, SECRET_KEY),
+        &behind.services(),
+    )
+    .expect("valid config");
+    let err = channel.send(&report(1)).await.unwrap_err();
+    assert_eq!(err.code(), Some("AuthFailure.SignatureExpire"), "{err}");
+    let sent: u64 = server
+        .only_request()
+        .header("x-tc-timestamp")
+        .expect("a timestamp")
+        .parse()
+        .expect("unix seconds");
+    assert_eq!(sent, behind.unix_secs());
 }
 
 fn report(delivery_id: i64) -> herald_channel::Outgoing {

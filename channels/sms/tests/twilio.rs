@@ -1,27 +1,19 @@
 //! `sms.twilio` end to end, built through its descriptor, against a local Twilio Messages
-//! API (`vendors/twilio.rs`) that checks HTTP Basic auth and the form as Twilio does and
+//! API (`herald_channel_sms::testing::twilio`) that checks HTTP Basic auth and the form as Twilio does and
 //! answers with Twilio's documented Message and error bodies; and StatusCallbacks signed the
 //! way Twilio signs them.
-
-mod common;
-mod vendors;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-// `vendors` reaches the harness as `crate::sms_common`, as in the server's `tests/sms.rs`.
-use common as sms_common;
-use common::*;
 use herald_channel::testkit::{message, outgoing, rendered};
 use herald_channel::{
     Accepted, CallbackError, CallbackRequest, Channel, ErrorKind, Health, Receipt, ReceiptFor,
 };
+use herald_channel_sms::testing::twilio::*;
+use herald_channel_sms::testing::*;
 use serde_json::json;
-use vendors::twilio::*;
-
-// Link the crate so its descriptors register.
-use herald_channel_sms as _;
 
 /// Call the channel's callback as the core does for `POST …?{query}` with `body`.
 async fn deliver_callback(

@@ -1,16 +1,19 @@
-//! What both WeChat channels share: secrets, configuration helpers, the HTTP client, and
-//! the mapping of HTTP-level failures (no answer, a proxy's error page) to classified errors.
+//! What both WeChat channels share: secrets, configuration helpers, and the mapping of HTTP-level failures (no answer, a proxy's error page) to
+//! classified errors.
 
 use std::borrow::Cow;
-use std::fmt;
 use std::time::Duration;
 
+use herald_channel::http::check_base_url;
 use herald_channel::{parse_config, BuildContext, ChannelError, ConfigError};
 use reqwest::{StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-/// `User-Agent` of every request.
+/// `User-Agent` of every request. Both channels build their client with
+/// [`herald_channel::http::http_client`], connecting within at most 5 s of `timeout`;
+/// redirects are never followed (they would carry the access token or webhook key to
+/// another address).
 pub(crate) const USER_AGENT: &str = concat!("herald-wechat/", env!("CARGO_PKG_VERSION"));
 
 /// Longest vendor `errmsg` kept in an error message.
@@ -23,7 +26,7 @@ pub(crate) fn default_timeout() -> String {
     DEFAULT_TIMEOUT.to_owned()
 }
 
-pub(crate) use herald_channel::Secret;
+pub(crate) use herald_channel::{config_error, Secret};
 
 /// [`parse_config`], plus the key's path in type errors (serde names the key only for
 /// unknown and missing fields; `timeout = 5` would otherwise just say "expected a string").
@@ -36,11 +39,6 @@ pub(crate) fn parse<T: DeserializeOwned>(ctx: &BuildContext<'_>) -> Result<T, Co
             _ => err,
         }
     })
-}
-
-/// `key: message` for instance `name`.
-pub(crate) fn config_error(name: &str, key: &str, message: impl fmt::Display) -> ConfigError {
-    ConfigError::new(name, format!("{key}: {message}"))
 }
 
 /// A humantime duration greater than zero.
@@ -58,42 +56,16 @@ pub(crate) fn parse_timeout(name: &str, value: &str) -> Result<Duration, ConfigE
     Ok(timeout)
 }
 
-/// An `http`/`https` base URL without query or fragment, returned without a trailing `/`
-/// so paths can be appended. Not secret: the value is quoted in errors.
+/// A base URL ([`check_base_url`]: http(s), a host, no credentials, query or fragment),
+/// returned without a trailing `/` so paths can be appended.
 pub(crate) fn parse_endpoint(name: &str, key: &str, value: &str) -> Result<String, ConfigError> {
-    let url = Url::parse(value.trim())
-        .map_err(|e| config_error(name, key, format!("`{value}` is not a URL ({e})")))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(config_error(
-            name,
-            key,
-            format!("`{value}`: expected an http(s) URL such as \"https://api.weixin.qq.com\""),
-        ));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(config_error(
-            name,
-            key,
-            format!("`{value}`: a base URL takes no query or fragment"),
-        ));
-    }
+    let url = check_base_url(name, key, value)?;
     Ok(url.as_str().trim_end_matches('/').to_owned())
 }
 
 /// `scheme://host[:port]` of a URL, for `Debug` output of URLs whose path or query is secret.
 pub(crate) fn origin(url: &Url) -> String {
     url.origin().ascii_serialization()
-}
-
-/// One client per instance: keeps connections alive and carries the timeout. Redirects are
-/// never followed: they would carry the access token or webhook key to another address.
-pub(crate) fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(5)))
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(USER_AGENT)
-        .build()
 }
 
 /// A request that got no HTTP answer: `transient`. The URL is stripped (it holds the access

@@ -6,12 +6,16 @@
 //!   official account to the recipient's `wechatOpenId`. The access token comes from
 //!   `stable_token`, lives in the core's shared cache under `herald:token:wechat:<appid>`
 //!   until `expires_in - 300` s (one token per account for the whole cluster) and is
-//!   refreshed by one caller in the cluster at a time ([`token`]); the clock is injectable
-//!   ([`Clock`]).
+//!   refreshed by one caller in the cluster at a time ([`token`]); the clock is the SDK's
+//!   injectable [`herald_channel::clock::Clock`].
 //! * [`KIND_ROBOT`] (`wechat.robot`, [`robot`]): a WeCom group robot's webhook; each delivery
 //!   is one post to the robot's group.
 //!
-//! HTTP is reqwest with rustls on the *ring* provider (no OpenSSL, no aws-lc-rs). Both
+//! What both share is in `common.rs`; with the `testing` feature, `testing` (not
+//! compiled otherwise) has local stand-ins for WeChat's API and a WeCom robot.
+//!
+//! HTTP is reqwest with rustls on the *ring* provider (no OpenSSL, no aws-lc-rs), through
+//! the SDK's `herald_channel::http`. Both
 //! descriptors register themselves with `inventory`; the `herald` binary links this crate with
 //! `extern crate herald_channel_wechat as _;`. Configuration, the error tables and limits are
 //! described in the crate's `README.md`.
@@ -26,9 +30,9 @@ use herald_channel::{AddressKind, ChannelDescriptor};
 mod common;
 pub mod robot;
 pub mod template;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod token;
-
-pub use token::{Clock, SystemClock};
 
 /// Official-account template messages.
 pub const KIND_TEMPLATE: &str = "wechat.template";

@@ -8,6 +8,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use herald_channel::http::{http_client, MAX_CONNECT_TIMEOUT};
 use herald_channel::{
     async_trait, Accepted, BuildContext, Channel, ChannelError, ConfigError, Defaults, Outgoing,
 };
@@ -16,8 +17,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::common::{
-    config_error, default_timeout, http_client, origin, parse, parse_endpoint, parse_timeout,
-    read_reply, request_error, truncate_bytes, vendor_text, Secret,
+    config_error, default_timeout, origin, parse, parse_endpoint, parse_timeout, read_reply,
+    request_error, truncate_bytes, vendor_text, Secret, USER_AGENT,
 };
 
 /// The default `endpoint`.
@@ -202,8 +203,7 @@ impl RobotChannel {
             }
         };
         let timeout = parse_timeout(name, &cfg.timeout)?;
-        let http = http_client(timeout)
-            .map_err(|e| ConfigError::new(name, format!("HTTP client: {e}")))?;
+        let http = http_client(name, USER_AGENT, timeout.min(MAX_CONNECT_TIMEOUT), timeout)?;
         Ok(Self {
             name: name.to_owned(),
             webhook,

@@ -14,6 +14,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use herald_channel::http::{http_client, MAX_CONNECT_TIMEOUT};
 use herald_channel::{
     async_trait, Accepted, BuildContext, Channel, ChannelError, ConfigError, Defaults, Health,
     Outgoing,
@@ -22,10 +23,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::common::{
-    config_error, default_timeout, http_client, parse, parse_endpoint, parse_timeout, read_reply,
-    request_error, vendor_text, Reply, Secret,
+    config_error, default_timeout, parse, parse_endpoint, parse_timeout, read_reply, request_error,
+    vendor_text, Reply, Secret, USER_AGENT,
 };
-use crate::token::{cache_key, Clock, Fetched, SystemClock, TokenCache};
+use crate::token::{cache_key, Fetched, TokenCache};
+use herald_channel::clock::{self, Clock};
 use herald_channel::shared::Shared;
 
 /// The default `endpoint`.
@@ -210,9 +212,8 @@ impl TemplateChannel {
                 (k, m)
             })
             .collect();
-        let http = http_client(timeout)
-            .map_err(|e| ConfigError::new(name, format!("HTTP client: {e}")))?;
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let http = http_client(name, USER_AGENT, timeout.min(MAX_CONNECT_TIMEOUT), timeout)?;
+        let clock = clock::from_services(ctx.services);
         let shared = Shared::from_services(ctx.services);
         Ok(Self {
             tokens: TokenCache::new(clock.clone(), shared.clone(), cache_key(&app_id)),
@@ -228,7 +229,8 @@ impl TemplateChannel {
         })
     }
 
-    /// Use `clock` for token expiry and quota retry times (tests). Call before the first
+    /// Use `clock` for token expiry and quota retry times (tests; a host lends one through
+    /// the services instead, [`herald_channel::clock::from_services`]). Call before the first
     /// send: the instance's copy of the token starts empty again (the shared one stays).
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.tokens = TokenCache::new(clock.clone(), self.shared.clone(), cache_key(&self.app_id));

@@ -1,7 +1,8 @@
 //! The access-token cache of `wechat.template`: one token per official account (AppID) for
 //! the whole cluster, kept in the core's shared cache ([`herald_channel::shared`]) and
 //! refreshed by one caller in the cluster at a time, with a short-lived in-process copy in
-//! front and an injectable [`Clock`].
+//! front and the SDK's injectable [`Clock`] (the channel's `ctx.services` lend one, or
+//! [`crate::template::TemplateChannel::with_clock`]).
 //!
 //! * **Shared.** The token lives under `herald:token:wechat:<appid>` ([`cache_key`]) for
 //!   `expires_in - 300` s, together with its refresh and expiry times in unix seconds, so every
@@ -30,8 +31,9 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use herald_channel::clock::Clock;
 use herald_channel::shared::{get_or_refresh, Shared};
 use herald_channel::ChannelError;
 use serde::{Deserialize, Serialize};
@@ -49,29 +51,6 @@ pub const LOCAL_RECHECK: Duration = Duration::from_secs(60);
 /// instance (and node) with the same account shares one token.
 pub fn cache_key(app_id: &str) -> String {
     format!("herald:token:wechat:{app_id}")
-}
-
-/// The time source of the token cache and of quota retry times, injectable so expiry is
-/// tested without sleeping ([`crate::template::TemplateChannel::with_clock`]).
-pub trait Clock: Send + Sync + 'static {
-    /// Monotonic time: how long the in-process copy is trusted ([`LOCAL_RECHECK`]).
-    fn now(&self) -> Instant;
-    /// Wall-clock time: token refresh and expiry (shared by every node) and "until midnight
-    /// Beijing time" for the daily quota (45009).
-    fn wall(&self) -> SystemTime;
-}
-
-/// The real clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
-    fn wall(&self) -> SystemTime {
-        SystemTime::now()
-    }
 }
 
 /// A token as WeChat handed it out.
@@ -144,12 +123,6 @@ pub(crate) struct TokenCache {
     failure: Mutex<Option<String>>,
 }
 
-fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 impl TokenCache {
     pub(crate) fn new(clock: Arc<dyn Clock>, shared: Shared, key: String) -> Self {
         Self {
@@ -163,7 +136,7 @@ impl TokenCache {
     }
 
     fn wall(&self) -> u64 {
-        unix_secs(self.clock.wall())
+        self.clock.unix_secs()
     }
 
     /// The last token fetch's error, while no later lookup succeeded.
@@ -186,7 +159,7 @@ impl TokenCache {
     {
         let seen = self.fetches.load(Ordering::Acquire);
         let mut state = self.state.lock().await;
-        let (now, wall) = (self.clock.now(), self.wall());
+        let (now, wall) = (self.clock.instant(), self.wall());
         if let Some(c) = state.current.as_ref() {
             if rejected != Some(&c.token) && wall < c.refresh_at && now < c.recheck_at {
                 return Ok(c.token.clone());
@@ -276,7 +249,7 @@ impl TokenCache {
                         raw,
                         refresh_at: entry.refresh_at,
                         expires_at: entry.expires_at,
-                        recheck_at: self.clock.now() + LOCAL_RECHECK,
+                        recheck_at: self.clock.instant() + LOCAL_RECHECK,
                     });
                 }
                 _ if round == 0 => {
@@ -314,36 +287,16 @@ impl TokenCache {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use herald_channel::shared::LocalCache;
+    use herald_channel::testkit::ManualClock;
     use std::sync::atomic::AtomicUsize;
+    use std::time::UNIX_EPOCH;
 
-    /// A clock that moves only when told to.
-    pub(crate) struct ManualClock {
-        start: Instant,
-        offset: Mutex<Duration>,
-    }
-
-    impl ManualClock {
-        pub(crate) fn new() -> Arc<Self> {
-            Arc::new(Self {
-                start: Instant::now(),
-                offset: Mutex::new(Duration::ZERO),
-            })
-        }
-        pub(crate) fn advance(&self, by: Duration) {
-            *self.offset.lock().unwrap() += by;
-        }
-    }
-
-    impl Clock for ManualClock {
-        fn now(&self) -> Instant {
-            self.start + *self.offset.lock().unwrap()
-        }
-        fn wall(&self) -> SystemTime {
-            SystemTime::UNIX_EPOCH + *self.offset.lock().unwrap()
-        }
+    /// A clock that moves only when told to, its wall clock starting at the Unix epoch.
+    fn manual_clock() -> Arc<ManualClock> {
+        Arc::new(ManualClock::at(UNIX_EPOCH))
     }
 
     /// Fetches counted, tokens numbered `T1`, `T2`, …; `forced` records force_refresh.
@@ -391,7 +344,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn cached_until_expires_in_minus_300() {
-        let clock = ManualClock::new();
+        let clock = manual_clock();
         let cache = alone(clock.clone());
         let f = Fetcher::default();
         let get = || cache.get(None, |force| f.fetch(force, 7200));
@@ -407,7 +360,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_rejected_token_forces_one_refresh() {
-        let cache = alone(ManualClock::new());
+        let cache = alone(manual_clock());
         let f = Fetcher::default();
         let t1 = cache.get(None, |force| f.fetch(force, 7200)).await.unwrap();
         let t2 = cache
@@ -426,7 +379,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn single_flight_on_a_cold_cache() {
-        let cache = Arc::new(alone(ManualClock::new()));
+        let cache = Arc::new(alone(manual_clock()));
         let f = Arc::new(Fetcher::default());
         let (release, gate) = tokio::sync::watch::channel(false);
         let mut tasks = Vec::new();
@@ -454,7 +407,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn queued_callers_share_a_failure_then_the_next_one_retries() {
-        let cache = Arc::new(alone(ManualClock::new()));
+        let cache = Arc::new(alone(manual_clock()));
         let calls = Arc::new(AtomicUsize::new(0));
         let (release, gate) = tokio::sync::watch::channel(false);
         let mut tasks = Vec::new();
@@ -493,7 +446,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn two_nodes_share_one_token_and_one_forced_refresh() {
         let shared = Shared(Arc::new(LocalCache::default()));
-        let clock = ManualClock::new();
+        let clock = manual_clock();
         let (a, b) = (node(clock.clone(), &shared), node(clock.clone(), &shared));
         let f = Fetcher::default();
         let t1 = a.get(None, |force| f.fetch(force, 7200)).await.unwrap();
@@ -524,7 +477,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_node_rereads_the_shared_token_after_a_minute() {
         let shared = Shared(Arc::new(LocalCache::default()));
-        let clock = ManualClock::new();
+        let clock = manual_clock();
         let (a, b) = (node(clock.clone(), &shared), node(clock.clone(), &shared));
         let f = Fetcher::default();
         let t1 = a.get(None, |force| f.fetch(force, 7200)).await.unwrap();
@@ -545,7 +498,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn concurrent_nodes_on_a_cold_cache_fetch_once() {
         let shared = Shared(Arc::new(LocalCache::default()));
-        let clock = ManualClock::new();
+        let clock = manual_clock();
         let nodes = [
             Arc::new(node(clock.clone(), &shared)),
             Arc::new(node(clock.clone(), &shared)),
@@ -577,7 +530,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn the_shared_entry_carries_the_times() {
         let shared = Shared(Arc::new(LocalCache::default()));
-        let clock = ManualClock::new();
+        let clock = manual_clock();
         clock.advance(secs(1000));
         let a = node(clock.clone(), &shared);
         let f = Fetcher::default();
@@ -611,7 +564,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_passing_failure_keeps_the_unexpired_token() {
-        let clock = ManualClock::new();
+        let clock = manual_clock();
         let cache = alone(clock.clone());
         let f = Fetcher::default();
         cache.get(None, |force| f.fetch(force, 7200)).await.unwrap();
@@ -625,7 +578,7 @@ pub(crate) mod tests {
         clock.advance(secs(200));
         assert!(cache.get(None, down).await.is_err());
         // A rejected token is never a fallback.
-        let cache = alone(ManualClock::new());
+        let cache = alone(manual_clock());
         let t1 = cache.get(None, |force| f.fetch(force, 7200)).await.unwrap();
         assert!(cache.get(Some(&t1), down).await.is_err());
         assert!(cache.get(None, down).await.is_err(), "T1 was dropped");

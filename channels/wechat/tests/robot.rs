@@ -1,13 +1,11 @@
 //! `wechat.robot` end to end: the channel, built through its descriptor, against a local
-//! WeCom robot webhook that checks the key and the body (tests/common).
-
-mod common;
+//! WeCom robot webhook that checks the key and the body (`herald_channel_wechat::testing`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use herald_channel::{testkit, Accepted, AddressKind, Channel, ErrorKind};
+use herald_channel_wechat::testing::*;
 use serde_json::json;
 
 fn channel(server: &RobotServer, extra: serde_json::Value) -> Arc<dyn Channel> {

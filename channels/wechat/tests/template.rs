@@ -1,14 +1,12 @@
 //! `wechat.template` end to end: the channel, built through its descriptor, against a local
-//! WeChat API that checks every request (tests/common).
-
-mod common;
+//! WeChat API that checks every request (`herald_channel_wechat::testing`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use herald_channel::{testkit, Accepted, AddressKind, BuildContext, Channel, ErrorKind, Services};
 use herald_channel_wechat::template::TemplateChannel;
+use herald_channel_wechat::testing::*;
 use serde_json::{json, Value};
 
 fn channel(server: &WeChatServer) -> Arc<dyn Channel> {
@@ -213,7 +211,7 @@ async fn recipients_who_cannot_receive() {
 #[tokio::test]
 async fn quotas_are_rate_limited_with_a_retry_time() {
     let server = WeChatServer::start().await;
-    let clock = ManualClock::new(); // 08:00 in Beijing
+    let clock = manual_clock(); // 08:00 in Beijing
     let ch = channel_with_clock(&server, clock);
     server.script_send([
         Answer::Json(json!({"errcode": 45009, "errmsg": "reach max api daily quota limit"})),
@@ -465,7 +463,7 @@ async fn a_token_refused_on_two_nodes_is_refreshed_once_for_both() {
 #[tokio::test]
 async fn the_token_is_refreshed_after_expires_in_minus_300s() {
     let server = WeChatServer::start().await;
-    let clock = ManualClock::new();
+    let clock = manual_clock();
     let ch = channel_with_clock(&server, clock.clone());
     sent(ch.send(&report_ready(FOLLOWER)).await);
     clock.advance(Duration::from_secs(7200 - 300 - 1));

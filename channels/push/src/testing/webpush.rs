@@ -8,8 +8,6 @@
 //! there were none. Every request is recorded before it is answered, so once `send`
 //! returns, what the channel sent is here. Nothing sleeps.
 
-#![allow(dead_code)]
-
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -9,7 +9,7 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde_json::json;
 
-use crate::sms_common::{Answer, Recorded, Vendor};
+use super::{Answer, Recorded, Vendor};
 
 /// The account the fake knows; its Auth Token is [`TOKEN`].
 pub const SID: &str = "AC0123456789abcdef0123456789abcdef";

@@ -10,7 +10,7 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::sms_common::{iso_utc, Answer, Recorded, Vendor};
+use super::{iso_utc, Answer, Recorded, Vendor};
 
 /// The AccessKey the fake knows; its secret is [`SECRET`].
 pub const KEY_ID: &str = "LTAI5tHeraldTestKey";

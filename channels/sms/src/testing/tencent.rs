@@ -9,7 +9,7 @@ use hmac::{Hmac, Mac};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::sms_common::{Answer, Recorded, Vendor};
+use super::{Answer, Recorded, Vendor};
 
 /// The SecretId the fake knows; its key is [`SECRET_KEY`].
 pub const SECRET_ID: &str = "AKIDz8krbsJ5yKBZQpn74WFkmLPx3EXAMPLE";

@@ -1,17 +1,19 @@
-//! Local stand-ins for WeChat's API (`stable_token`, template send) and a WeCom group robot,
-//! on `127.0.0.1:0`. They check every request the way the vendor does and answer with the
-//! vendor's documented replies; tests read back what was asked and script failures.
+//! Fakes for tests (cargo feature `testing`): local stand-ins for WeChat's API
+//! (`stable_token`, template send) and a WeCom group robot, on `127.0.0.1:0`. They check
+//! every request the way the vendor does and answer with the vendor's documented replies;
+//! tests read back what was asked and script failures.
 //!
 //! Also: the shipped `templates/report_ready/wechat.*.j2`, rendered the way the core renders
-//! them, and a manual clock.
-
-#![allow(dead_code)]
+//! them, and a manual clock ([`manual_clock`]).
+//!
+//! Used by this crate's tests and by the server's end-to-end `tests/wechat.rs`
+//! (`herald-channel-wechat = { …, features = ["testing"] }`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
@@ -640,33 +642,10 @@ pub fn report_ready(openid: &str) -> Outgoing {
     report_ready_with(Some(openid), &report_data())
 }
 
-/// A clock that moves only when told to.
-pub struct ManualClock {
-    start: Instant,
-    offset: Mutex<Duration>,
-}
+pub use herald_channel::testkit::ManualClock;
 
-impl ManualClock {
-    pub fn new() -> Arc<ManualClock> {
-        Arc::new(ManualClock {
-            start: Instant::now(),
-            offset: Mutex::new(Duration::ZERO),
-        })
-    }
-
-    pub fn advance(&self, by: Duration) {
-        *self.offset.lock().expect("clock") += by;
-    }
-}
-
-impl herald_channel_wechat::Clock for ManualClock {
-    fn now(&self) -> Instant {
-        self.start + *self.offset.lock().expect("clock")
-    }
-    fn wall(&self) -> SystemTime {
-        // 2026-01-01T00:00:00Z (08:00 in Beijing) plus the offset.
-        SystemTime::UNIX_EPOCH
-            + Duration::from_secs(1_767_225_600)
-            + *self.offset.lock().expect("clock")
-    }
+/// A clock that moves only when told to, starting at 2026-01-01T00:00:00Z (08:00 in
+/// Beijing).
+pub fn manual_clock() -> Arc<ManualClock> {
+    Arc::new(ManualClock::at_unix_secs(1_767_225_600))
 }

@@ -1,11 +1,20 @@
-//! Test harness: a local vendor HTTP server on `127.0.0.1:0` and channel builders.
+//! Fakes for tests (cargo feature `testing`): a local vendor HTTP server on `127.0.0.1:0`,
+//! channel builders, and stand-ins for the three SMS vendors, one file per provider:
+//! Aliyun's dysmsapi ([`aliyun`]), Tencent Cloud's SMS API ([`tencent`]) and Twilio's
+//! Messages API ([`twilio`]). Each checks a request the way the vendor does (signatures
+//! recomputed from what arrived) and answers with the vendor's documented replies; tests
+//! script failures and read back what was accepted.
 //!
-//! Each test file supplies the vendor's behaviour as a [`Vendor`] (signature check exactly
-//! as the vendor does it, then a scripted or default answer). The server records every
-//! request; a request is recorded before it is answered, so once `send` returns, what the
-//! channel sent is there. Nothing sleeps.
+//! A [`Server`] runs a [`Vendor`] (signature check exactly as the vendor does it, then a
+//! scripted or default answer) and records every request; a request is recorded before it
+//! is answered, so once `send` returns, what the channel sent is there. Nothing sleeps.
+//!
+//! Used by this crate's tests and by the server's end-to-end `tests/sms.rs` and
+//! `tests/faults.rs` (`herald-channel-sms = { …, features = ["testing"] }`).
 
-#![allow(dead_code)]
+pub mod aliyun;
+pub mod tencent;
+pub mod twilio;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -169,12 +178,21 @@ pub fn build(
     name: &str,
     config: serde_json::Value,
 ) -> Result<Arc<dyn Channel>, ConfigError> {
+    build_with(kind, name, config, &Services::default())
+}
+
+/// [`build`] with the services a host lends (e.g. a clock: `ManualClock::services`).
+pub fn build_with(
+    kind: &str,
+    name: &str,
+    config: serde_json::Value,
+    services: &Services,
+) -> Result<Arc<dyn Channel>, ConfigError> {
     let descriptor = herald_channel::find(kind).unwrap_or_else(|| panic!("{kind} is registered"));
-    let services = Services::default();
     (descriptor.build)(BuildContext {
         name,
         config: &config,
-        services: &services,
+        services,
     })
 }
 

@@ -1,10 +1,23 @@
-//! A cluster's shared cache for the tests: the core's in-process [`LocalCache`], watched.
-//! Channel instances built with [`WatchedCache::services`] share it the way the nodes of a
-//! cluster share Redis. It tells when a caller found the refresh lock taken (one "node"
-//! waits for another's token) and can hold the storing of a new token, so a test can make
-//! two nodes overlap without sleeping.
+//! Fakes for tests (cargo feature `testing`), one file per provider: a local stand-in for
+//! Google's OAuth token endpoint and the FCM HTTP v1 API ([`fcm`]), for Apple's provider
+//! API over HTTP/2 ([`apns`]) and a Web Push service that verifies VAPID and decrypts like
+//! a browser ([`webpush`]). They check every request as the vendor does and answer with its
+//! documented replies.
+//!
+//! Here: a cluster's shared cache for the tests ([`WatchedCache`]), the core's in-process
+//! [`LocalCache`], watched. Channel instances built with [`WatchedCache::services`] share it
+//! the way the nodes of a cluster share Redis. It tells when a caller found the refresh
+//! lock taken (one "node" waits for another's token) and can hold the storing of a new
+//! token, so a test can make two nodes overlap without sleeping. And the clock the tests
+//! move ([`test_clock`]), which the channels read through their services and the APNs
+//! stand-in shares.
+//!
+//! Used by this crate's tests and by the server's end-to-end `tests/push.rs`
+//! (`herald-channel-push = { …, features = ["testing"] }`).
 
-#![allow(dead_code)]
+pub mod apns;
+pub mod fcm;
+pub mod webpush;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -12,6 +25,14 @@ use std::time::Duration;
 
 use herald_channel::shared::{LocalCache, Shared, SharedCache, SharedError};
 use herald_channel::{async_trait, Services};
+
+pub use herald_channel::testkit::ManualClock;
+
+/// A clock that moves only when told to, at 1_800_000_000 (2027-01-15T08:00:00Z). Lend it
+/// to a channel with [`ManualClock::services`].
+pub fn test_clock() -> ManualClock {
+    ManualClock::at_unix_secs(1_800_000_000)
+}
 
 /// How long a test waits for something that should happen at once.
 const WAIT: Duration = Duration::from_secs(5);

@@ -8,13 +8,9 @@
 //! unoptimised debug build takes tens of seconds, and the key size does not change what is
 //! tested (the channel's code path is identical).
 
-#![allow(dead_code)]
-
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -24,7 +20,6 @@ use axum::routing::post;
 use axum::Router;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use herald_channel::Services;
 use rsa::pkcs1v15::{Signature, VerifyingKey};
 use rsa::pkcs8::{EncodePrivateKey, LineEnding};
 use rsa::signature::Verifier;
@@ -37,7 +32,7 @@ pub const CLIENT_EMAIL: &str = "herald@herald-test.iam.gserviceaccount.com";
 pub const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
 
 // ---------------------------------------------------------------------------------------
-// Keys and clock
+// Keys
 // ---------------------------------------------------------------------------------------
 
 /// rand 0.9's generator behind rsa 0.9's (rand_core 0.6) traits.
@@ -69,27 +64,6 @@ pub fn key() -> &'static (RsaPrivateKey, String) {
         let pem = key.to_pkcs8_pem(LineEnding::LF).expect("PEM").to_string();
         (key, pem)
     })
-}
-
-/// A wall clock the test moves (unix seconds).
-#[derive(Clone)]
-pub struct Clock(Arc<AtomicU64>);
-
-impl Clock {
-    pub fn new() -> Self {
-        Clock(Arc::new(AtomicU64::new(1_800_000_000)))
-    }
-    pub fn advance(&self, secs: u64) {
-        self.0.fetch_add(secs, Ordering::SeqCst);
-    }
-    pub fn services(&self) -> Services {
-        let mut services = Services::default();
-        let at = self.0.clone();
-        let clock: Arc<dyn Fn() -> SystemTime + Send + Sync> =
-            Arc::new(move || UNIX_EPOCH + Duration::from_secs(at.load(Ordering::SeqCst)));
-        services.insert(clock);
-        services
-    }
 }
 
 // ---------------------------------------------------------------------------------------

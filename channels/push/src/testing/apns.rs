@@ -4,13 +4,9 @@
 //! and answers with Apple's documented errors when a device token is scripted to fail.
 //! Every request is recorded before it is answered.
 
-#![allow(dead_code)]
-
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{Request, State};
@@ -19,7 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use herald_channel::Services;
+use herald_channel::clock::Clock;
+use herald_channel::testkit::ManualClock;
 use p256::ecdsa::signature::Verifier;
 use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
 use p256::pkcs8::{EncodePrivateKey, LineEnding};
@@ -49,35 +46,6 @@ pub fn p8_key() -> (String, VerifyingKey) {
     (pem, verifying)
 }
 
-/// A wall clock the test moves (unix seconds), shared by the channel and the stand-in.
-#[derive(Clone)]
-pub struct Clock(Arc<AtomicU64>);
-
-impl Clock {
-    pub fn new() -> Self {
-        Clock(Arc::new(AtomicU64::new(1_800_000_000)))
-    }
-    /// A clock that reads `secs` (unix seconds) until moved: the present, for a channel that
-    /// reads the system clock.
-    pub fn at(secs: u64) -> Self {
-        Clock(Arc::new(AtomicU64::new(secs)))
-    }
-    pub fn now(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-    pub fn advance_minutes(&self, m: u64) {
-        self.0.fetch_add(m * 60, Ordering::SeqCst);
-    }
-    pub fn services(&self) -> Services {
-        let mut services = Services::default();
-        let at = self.0.clone();
-        let clock: Arc<dyn Fn() -> SystemTime + Send + Sync> =
-            Arc::new(move || UNIX_EPOCH + Duration::from_secs(at.load(Ordering::SeqCst)));
-        services.insert(clock);
-        services
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // The stand-in
 // ---------------------------------------------------------------------------------------
@@ -100,7 +68,7 @@ pub struct Seen {
 pub struct Apple {
     pub addr: SocketAddr,
     public: VerifyingKey,
-    clock: Clock,
+    clock: ManualClock,
     seen: Arc<Mutex<Seen>>,
 }
 
@@ -118,7 +86,7 @@ fn reason(status: u16, reason: &str) -> Response {
 }
 
 impl Apple {
-    pub async fn start(public: VerifyingKey, clock: Clock) -> Self {
+    pub async fn start(public: VerifyingKey, clock: ManualClock) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let apple = Apple {
@@ -202,8 +170,8 @@ impl Apple {
             return Err("InvalidProviderToken");
         }
         let iat = claims["iat"].as_u64().ok_or("InvalidProviderToken")?;
-        if self.clock.now().saturating_sub(iat) > 3600 {
-            self.problem(format!("a token {} s old", self.clock.now() - iat));
+        if self.clock.unix_secs().saturating_sub(iat) > 3600 {
+            self.problem(format!("a token {} s old", self.clock.unix_secs() - iat));
             return Err("ExpiredProviderToken");
         }
         Ok(jwt.to_owned())
