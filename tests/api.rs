@@ -809,6 +809,35 @@ async fn seed_send_page_clients_collect_and_delete() {
     assert_eq!(list(&app, "/api/v1/messages").await, s(&[&third]));
 }
 
+/// The seed body ignores unknown fields, so a misspelt `receiver` must not broadcast: a
+/// missing `receiver` is a 422 naming it, and only an explicit `[]` broadcasts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_send_without_receiver_is_refused_not_broadcast() {
+    let app = spawn_app().await;
+    let (mut ws, _) = ws_login(&app, &app.token("42")).await;
+    for body in [
+        json!({"content": "c", "receivers": ["42"], "title": "misspelt"}),
+        json!({"content": "c", "title": "forgotten"}),
+    ] {
+        let (status, resp) = app
+            .api(Method::POST, "/message/sendMessage", Some(&body))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {resp}");
+        assert_eq!(resp["field"], "receiver", "{resp}");
+    }
+    ws.expect_no_message(QUIET).await;
+    assert_eq!(app.total().await, 0, "a refused send was stored");
+    let (status, resp) = app
+        .api(
+            Method::POST,
+            "/message/sendMessage",
+            Some(&json!({"content": "c", "receiver": [], "title": "everyone"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{resp}");
+    assert_eq!(ws.next_message().await["id"], resp["id"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_send_delivers_live() {
     let app = spawn_app().await;

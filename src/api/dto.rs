@@ -70,6 +70,8 @@ pub struct SendRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct SeedSendRequest {
     pub content: String,
+    /// Required: the receivers, or `[]` to broadcast to every user online (a missing
+    /// `receiver` is a 422, so a misspelt key never broadcasts).
     #[serde(default)]
     pub receiver: Option<Vec<UserId>>,
     #[serde(default)]

@@ -39,6 +39,15 @@ pub async fn send_message(
 ) -> Result<Response, ApiError> {
     let idem = messages::idempotency(&headers, &body.raw)?;
     let b = body.value;
+    // The seed body ignores unknown fields (older clients send extras), so without this a
+    // misspelt key (`receivers`, `reciever`) would broadcast to every user online. A
+    // broadcast has to be asked for: `"receiver": []`.
+    if b.receiver.is_none() {
+        return Err(ApiError::invalid(
+            "receiver",
+            "missing field `receiver`: list the receivers, or send [] to broadcast to every user online",
+        ));
+    }
     let req = SendInput {
         title: Some(b.title.unwrap_or_default()),
         content: Some(b.content),
