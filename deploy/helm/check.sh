@@ -5,8 +5,8 @@
 # a kind and a name, check what the chart promises, and that the binary accepts the
 # settings the chart sets. CI runs it (installing the Debian packages when missing).
 set -euo pipefail
+bin=$(realpath "${1:-$(dirname "$0")/../../target/debug/herald}")   # before the cd: may be relative
 cd "$(dirname "$0")"
-bin=$(realpath "${1:-../../target/debug/herald}")
 render=$(mktemp -d)/render
 GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE="${GOCACHE:-/tmp/herald-gocache}" \
   go build -o "$render" render/main.go
