@@ -4,7 +4,6 @@
 //! typed secret is never echoed). `push.fcm` and `push.apns` use all of it, `push.webpush`
 //! the configuration helpers and `request_error`.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -126,30 +125,8 @@ pub(crate) fn retry_after_header(headers: &reqwest::header::HeaderMap) -> Option
         .map(Duration::from_secs)
 }
 
-/// A vendor text fit for a stored error: one line, at most 160 characters, secrets replaced.
-pub(crate) fn vendor_text(text: &str, secrets: &[&str]) -> String {
-    let mut text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    for secret in secrets.iter().filter(|s| !s.is_empty()) {
-        text = text.replace(secret, "<redacted>");
-    }
-    if text.chars().count() > 160 {
-        text = text.chars().take(160).collect::<String>() + "…";
-    }
-    text
-}
-
-/// `s` cut to at most `max` bytes at a character boundary, ending in `…` when cut.
-pub(crate) fn truncate_bytes(s: &str, max: usize) -> Cow<'_, str> {
-    const ELLIPSIS: &str = "…";
-    if s.len() <= max {
-        return Cow::Borrowed(s);
-    }
-    let mut end = max.saturating_sub(ELLIPSIS.len());
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    Cow::Owned(format!("{}{ELLIPSIS}", &s[..end]))
-}
+/// Shared with every channel crate (the SDK).
+pub(crate) use herald_channel::{truncate_bytes, vendor_text};
 
 /// What a notification shows and carries.
 #[derive(Debug, Clone, PartialEq, Eq)]

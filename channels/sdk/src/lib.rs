@@ -217,11 +217,51 @@ impl Services {
 }
 
 /// Parse an instance's configuration into `T`. Use `#[serde(deny_unknown_fields)]` on `T`
-/// so an unknown key is rejected; the error names the key.
+/// so an unknown key is rejected; the error names the key. A wrongly typed value names its
+/// key's path too (serde alone names the key only for unknown and missing fields:
+/// `timeout = 5` would just say "expected a string", and a nested
+/// `templates.x.params` error would lose its table).
 pub fn parse_config<T: serde::de::DeserializeOwned>(
     ctx: &BuildContext<'_>,
 ) -> Result<T, ConfigError> {
-    T::deserialize(ctx.config).map_err(|e| ConfigError::new(ctx.name, e.to_string()))
+    T::deserialize(ctx.config).map_err(|err| {
+        match serde_path_to_error::deserialize::<_, T>(ctx.config) {
+            Err(e) if e.path().to_string() != "." => {
+                ConfigError::new(ctx.name, format!("{}: {}", e.path(), e.inner()))
+            }
+            _ => ConfigError::new(ctx.name, err.to_string()),
+        }
+    })
+}
+
+/// Longest vendor text [`vendor_text`] keeps, in characters.
+pub const MAX_VENDOR_CHARS: usize = 160;
+
+/// A vendor's error text made fit for a stored delivery error: one line, at most
+/// [`MAX_VENDOR_CHARS`] characters (then `…`), and each of `secrets` a vendor might echo
+/// replaced by `<redacted>`.
+pub fn vendor_text(text: &str, secrets: &[&str]) -> String {
+    let mut text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        text = text.replace(secret, "<redacted>");
+    }
+    if text.chars().count() > MAX_VENDOR_CHARS {
+        text = text.chars().take(MAX_VENDOR_CHARS).collect::<String>() + "…";
+    }
+    text
+}
+
+/// `s` cut to at most `max` bytes at a character boundary, ending in `…` when cut.
+pub fn truncate_bytes(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    const ELLIPSIS: &str = "…";
+    if s.len() <= max {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut end = max.saturating_sub(ELLIPSIS.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}{ELLIPSIS}", &s[..end]))
 }
 
 /// A secret configuration value (password, API secret, token): `Debug` never shows it, and a

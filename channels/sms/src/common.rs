@@ -5,7 +5,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use herald_channel::{BuildContext, ChannelError, ConfigError, ErrorKind, Health, Outgoing};
+use herald_channel::{ChannelError, ConfigError, ErrorKind, Health, Outgoing};
 use serde::{Deserialize, Deserializer};
 
 /// `User-Agent` of every vendor request.
@@ -40,21 +40,8 @@ pub(crate) fn default_timeout() -> String {
     DEFAULT_TIMEOUT.to_owned()
 }
 
-/// [`herald_channel::parse_config`], plus the key's path in type errors (serde names the
-/// key only for unknown and missing fields; `timeout = 5` would just say "expected a
-/// string", and a nested `templates.x.params` error would lose its table).
-pub(crate) fn parse<T: serde::de::DeserializeOwned>(
-    ctx: &BuildContext<'_>,
-) -> Result<T, ConfigError> {
-    herald_channel::parse_config::<T>(ctx).map_err(|err| {
-        match serde_path_to_error::deserialize::<_, T>(ctx.config) {
-            Err(e) if e.path().to_string() != "." => {
-                ConfigError::new(ctx.name, format!("{}: {}", e.path(), e.inner()))
-            }
-            _ => err,
-        }
-    })
-}
+/// Configuration parsing is the SDK's (it names the key path in type errors).
+pub(crate) use herald_channel::parse_config as parse;
 
 /// `value` trimmed, or an error naming `key` when it is blank.
 pub(crate) fn required(name: &str, key: &str, value: &str) -> Result<String, ConfigError> {

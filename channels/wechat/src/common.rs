@@ -1,13 +1,11 @@
 //! What both WeChat channels share: secrets, configuration helpers, and the mapping of HTTP-level failures (no answer, a proxy's error page) to
 //! classified errors.
 
-use std::borrow::Cow;
 use std::time::Duration;
 
 use herald_channel::http::check_base_url;
-use herald_channel::{parse_config, BuildContext, ChannelError, ConfigError};
+use herald_channel::{ChannelError, ConfigError};
 use reqwest::{StatusCode, Url};
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 /// `User-Agent` of every request. Both channels build their client with
@@ -15,9 +13,6 @@ use serde::Deserialize;
 /// redirects are never followed (they would carry the access token or webhook key to
 /// another address).
 pub(crate) const USER_AGENT: &str = concat!("herald-wechat/", env!("CARGO_PKG_VERSION"));
-
-/// Longest vendor `errmsg` kept in an error message.
-const MAX_VENDOR_CHARS: usize = 160;
 
 /// The default of `timeout`.
 pub(crate) const DEFAULT_TIMEOUT: &str = "10s";
@@ -28,18 +23,8 @@ pub(crate) fn default_timeout() -> String {
 
 pub(crate) use herald_channel::{config_error, Secret};
 
-/// [`parse_config`], plus the key's path in type errors (serde names the key only for
-/// unknown and missing fields; `timeout = 5` would otherwise just say "expected a string").
-pub(crate) fn parse<T: DeserializeOwned>(ctx: &BuildContext<'_>) -> Result<T, ConfigError> {
-    parse_config::<T>(ctx).map_err(|err| {
-        match serde_path_to_error::deserialize::<_, T>(ctx.config) {
-            Err(e) if e.path().to_string() != "." => {
-                ConfigError::new(ctx.name, format!("{}: {}", e.path(), e.inner()))
-            }
-            _ => err,
-        }
-    })
-}
+/// Configuration parsing is the SDK's (it names the key path in type errors).
+pub(crate) use herald_channel::parse_config as parse;
 
 /// A humantime duration greater than zero.
 pub(crate) fn parse_timeout(name: &str, value: &str) -> Result<Duration, ConfigError> {
@@ -103,31 +88,8 @@ pub(crate) fn http_status_error(status: StatusCode, what: &str) -> ChannelError 
     error.with_code(format!("HTTP {}", status.as_u16()))
 }
 
-/// A vendor `errmsg` made fit for a stored error: one line, at most 160 characters, and any
-/// secret that might be echoed replaced by `<redacted>`.
-pub(crate) fn vendor_text(errmsg: &str, secrets: &[&str]) -> String {
-    let mut text = errmsg.split_whitespace().collect::<Vec<_>>().join(" ");
-    for secret in secrets.iter().filter(|s| !s.is_empty()) {
-        text = text.replace(secret, "<redacted>");
-    }
-    if text.chars().count() > MAX_VENDOR_CHARS {
-        text = text.chars().take(MAX_VENDOR_CHARS).collect::<String>() + "…";
-    }
-    text
-}
-
-/// `s` cut to at most `max` bytes at a character boundary, ending in `…` when cut.
-pub(crate) fn truncate_bytes(s: &str, max: usize) -> Cow<'_, str> {
-    const ELLIPSIS: &str = "…";
-    if s.len() <= max {
-        return Cow::Borrowed(s);
-    }
-    let mut end = max.saturating_sub(ELLIPSIS.len());
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    Cow::Owned(format!("{}{ELLIPSIS}", &s[..end]))
-}
+/// Shared with every channel crate (the SDK).
+pub(crate) use herald_channel::{truncate_bytes, vendor_text};
 
 /// The reply every WeChat / WeCom API call gives: `errcode` 0 is success.
 #[derive(Debug, Deserialize)]
@@ -192,7 +154,7 @@ mod tests {
         let long = "x".repeat(500);
         assert_eq!(
             vendor_text(&long, &[]).chars().count(),
-            MAX_VENDOR_CHARS + 1
+            herald_channel::MAX_VENDOR_CHARS + 1
         );
         assert_eq!(vendor_text("ok", &[""]), "ok");
     }
