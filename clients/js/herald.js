@@ -4,7 +4,11 @@
 //   import { Herald } from "/herald.js";
 //   const herald = new Herald({ token });
 //   herald.on("message", (m) => console.log(m.title, m.content));
+//   herald.on("counts", (c) => showBadge(c.unseen));
 //   herald.connect();
+//
+// Live messages arrive over a WebSocket, or over Server-Sent Events (`GET /events`) where
+// a WebSocket cannot get through (`transport`); the inbox (notification center) is REST.
 
 /** Version of this client. */
 export const VERSION = "0.1.0";
@@ -27,6 +31,17 @@ const COLLECT_PAGE = 1000;
 const COLLECT_MAX_CALLS = 100;
 /** WebSocket readyState OPEN. */
 const OPEN = 1;
+/** The most ids one `POST /api/v1/inbox/{op}` takes. */
+const OP_MAX_IDS = 1000;
+/** The inbox operations: method name → `POST /api/v1/inbox/{op}`. */
+const INBOX_OPS = Object.freeze({
+  markSeen: "seen",
+  markRead: "read",
+  markUnread: "unread",
+  archive: "archive",
+  unarchive: "unarchive",
+  remove: "delete",
+});
 
 /**
  * @typedef {object} ReconnectOptions
@@ -57,9 +72,17 @@ const OPEN = 1;
  *   without a message frame (see `replay-complete`)
  * @property {number} [dedupSize=1000] how many recent message ids are remembered for de-duplication
  * @property {number} [authProbeFailures=1] after this many consecutive attempts that failed
- *   before the `welcome`, check the token over HTTP (`GET /api/v1/inbox?size=1`); a `401`
+ *   before the `welcome`, check the token over HTTP (`GET /api/v1/inbox/counts`); a `401`
  *   stops reconnecting
+ * @property {"auto" | "websocket" | "sse"} [transport="auto"] how live frames arrive: a
+ *   WebSocket, Server-Sent Events (`GET /events`, acks over REST), or `auto`: WebSocket, and
+ *   SSE when there is no WebSocket or it cannot get through (see `sseAfter`)
+ * @property {number} [sseAfter=2] `auto`: switch to SSE after this many consecutive
+ *   WebSocket attempts failed before their `welcome` while the token check answered 200
+ * @property {number} [ackDelay=50] SSE: acknowledgements are batched for this many ms into
+ *   one `POST /api/v1/inbox/ack`
  * @property {typeof WebSocket} [WebSocket] WebSocket constructor (default `globalThis.WebSocket`)
+ * @property {typeof EventSource} [EventSource] EventSource constructor (default `globalThis.EventSource`)
  * @property {typeof fetch} [fetch] fetch function (default `globalThis.fetch`)
  */
 
@@ -71,9 +94,66 @@ const OPEN = 1;
  * @property {number} msgType the sender's `type`
  * @property {string} sender
  * @property {string} createdAt RFC 3339
- * @property {"socket" | "collect"} source how it arrived
+ * @property {string | null} cursor its place in the inbox (pass as `before`/`after`), when
+ *   the server sent it
+ * @property {"socket" | "sse" | "collect"} source how it arrived (WebSocket, SSE, `collect()`)
  * @property {boolean} replayed arrived during the replay burst after a (re)connect (heuristic)
  * @property {object} raw the frame or inbox item as received
+ */
+
+/**
+ * @typedef {object} InboxCounts
+ * @property {number} unseen not yet seen in the feed (the badge)
+ * @property {number} unread not yet read
+ * @property {number} total entries in the inbox (archived ones not counted)
+ */
+
+/**
+ * @typedef {object} InboxEntry
+ * @property {string} id
+ * @property {string} title
+ * @property {string} content
+ * @property {number} type
+ * @property {string} sender
+ * @property {string} createdAt RFC 3339
+ * @property {string} status the delivery status
+ * @property {string} cursor
+ * @property {boolean} seen
+ * @property {boolean} read
+ * @property {boolean} archived
+ */
+
+/**
+ * @typedef {object} InboxQuery
+ * @property {"undelivered" | "all" | "unseen" | "unread" | "read" | "seen"} [status="undelivered"]
+ * @property {boolean | "any"} [archived=false]
+ * @property {number} [type] only this msgType
+ * @property {string} [before] entries older than this cursor
+ * @property {string} [after] entries newer than this cursor
+ * @property {number} [limit] 1..1000 (server default 50)
+ * @property {number} [page] offset paging, without a cursor
+ * @property {number} [size] offset paging, without a cursor
+ */
+
+/**
+ * @typedef {object} InboxPage
+ * @property {InboxEntry[]} items newest first
+ * @property {number} page
+ * @property {number} size
+ * @property {number} total
+ * @property {string | null} nextCursor pass as `before` for the next (older) page; null at the end
+ */
+
+/**
+ * @typedef {string[] | {all: true, before?: string | null}} InboxSelection which entries an
+ *   operation applies to: these message ids, or all of them (with `before`: those with a
+ *   cursor ≤ it, i.e. what the user saw)
+ */
+
+/**
+ * @typedef {object} InboxOpResult
+ * @property {number} changed how many entries changed
+ * @property {InboxCounts | null} counts the counts after the change
  */
 
 /**
@@ -84,6 +164,8 @@ const OPEN = 1;
  * @property {string} serverTime RFC 3339
  * @property {number} [pending] how many message frames the replay that follows sends
  *   (servers before this field: absent, and the client falls back to `replayIdle`)
+ * @property {InboxCounts} [counts] the inbox counts at this moment
+ * @property {string} [resumedFrom] SSE: the `Last-Event-ID` the stream resumed from
  */
 
 /**
@@ -105,7 +187,7 @@ export class HeraldError extends Error {
   /**
    * @param {"unauthorized" | "server" | "protocol" | "http" | "network" | "token"} kind
    * @param {string} message
-   * @param {{status?: number, cause?: unknown}} [details]
+   * @param {{status?: number, field?: string, cause?: unknown}} [details]
    */
   constructor(kind, message, details = {}) {
     super(message, details.cause === undefined ? undefined : { cause: details.cause });
@@ -116,6 +198,8 @@ export class HeraldError extends Error {
     this.kind = kind;
     /** HTTP status, when there was one. */
     this.status = details.status;
+    /** The request field the server blamed (`field` of its error body), when it named one. */
+    this.field = details.field;
   }
 }
 
@@ -174,8 +258,9 @@ export class RecentIds {
 }
 
 /**
- * A Herald connection for one user: receives pushed messages over a WebSocket, acknowledges
- * them, reconnects with backoff, and de-duplicates what the server sends again.
+ * A Herald connection for one user: receives pushed messages over a WebSocket (or SSE),
+ * acknowledges them, reconnects with backoff, de-duplicates what the server sends again,
+ * keeps the inbox counts current and reads and changes the inbox over REST.
  */
 export class Herald {
   /** @param {HeraldOptions} options */
@@ -204,7 +289,25 @@ export class Herald {
     this._authProbeFailures = Math.max(1, options.authProbeFailures ?? 1);
     this._token = options.token;
     this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
+    this._EventSource = options.EventSource ?? globalThis.EventSource;
     this._fetch = options.fetch ?? (globalThis.fetch ? globalThis.fetch.bind(globalThis) : undefined);
+    const transport = options.transport ?? "auto";
+    if (transport !== "auto" && transport !== "websocket" && transport !== "sse") {
+      throw new TypeError('Herald: `transport` must be "auto", "websocket" or "sse"');
+    }
+    this._transportOption = transport;
+    /** @type {"websocket" | "sse"} */
+    this._transport = transport === "sse" || (transport === "auto" && typeof this._WebSocket !== "function") ? "sse" : "websocket";
+    this._sseAfter = Math.max(1, options.sseAfter ?? 2);
+    this._ackDelay = Math.max(0, options.ackDelay ?? 50);
+    /** @type {EventSource | null} */
+    this._es = null;
+    /** The id of the last SSE event that had one (a message cursor), sent on a reopen. @type {string | null} */
+    this._lastEventId = null;
+    /** SSE receipts waiting for their batched REST call. */
+    this._batch = { ack: /** @type {Set<string>} */ (new Set()), read: /** @type {Set<string>} */ (new Set()) };
+    /** The inbox counts, kept current from the server's frames and live messages; null until known. @type {InboxCounts | null} */
+    this.counts = null;
     /** @type {RecentIds<{acked: boolean, read: boolean}>} */
     this._seen = new RecentIds(options.dedupSize ?? 1000);
     /** Receipts waiting for a connection: id → "ack" | "read". @type {Map<string, "ack" | "read">} */
@@ -225,8 +328,8 @@ export class Herald {
     this.session = null;
     /** Counters since construction: connection attempts, messages emitted, duplicates dropped. */
     this.stats = { attempts: 0, messages: 0, duplicates: 0 };
-    /** @type {Record<"retry" | "heartbeat" | "dead" | "connect" | "replay", ReturnType<typeof setTimeout> | null>} */
-    this._timers = { retry: null, heartbeat: null, dead: null, connect: null, replay: null };
+    /** @type {Record<"retry" | "heartbeat" | "dead" | "connect" | "replay" | "batch", ReturnType<typeof setTimeout> | null>} */
+    this._timers = { retry: null, heartbeat: null, dead: null, connect: null, replay: null, batch: null };
     this._onOnline = () => {
       if (this._state === "reconnecting") this._openNow();
     };
@@ -239,6 +342,13 @@ export class Herald {
     return this._state;
   }
 
+  /** The transport in use (or tried next): `websocket` or `sse`. With `transport: "auto"`
+   * it turns to `sse` when the WebSocket cannot get through, and stays so.
+   * @returns {"websocket" | "sse"} */
+  get transport() {
+    return this._transport;
+  }
+
   /**
    * Start connecting (no-op while already connecting or connected). Retries with backoff
    * until `close()` is called or the server rejects the token.
@@ -246,8 +356,14 @@ export class Herald {
    */
   connect() {
     if (this._state !== "idle" && this._state !== "closed") return this;
-    if (typeof this._WebSocket !== "function") {
-      throw new TypeError("Herald: no WebSocket implementation; pass `WebSocket` in the options");
+    if (this._transport === "websocket" && typeof this._WebSocket !== "function") {
+      if (this._transportOption !== "auto") {
+        throw new TypeError("Herald: no WebSocket implementation; pass `WebSocket` in the options");
+      }
+      this._transport = "sse";
+    }
+    if (this._transport === "sse" && typeof this._EventSource !== "function") {
+      throw new TypeError("Herald: no EventSource implementation; pass `EventSource` (or `WebSocket`) in the options");
     }
     this._stopped = false;
     this._failures = 0;
@@ -267,8 +383,14 @@ export class Herald {
     this._stopped = true;
     globalThis.removeEventListener?.("online", this._onOnline);
     const wasOpen = this._welcomed;
+    this._welcomed = false;
     this._detach(code, reason);
     this._clearTimer("retry");
+    if (this._timers.batch !== null) {
+      // Acknowledgements over REST need no connection: send what is waiting now.
+      this._clearTimer("batch");
+      this._flushBatch();
+    }
     this._setState("closed");
     if (previous !== "idle" && previous !== "closed") {
       this._emit("close", { code, reason, willReconnect: false, delay: null, wasOpen });
@@ -338,8 +460,78 @@ export class Herald {
   }
 
   /**
+   * Fetch the inbox counts (`GET /api/v1/inbox/counts`) and update `counts`.
+   * @returns {Promise<InboxCounts>}
+   * @throws {HeraldError} kind `unauthorized` (401), `http` (other status), `network`
+   */
+  async fetchCounts() {
+    const body = await this._request("GET", "/api/v1/inbox/counts");
+    const counts = readCounts(body);
+    if (!counts) throw new HeraldError("protocol", "the server sent no counts");
+    this._setCounts(counts);
+    return { ...counts };
+  }
+
+  /**
+   * One page of the inbox (`GET /api/v1/inbox`), newest first.
+   * @param {InboxQuery} [query] e.g. `{status: "all", limit: 20}`; the next (older) page:
+   *   `{...query, before: page.nextCursor}`
+   * @returns {Promise<InboxPage>}
+   * @throws {HeraldError} kind `unauthorized` (401), `http` (other status, e.g. 400 for a
+   *   bad parameter, with the server's error text), `network`
+   */
+  async inbox(query = {}) {
+    const params = new URLSearchParams();
+    for (const key of ["status", "archived", "type", "before", "after", "limit", "page", "size"]) {
+      const value = /** @type {Record<string, unknown>} */ (query)[key];
+      if (value !== undefined && value !== null) params.set(key, String(value));
+    }
+    const qs = params.toString();
+    const body = await this._request("GET", `/api/v1/inbox${qs ? `?${qs}` : ""}`);
+    const items = Array.isArray(body?.items) ? body.items : [];
+    return {
+      items,
+      page: Number(body?.page ?? 1),
+      size: Number(body?.size ?? items.length),
+      total: Number(body?.total ?? items.length),
+      nextCursor: typeof body?.nextCursor === "string" ? body.nextCursor : null,
+    };
+  }
+
+  /** Mark seen (the badge counts unseen entries). @param {InboxSelection} which @returns {Promise<InboxOpResult>} */
+  markSeen(which) {
+    return this._inboxOp("markSeen", which);
+  }
+
+  /** Mark read (implies seen; the delivery becomes `read`). @param {InboxSelection} which @returns {Promise<InboxOpResult>} */
+  markRead(which) {
+    return this._inboxOp("markRead", which);
+  }
+
+  /** Mark unread again (the delivery status stays). @param {InboxSelection} which @returns {Promise<InboxOpResult>} */
+  markUnread(which) {
+    return this._inboxOp("markUnread", which);
+  }
+
+  /** Archive: out of the default listing and the counts. @param {InboxSelection} which @returns {Promise<InboxOpResult>} */
+  archive(which) {
+    return this._inboxOp("archive", which);
+  }
+
+  /** Take out of the archive. @param {InboxSelection} which @returns {Promise<InboxOpResult>} */
+  unarchive(which) {
+    return this._inboxOp("unarchive", which);
+  }
+
+  /** Delete from this user's inbox for good (`POST /api/v1/inbox/delete`). @param {InboxSelection} which @returns {Promise<InboxOpResult>} */
+  remove(which) {
+    return this._inboxOp("remove", which);
+  }
+
+  /**
    * Listen to an event: `open` (Welcome), `message` (HeraldMessage), `close` (CloseInfo),
-   * `replay-complete` ({count}), `statechange` ({state, previous}), `error` (HeraldError).
+   * `replay-complete` ({count}), `statechange` ({state, previous}), `error` (HeraldError),
+   * `counts` (InboxCounts), `state` (the server's state frame), `transport` ({transport, previous}).
    * @param {string} event
    * @param {Function} listener
    * @returns {() => void} a function that removes the listener
@@ -388,8 +580,94 @@ export class Herald {
     return entry;
   }
 
+  /**
+   * An authenticated REST call with the user token; the parsed JSON answer (null if none).
+   * @param {"GET" | "POST"} method @param {string} path @param {unknown} [body]
+   */
+  async _request(method, path, body) {
+    if (!this._fetch) throw new HeraldError("network", "no fetch implementation; pass `fetch` in the options");
+    const token = await this._resolveToken();
+    /** @type {Record<string, string>} */
+    const headers = { Authorization: `Bearer ${token}` };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    let res;
+    try {
+      res = await this._fetch(`${this.httpUrl}${path}`, {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+    } catch (err) {
+      throw new HeraldError("network", `${method} ${path.split("?")[0]} failed: ${errorText(err)}`, { cause: err });
+    }
+    const data = await res.json().catch(() => null);
+    if (!res.ok) {
+      const kind = res.status === 401 ? "unauthorized" : "http";
+      const text = typeof data?.error === "string" ? data.error : `${res.status} ${res.statusText}`.trim();
+      const field = typeof data?.field === "string" ? data.field : undefined;
+      throw new HeraldError(kind, text, { status: res.status, field });
+    }
+    return data;
+  }
+
+  /**
+   * `POST /api/v1/inbox/{op}` for a selection (ids in chunks of 1000, or all).
+   * @param {keyof typeof INBOX_OPS} name @param {InboxSelection | string} which
+   * @returns {Promise<InboxOpResult>}
+   */
+  async _inboxOp(name, which) {
+    const op = INBOX_OPS[name];
+    if (typeof which === "string") which = [which];
+    if (Array.isArray(which)) {
+      if (!which.every((id) => typeof id === "string" && id !== "")) {
+        throw new TypeError(`Herald.${name}: message ids must be non-empty strings`);
+      }
+      const ids = [...new Set(which)];
+      let changed = 0;
+      let counts = this.counts;
+      for (let i = 0; i < ids.length; i += OP_MAX_IDS) {
+        const result = await this._postOp(op, { ids: ids.slice(i, i + OP_MAX_IDS) });
+        changed += result.changed;
+        counts = result.counts ?? counts;
+      }
+      return { changed, counts: counts && { ...counts } };
+    }
+    if (which && typeof which === "object" && which.all === true) {
+      /** @type {{all: true, before?: string}} */
+      const body = { all: true };
+      if (which.before !== undefined && which.before !== null) body.before = String(which.before);
+      return this._postOp(op, body);
+    }
+    throw new TypeError(`Herald.${name}: pass an array of message ids or {all: true, before?}`);
+  }
+
+  /** @param {string} op @param {object} body @returns {Promise<InboxOpResult>} */
+  async _postOp(op, body) {
+    const answer = await this._request("POST", `/api/v1/inbox/${op}`, body);
+    const counts = readCounts(answer?.counts);
+    // While a session is welcomed, the `counts` frame that follows every change updates the
+    // counts in order with live messages; this answer may be older than a message that
+    // arrived meanwhile. Without a session, the answer is the best there is.
+    if (counts && !this._welcomed) this._setCounts(counts);
+    return { changed: Number(answer?.changed ?? 0), counts };
+  }
+
+  /** @param {InboxCounts} counts */
+  _setCounts(counts) {
+    const previous = this.counts;
+    this.counts = { ...counts };
+    if (previous && previous.unseen === counts.unseen && previous.unread === counts.unread && previous.total === counts.total) return;
+    this._emit("counts", { ...counts });
+  }
+
   /** @param {string} id @param {"ack" | "read"} type */
   _receipt(id, type) {
+    if (this._transport === "sse") {
+      // Over SSE receipts are REST calls, which need no session: batch them now.
+      this._outbox.delete(id);
+      this._queueReceipt(id, type);
+      return;
+    }
     if (this._welcomed && this._send({ type, id })) {
       this._outbox.delete(id);
       return;
@@ -398,6 +676,47 @@ export class Herald {
     // Bounded like the de-dup memory: the server replays anything unacknowledged anyway.
     while (this._outbox.size > this._seen.capacity) {
       this._outbox.delete(/** @type {string} */ (this._outbox.keys().next().value));
+    }
+  }
+
+  /** SSE: add a receipt to the batch sent after `ackDelay` ms. @param {string} id @param {"ack" | "read"} type */
+  _queueReceipt(id, type) {
+    if (type === "read") {
+      this._batch.ack.delete(id);
+      this._batch.read.add(id);
+    } else if (!this._batch.read.has(id)) {
+      this._batch.ack.add(id);
+    }
+    if (this._timers.batch === null) this._setTimer("batch", this._ackDelay, () => this._flushBatch());
+  }
+
+  /** Send the batched receipts: `POST /api/v1/inbox/read` and `/ack` with their ids. */
+  _flushBatch() {
+    for (const op of /** @type {const} */ (["read", "ack"])) {
+      const ids = [...this._batch[op]];
+      this._batch[op].clear();
+      for (let i = 0; i < ids.length; i += OP_MAX_IDS) this._postReceipts(op, ids.slice(i, i + OP_MAX_IDS));
+    }
+  }
+
+  /** @param {"ack" | "read"} op @param {string[]} ids */
+  async _postReceipts(op, ids) {
+    try {
+      await this._postOp(op, { ids });
+    } catch (err) {
+      const status = err instanceof HeraldError ? err.status : undefined;
+      if (status === 422 && ids.length > 1) {
+        // One id the inbox no longer has (deleted meanwhile) refuses the whole batch: one by one.
+        for (const id of ids) this._postReceipts(op, [id]);
+      } else if (status === 422) {
+        // Not in this inbox (any more): nothing to acknowledge.
+      } else if (status === undefined || status >= 500 || status === 429 || status === 408) {
+        // Not delivered: keep them for the next welcome (the server replays anything
+        // unacknowledged too, and the duplicate repeats its receipt).
+        for (const id of ids) if (this._outbox.get(id) !== "read") this._outbox.set(id, op);
+      } else {
+        this._emit("error", err);
+      }
     }
   }
 
@@ -476,13 +795,18 @@ export class Herald {
       return;
     }
     if (generation !== this._generation || this._stopped) return;
+    if (this._transport === "sse") {
+      this._openSse(generation, token);
+      return;
+    }
     /** @type {WebSocket} */
     let ws;
     try {
       ws = new this._WebSocket(`${this.wsUrl}/websocket/${encodeURIComponent(token)}`);
     } catch (err) {
       this._emit("error", new HeraldError("network", `cannot open WebSocket: ${errorText(err)}`, { cause: err }));
-      this._ended(generation, 1006, "cannot open WebSocket", false);
+      // A page that may not open WebSockets at all (a CSP, say) is what `auto` falls back for.
+      this._ended(generation, 1006, "cannot open WebSocket", this._transportOption === "auto");
       return;
     }
     this._ws = ws;
@@ -520,6 +844,43 @@ export class Herald {
   }
 
   /**
+   * Open the SSE stream `GET /events?token=…` (EventSource can send no header). EventSource
+   * would reconnect by itself, but with the token it started with and without backoff, so
+   * on any error this client closes it and reopens it itself: with backoff, a fresh token,
+   * the token check, and the last event id as `lastEventId`.
+   * @param {number} generation @param {string} token
+   */
+  _openSse(generation, token) {
+    let url = `${this.httpUrl}/events?token=${encodeURIComponent(token)}`;
+    if (this._lastEventId !== null) url += `&lastEventId=${encodeURIComponent(this._lastEventId)}`;
+    /** @type {EventSource} */
+    let es;
+    try {
+      es = new this._EventSource(url);
+    } catch (err) {
+      this._emit("error", new HeraldError("network", `cannot open EventSource: ${errorText(err)}`, { cause: err }));
+      this._ended(generation, 1006, "cannot open EventSource", false);
+      return;
+    }
+    this._es = es;
+    this.stats.attempts++;
+    this._setTimer("connect", this._connectTimeout, () => this._drop(generation, 4001, "connect timeout"));
+    es.onmessage = (event) => {
+      if (generation !== this._generation) return;
+      // Only message events carry an id (their cursor); EventSource repeats the last one on
+      // the others.
+      const id = typeof event.lastEventId === "string" && event.lastEventId !== "" ? event.lastEventId : undefined;
+      if (id !== undefined) this._lastEventId = id;
+      this._frame(event.data, id);
+    };
+    es.onerror = () => {
+      if (generation !== this._generation) return;
+      this._detach(1000, "event stream failed");
+      this._ended(this._generation, 1006, "event stream failed", true);
+    };
+  }
+
+  /**
    * Forget the socket: its late events are ignored from now on. With a `code`, close it too.
    * @param {number} [code]
    * @param {string} [reason]
@@ -529,6 +890,12 @@ export class Herald {
     this._ws = null;
     this._generation++;
     for (const t of /** @type {const} */ (["heartbeat", "dead", "connect", "replay"])) this._clearTimer(t);
+    const es = this._es;
+    this._es = null;
+    if (es) {
+      es.onopen = es.onmessage = es.onerror = null;
+      es.close(); // always: an EventSource left open reconnects by itself
+    }
     if (ws) {
       ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
       if (code !== undefined && ws.readyState <= OPEN) {
@@ -559,8 +926,8 @@ export class Herald {
     });
   }
 
-  /** @param {unknown} data */
-  _frame(data) {
+  /** @param {unknown} data @param {string} [eventId] SSE: the event's id, a message's cursor */
+  _frame(data, eventId) {
     if (typeof data !== "string") return; // the server sends text frames only
     let frame;
     try {
@@ -574,7 +941,15 @@ export class Herald {
         this._welcome(frame);
         break;
       case "message":
-        this._socketMessage(frame);
+        this._socketMessage(eventId !== undefined && !frame.cursor ? { ...frame, cursor: eventId } : frame);
+        break;
+      case "counts": {
+        const counts = readCounts(frame);
+        if (counts) this._setCounts(counts);
+        break;
+      }
+      case "state":
+        this._emit("state", frame);
         break;
       case "error":
         this._emit("error", new HeraldError("server", String(frame.error ?? "error frame")));
@@ -596,9 +971,15 @@ export class Herald {
     this.session = welcome;
     this._setState("replaying");
     for (const [id, type] of [...this._outbox]) {
-      if (!this._send({ type, id })) break;
+      if (this._transport === "sse") {
+        this._queueReceipt(id, type);
+      } else if (!this._send({ type, id })) {
+        break;
+      }
       this._outbox.delete(id);
     }
+    const counts = readCounts(welcome.counts);
+    if (counts) this._setCounts(counts);
     this._setTimer("replay", this._replayIdle, () => this._replayDone());
     this._emit("open", welcome);
     if (this._replayLeft === 0) this._replayDone();
@@ -631,7 +1012,7 @@ export class Herald {
         }
       }
     }
-    const message = this._incoming(frame, "socket", replayed);
+    const message = this._incoming(frame, this._transport === "sse" ? "sse" : "socket", replayed);
     if (replayed) {
       if (message) this._replayCount++;
       if (this._replayLeft === 0) {
@@ -643,8 +1024,8 @@ export class Herald {
   }
 
   /**
-   * De-duplicate, emit and (for the socket) acknowledge one message.
-   * @param {any} raw @param {"socket" | "collect"} source @param {boolean} replayed
+   * De-duplicate, emit and (when pushed) acknowledge one message; count a live one.
+   * @param {any} raw @param {"socket" | "sse" | "collect"} source @param {boolean} replayed
    * @returns {HeraldMessage | null} the message, or null for a duplicate or a malformed one
    */
   _incoming(raw, source, replayed) {
@@ -653,11 +1034,12 @@ export class Herald {
       this._emit("error", new HeraldError("protocol", "message without an id"));
       return null;
     }
+    const pushed = source !== "collect";
     const known = this._seen.get(id);
     if (known) {
       this.stats.duplicates++;
       // Sent again because our receipt was lost (or not sent yet): repeat it.
-      if (source === "socket") {
+      if (pushed) {
         if (known.read) this._receipt(id, "read");
         else if (known.acked || this.autoAck) {
           known.acked = true;
@@ -676,13 +1058,19 @@ export class Herald {
       msgType: Number(raw.msgType ?? raw.type ?? 0),
       sender: String(raw.sender ?? ""),
       createdAt: String(raw.createdAt ?? ""),
+      cursor: typeof raw.cursor === "string" && raw.cursor !== "" ? raw.cursor : null,
       source,
       replayed,
       raw,
     };
     this.stats.messages++;
+    // A live message is new in the inbox; a replayed one is in the welcome's counts already.
+    if (pushed && !replayed && this.counts) {
+      const { unseen, unread, total } = this.counts;
+      this._setCounts({ unseen: unseen + 1, unread: unread + 1, total: total + 1 });
+    }
     this._emit("message", message);
-    if (source === "socket" && this.autoAck && !entry.acked) this.ack(id);
+    if (pushed && this.autoAck && !entry.acked) this.ack(id);
     return message;
   }
 
@@ -707,16 +1095,37 @@ export class Herald {
     this._welcomed = false;
     if (this._stopped) return;
     if (!wasOpen) this._failures++;
-    // Browsers hide the status of a failed upgrade, so a rejected token looks like a server
-    // that is down. Ask the HTTP API with the same token to tell them apart.
-    if (mayProbe && !wasOpen && this._failures >= this._authProbeFailures && (await this._tokenRejected())) {
+    // `auto`: a WebSocket that keeps failing before its welcome while the HTTP API takes
+    // the token is blocked on the way (a proxy, a firewall): switch to SSE.
+    const mayFallBack =
+      this._transportOption === "auto" &&
+      this._transport === "websocket" &&
+      typeof this._EventSource === "function" &&
+      !wasOpen &&
+      this._failures >= this._sseAfter;
+    // Browsers hide the status of a failed upgrade (and EventSource that of a failed
+    // stream), so a rejected token looks like a server that is down. Ask the HTTP API with
+    // the same token to tell them apart.
+    if (mayProbe && !wasOpen && (this._failures >= this._authProbeFailures || mayFallBack)) {
+      const verdict = await this._probeToken();
       if (this._stopped || generation !== this._generation) return;
-      this._stopped = true;
-      globalThis.removeEventListener?.("online", this._onOnline);
-      this._setState("closed");
-      this._emit("error", new HeraldError("unauthorized", "the server rejected the token (401)", { status: 401 }));
-      this._emit("close", { code, reason: reason || "unauthorized", willReconnect: false, delay: null, wasOpen });
-      return;
+      if (verdict === "rejected") {
+        this._stopped = true;
+        globalThis.removeEventListener?.("online", this._onOnline);
+        this._setState("closed");
+        this._emit("error", new HeraldError("unauthorized", "the server rejected the token (401)", { status: 401 }));
+        this._emit("close", { code, reason: reason || "unauthorized", willReconnect: false, delay: null, wasOpen });
+        return;
+      }
+      if (verdict === "ok" && mayFallBack) {
+        this._transport = "sse";
+        this._failures = 0;
+        this._setState("reconnecting");
+        this._setTimer("retry", 0, () => this._open());
+        this._emit("close", { code, reason, willReconnect: true, delay: 0, wasOpen });
+        this._emit("transport", { transport: "sse", previous: "websocket" });
+        return;
+      }
     }
     if (this._stopped || generation !== this._generation) return;
     if (!this._reconnect) {
@@ -732,19 +1141,42 @@ export class Herald {
     this._emit("close", { code, reason, willReconnect: true, delay, wasOpen });
   }
 
-  /** @returns {Promise<boolean>} true only when the server answered 401 to this token */
-  async _tokenRejected() {
-    if (!this._fetch) return false;
+  /**
+   * Ask the HTTP API whether it takes the token (`GET /api/v1/inbox/counts`).
+   * @returns {Promise<"rejected" | "ok" | "unknown">} `rejected` only for a 401; `ok` for a
+   *   2xx (whose counts are kept); `unknown` for anything else or no answer
+   */
+  async _probeToken() {
+    if (!this._fetch) return "unknown";
     try {
       const token = await this._resolveToken();
-      const res = await this._fetch(`${this.httpUrl}/api/v1/inbox?size=1`, {
-        headers: { Authorization: `Bearer ${token}` },
-      });
-      return res.status === 401;
+      const headers = { Authorization: `Bearer ${token}` };
+      const res = await this._fetch(`${this.httpUrl}/api/v1/inbox/counts`, { headers });
+      if (res.status === 401) return "rejected";
+      if (res.status === 404) {
+        // A server from before the notification center: its inbox still checks the token.
+        const old = await this._fetch(`${this.httpUrl}/api/v1/inbox?size=1`, { headers });
+        return old.status === 401 ? "rejected" : "unknown";
+      }
+      if (!res.ok) return "unknown";
+      const counts = readCounts(await res.json().catch(() => null));
+      if (counts) this._setCounts(counts);
+      return "ok";
     } catch {
-      return false; // server unreachable (or cross-origin without CORS): keep backing off
+      return "unknown"; // server unreachable (or cross-origin without CORS): keep backing off
     }
   }
+}
+
+/**
+ * `{unseen, unread, total}` from a counts object or frame, or null if it is not one.
+ * @param {any} value @returns {InboxCounts | null}
+ */
+function readCounts(value) {
+  if (!value || typeof value !== "object") return null;
+  const { unseen, unread, total } = value;
+  if (![unseen, unread, total].every((n) => typeof n === "number" && Number.isFinite(n) && n >= 0)) return null;
+  return { unseen, unread, total };
 }
 
 /**
