@@ -28,6 +28,18 @@ export interface WebSocketLike {
   onclose: ((event: { code: number; reason: string }) => void) | null;
 }
 
+/** The minimal EventSource surface herald.js uses (the browser's `EventSource` fits). */
+export interface EventSourceLike {
+  readonly readyState: number;
+  close(): void;
+  onopen: ((event: any) => void) | null;
+  onmessage: ((event: { data: unknown; lastEventId?: string }) => void) | null;
+  onerror: ((event: any) => void) | null;
+}
+
+/** How live frames arrive. */
+export type Transport = "websocket" | "sse";
+
 export interface HeraldOptions {
   /** The user token (JWT), or a function returning one; a function is called before every connection attempt and every `collect()`. */
   token: string | (() => string | Promise<string>);
@@ -47,10 +59,18 @@ export interface HeraldOptions {
   replayIdle?: number;
   /** How many recent message ids are remembered for de-duplication. Default 1000. */
   dedupSize?: number;
-  /** Check the token over HTTP after this many consecutive failed attempts; a 401 stops reconnecting. Default 1. */
+  /** Check the token over HTTP (`GET /api/v1/inbox/counts`) after this many consecutive failed attempts; a 401 stops reconnecting. Default 1. */
   authProbeFailures?: number;
+  /** `websocket`, `sse` (`GET /events`, receipts over REST), or `auto` (default): WebSocket, and SSE when there is no WebSocket or it cannot get through. */
+  transport?: "auto" | Transport;
+  /** `auto`: switch to SSE after this many consecutive WebSocket attempts failed before their `welcome` while the token check answered 200. Default 2. */
+  sseAfter?: number;
+  /** SSE: receipts are batched for this many ms into one `POST /api/v1/inbox/ack` (or `read`). Default 50. */
+  ackDelay?: number;
   /** WebSocket constructor. Default `globalThis.WebSocket`. */
   WebSocket?: new (url: string) => WebSocketLike;
+  /** EventSource constructor. Default `globalThis.EventSource`. */
+  EventSource?: new (url: string) => EventSourceLike;
   /** fetch function. Default `globalThis.fetch`. */
   fetch?: typeof fetch;
 }
@@ -67,8 +87,10 @@ export interface HeraldMessage {
   sender: string;
   /** RFC 3339. */
   createdAt: string;
-  /** How it arrived. */
-  source: "socket" | "collect";
+  /** Its place in the inbox (for `before`/`after`), when the server sent it. */
+  cursor: string | null;
+  /** How it arrived: WebSocket, SSE or `collect()`. */
+  source: "socket" | "sse" | "collect";
   /** Arrived in the replay burst after a (re)connect (heuristic, see README). */
   replayed: boolean;
   /** The frame or inbox item as received. */
@@ -83,6 +105,86 @@ export interface Welcome {
   serverTime: string;
   /** How many message frames the replay that follows sends (absent on older servers). */
   pending?: number;
+  /** The inbox counts at this moment (absent on older servers). */
+  counts?: InboxCounts;
+  /** SSE: the `Last-Event-ID` the stream resumed from. */
+  resumedFrom?: string;
+}
+
+/** The inbox counts (archived entries are not counted). */
+export interface InboxCounts {
+  /** Not yet seen in the feed: the badge. */
+  unseen: number;
+  /** Not yet read. */
+  unread: number;
+  total: number;
+}
+
+/** One entry of the inbox (`GET /api/v1/inbox`). */
+export interface InboxEntry {
+  id: string;
+  title: string;
+  content: string;
+  /** The sender's msgType. */
+  type: number;
+  sender: string;
+  createdAt: string;
+  /** The delivery status (`sent`, `delivered`, `read`, …). */
+  status: string;
+  /** Opaque; pass as `before`/`after`. */
+  cursor: string;
+  seen: boolean;
+  read: boolean;
+  archived: boolean;
+}
+
+export interface InboxQuery {
+  /** Default `undelivered`. */
+  status?: "undelivered" | "all" | "unseen" | "unread" | "read" | "seen";
+  /** Default false. */
+  archived?: boolean | "any";
+  /** Only this msgType. */
+  type?: number;
+  /** Entries older than this cursor. */
+  before?: string;
+  /** Entries newer than this cursor. */
+  after?: string;
+  /** 1..1000 (server default 50). */
+  limit?: number;
+  /** Offset paging, without a cursor. */
+  page?: number;
+  size?: number;
+}
+
+export interface InboxPage {
+  /** Newest first. */
+  items: InboxEntry[];
+  page: number;
+  size: number;
+  total: number;
+  /** Pass as `before` for the next (older) page; null at the end. */
+  nextCursor: string | null;
+}
+
+/** These message ids, or all entries (with `before`: those whose cursor is ≤ it). */
+export type InboxSelection = string[] | { all: true; before?: string | null };
+
+export interface InboxOpResult {
+  /** How many entries changed. */
+  changed: number;
+  counts: InboxCounts | null;
+}
+
+/** The server's state frame: flags changed in one of this user's sessions (`ids`, or `all` up to `before`). */
+export interface StateFrame {
+  type: "state";
+  ids?: string[];
+  all?: true;
+  before?: string | null;
+  seen?: boolean;
+  read?: boolean;
+  archived?: boolean;
+  deleted?: boolean;
 }
 
 export interface CloseInfo {
@@ -102,11 +204,13 @@ export type HeraldState = "idle" | "connecting" | "replaying" | "live" | "reconn
 export type HeraldErrorKind = "unauthorized" | "server" | "protocol" | "http" | "network" | "token";
 
 export declare class HeraldError extends Error {
-  constructor(kind: HeraldErrorKind, message: string, details?: { status?: number; cause?: unknown });
+  constructor(kind: HeraldErrorKind, message: string, details?: { status?: number; field?: string; cause?: unknown });
   readonly name: "HeraldError";
   readonly kind: HeraldErrorKind;
   /** HTTP status, when there was one. */
   readonly status?: number;
+  /** The request field the server blamed, when it named one (e.g. `ids`). */
+  readonly field?: string;
 }
 
 export interface HeraldEvents {
@@ -116,6 +220,12 @@ export interface HeraldEvents {
   "replay-complete": { count: number };
   statechange: { state: HeraldState; previous: HeraldState };
   error: HeraldError;
+  /** `herald.counts` changed (welcome, a counts frame, a live message, an op without a session). */
+  counts: InboxCounts;
+  /** A state frame from the server, as received. */
+  state: StateFrame;
+  /** `auto` switched transports. */
+  transport: { transport: Transport; previous: Transport };
 }
 
 /** Delay before reconnect attempt `attempt` (0 = first retry), within [0, maxDelay]. */
@@ -145,6 +255,10 @@ export declare class Herald {
   readonly stats: { attempts: number; messages: number; duplicates: number };
   /** Connection state. */
   readonly state: HeraldState;
+  /** The transport in use (or tried next). */
+  readonly transport: Transport;
+  /** The inbox counts, kept current; null until the server sent them. */
+  readonly counts: InboxCounts | null;
   /** Start connecting; retries with backoff until `close()` or a rejected token. */
   connect(): this;
   /** Close for good: no reconnect after this (`connect()` starts again). */
@@ -155,6 +269,22 @@ export declare class Herald {
   read(id: string): void;
   /** `POST /api/v1/inbox/collect`: the new undelivered messages, oldest first, now `delivered`; also emitted as `message`. */
   collect(): Promise<HeraldMessage[]>;
+  /** `GET /api/v1/inbox/counts`; also updates `counts`. */
+  fetchCounts(): Promise<InboxCounts>;
+  /** `GET /api/v1/inbox`: one page, newest first. */
+  inbox(query?: InboxQuery): Promise<InboxPage>;
+  /** `POST /api/v1/inbox/seen`. */
+  markSeen(which: InboxSelection): Promise<InboxOpResult>;
+  /** `POST /api/v1/inbox/read` (implies seen; the delivery becomes `read`). */
+  markRead(which: InboxSelection): Promise<InboxOpResult>;
+  /** `POST /api/v1/inbox/unread`. */
+  markUnread(which: InboxSelection): Promise<InboxOpResult>;
+  /** `POST /api/v1/inbox/archive`. */
+  archive(which: InboxSelection): Promise<InboxOpResult>;
+  /** `POST /api/v1/inbox/unarchive`. */
+  unarchive(which: InboxSelection): Promise<InboxOpResult>;
+  /** `POST /api/v1/inbox/delete`: out of this user's inbox for good. */
+  remove(which: InboxSelection): Promise<InboxOpResult>;
   on<K extends keyof HeraldEvents>(event: K, listener: (value: HeraldEvents[K]) => void): () => void;
   off<K extends keyof HeraldEvents>(event: K, listener: (value: HeraldEvents[K]) => void): void;
   once<K extends keyof HeraldEvents>(event: K, listener: (value: HeraldEvents[K]) => void): () => void;
