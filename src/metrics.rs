@@ -176,6 +176,8 @@ pub struct Metrics {
     pub frames_sent: AtomicU64,
     pub replayed: AtomicU64,
     pub acks: AtomicU64,
+    /// Inbox entries whose state a change moved (seen, read, archived …).
+    pub inbox_changes: AtomicU64,
     pub status_write_errors: AtomicU64,
     /// Failover chain events, indexed like [`ROUTE_EVENTS`].
     pub route_events: [AtomicU64; ROUTE_EVENTS.len()],
@@ -378,7 +380,7 @@ impl Metrics {
             "Open WebSocket sessions on this node.",
             self.connections.load(Relaxed),
         );
-        let counters: [(&str, &str, &AtomicU64); 11] = [
+        let counters: [(&str, &str, &AtomicU64); 12] = [
             (
                 "herald_broadcast_members_spilled_total",
                 "Broadcast members still undelivered when the audience window ended.",
@@ -428,6 +430,11 @@ impl Metrics {
                 "herald_ws_acks_total",
                 "Acks and reads received.",
                 &self.acks,
+            ),
+            (
+                "herald_inbox_changes_total",
+                "Inbox entries changed by seen/read/unread/archive/unarchive/ack/delete.",
+                &self.inbox_changes,
             ),
             (
                 "herald_status_write_errors_total",

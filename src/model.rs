@@ -432,6 +432,238 @@ pub struct InboxItem {
     pub sender: String,
     pub created_at_ms: i64,
     pub status: Status,
+    /// The receiver's inbox flags ([`inbox`]; websocket deliveries only).
+    pub flags: i64,
+}
+
+/// The notification center's per-receiver state of a websocket delivery, beside its
+/// status (docs/api.md §6.1): bits of the `deliveries.inbox` column.
+pub mod inbox {
+    use super::Status;
+
+    /// Seen in the feed (the badge no longer counts it).
+    pub const SEEN: i64 = 1;
+    /// Read; implies [`SEEN`].
+    pub const READ: i64 = 2;
+    /// Archived: out of the default feed and the counts, orthogonal to read.
+    pub const ARCHIVED: i64 = 4;
+    /// Deleted by the receiver: out of the inbox for good (the delivery stays).
+    pub const DELETED: i64 = 8;
+
+    /// The flags of an entry that has none stored (a broadcast member without a row of
+    /// its own): a `read` receipt (the WebSocket `read` frame) makes it seen and read.
+    pub fn derived(status: Status) -> i64 {
+        if status == Status::Read {
+            SEEN | READ
+        } else {
+            0
+        }
+    }
+
+    /// A change of inbox state (`POST /api/v1/inbox/{op}`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Op {
+        Seen,
+        Read,
+        Unread,
+        Archive,
+        Unarchive,
+        Ack,
+        Delete,
+    }
+
+    impl Op {
+        pub const ALL: [Op; 7] = [
+            Op::Seen,
+            Op::Read,
+            Op::Unread,
+            Op::Archive,
+            Op::Unarchive,
+            Op::Ack,
+            Op::Delete,
+        ];
+
+        pub fn as_str(self) -> &'static str {
+            match self {
+                Op::Seen => "seen",
+                Op::Read => "read",
+                Op::Unread => "unread",
+                Op::Archive => "archive",
+                Op::Unarchive => "unarchive",
+                Op::Ack => "ack",
+                Op::Delete => "delete",
+            }
+        }
+
+        pub fn parse(s: &str) -> Option<Op> {
+            Op::ALL.into_iter().find(|o| o.as_str() == s)
+        }
+
+        /// Flags set and cleared.
+        pub fn bits(self) -> (i64, i64) {
+            match self {
+                Op::Seen => (SEEN, 0),
+                Op::Read => (SEEN | READ, 0),
+                Op::Unread => (0, READ),
+                Op::Archive => (ARCHIVED, 0),
+                Op::Unarchive => (0, ARCHIVED),
+                Op::Ack => (0, 0),
+                Op::Delete => (DELETED, 0),
+            }
+        }
+
+        /// The delivery status the op moves the delivery to, at least (forward only).
+        pub fn status(self) -> Option<Status> {
+            match self {
+                Op::Seen | Op::Ack => Some(Status::Delivered),
+                Op::Read => Some(Status::Read),
+                _ => None,
+            }
+        }
+
+        /// The flags of an entry after the op.
+        pub fn apply(self, flags: i64) -> i64 {
+            let (set, clear) = self.bits();
+            (flags | set) & !clear
+        }
+    }
+
+    /// Which entries an op changes.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Target {
+        /// These messages (public ids): every one must be in the inbox, or nothing changes.
+        Ids(Vec<String>),
+        /// Every entry, or those with `seq <= before` (what the user saw).
+        All { before: Option<i64> },
+    }
+
+    /// What an op did.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Marked {
+        /// How many entries changed.
+        Done { changed: u64 },
+        /// These ids are not in the receiver's inbox; nothing changed.
+        Unknown(Vec<String>),
+    }
+
+    /// `GET /api/v1/inbox/counts`: entries not archived.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub struct Counts {
+        pub unseen: u64,
+        pub unread: u64,
+        pub total: u64,
+    }
+
+    impl Counts {
+        /// Count one entry with `flags`.
+        pub fn add(&mut self, flags: i64) {
+            if flags & (ARCHIVED | DELETED) != 0 {
+                return;
+            }
+            self.total += 1;
+            if flags & SEEN == 0 {
+                self.unseen += 1;
+            }
+            if flags & READ == 0 {
+                self.unread += 1;
+            }
+        }
+    }
+
+    /// Which entries a listing shows.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Show {
+        /// `pending`/`sent` (the default, as before the notification center).
+        Undelivered,
+        All,
+        Unseen,
+        Seen,
+        Unread,
+        Read,
+    }
+
+    /// A listing of the inbox, newest first.
+    #[derive(Debug, Clone)]
+    pub struct Query {
+        pub show: Show,
+        /// `Some(false)` (default): not archived; `Some(true)`: archived; `None`: both.
+        pub archived: Option<bool>,
+        pub msg_type: Option<i64>,
+        /// Entries with `seq < before`.
+        pub before: Option<i64>,
+        /// Entries with `seq > after` (the oldest `limit` of them).
+        pub after: Option<i64>,
+        pub offset: i64,
+        pub limit: u32,
+    }
+
+    impl Query {
+        /// Does an entry with this status, flags and type belong in the listing?
+        pub fn matches(&self, seq: i64, status: Status, flags: i64, msg_type: i64) -> bool {
+            if status == Status::Failed || flags & DELETED != 0 {
+                return false;
+            }
+            if let Some(a) = self.archived {
+                if (flags & ARCHIVED != 0) != a {
+                    return false;
+                }
+            }
+            if self.msg_type.is_some_and(|t| t != msg_type)
+                || self.before.is_some_and(|b| seq >= b)
+                || self.after.is_some_and(|a| seq <= a)
+            {
+                return false;
+            }
+            match self.show {
+                Show::Undelivered => status.is_undelivered(),
+                Show::All => true,
+                Show::Unseen => flags & SEEN == 0,
+                Show::Seen => flags & SEEN != 0,
+                Show::Unread => flags & READ == 0,
+                Show::Read => flags & READ != 0,
+            }
+        }
+
+        /// The same condition in SQL over `deliveries d` and `messages m` (the entry's
+        /// visibility included); its parameters are bound by the caller in the order of
+        /// [`Query::sql_params`].
+        pub fn sql(&self, placeholder: &mut dyn FnMut() -> String) -> String {
+            let mut s = String::from(
+                " AND d.next_attempt_at IS NULL AND d.status <> 4 AND (d.inbox & 8) = 0",
+            );
+            match self.archived {
+                Some(true) => s.push_str(" AND (d.inbox & 4) <> 0"),
+                Some(false) => s.push_str(" AND (d.inbox & 4) = 0"),
+                None => {}
+            }
+            s.push_str(match self.show {
+                Show::Undelivered => " AND d.status < 2",
+                Show::All => "",
+                Show::Unseen => " AND (d.inbox & 1) = 0",
+                Show::Seen => " AND (d.inbox & 1) <> 0",
+                Show::Unread => " AND (d.inbox & 2) = 0",
+                Show::Read => " AND (d.inbox & 2) <> 0",
+            });
+            if self.msg_type.is_some() {
+                s.push_str(&format!(" AND m.msg_type = {}", placeholder()));
+            }
+            if self.before.is_some() {
+                s.push_str(&format!(" AND d.message_seq < {}", placeholder()));
+            }
+            if self.after.is_some() {
+                s.push_str(&format!(" AND d.message_seq > {}", placeholder()));
+            }
+            s
+        }
+
+        /// The values of [`Query::sql`]'s placeholders, in order.
+        pub fn sql_params(&self) -> Vec<i64> {
+            [self.msg_type, self.before, self.after]
+                .into_iter()
+                .flatten()
+                .collect()
+        }
+    }
 }
 
 /// Listing filters of `GET /api/v1/messages`.

@@ -63,6 +63,7 @@ impl Cors {
             || path.starts_with("/api/v1/me/")
             || path == "/message/collectMessage"
             || path == "/herald.js"
+            || path == "/herald-inbox.js"
     }
 
     /// The `Access-Control-Allow-Origin` value for a request from `origin`, if allowed.

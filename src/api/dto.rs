@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::model::{rfc3339, Delivery, InboxItem, Message, Status};
+use crate::model::{inbox, rfc3339, Delivery, InboxItem, Message, Status};
 use crate::session::SessionInfo;
 
 /// A user id as sent by clients: a string, or an integer (older clients send numbers).
@@ -266,6 +266,12 @@ pub struct InboxMessage {
     pub created_at: String,
     /// This user's delivery status.
     pub status: String,
+    /// Where the entry stands in the inbox: pass it as `before`/`after` (opaque).
+    pub cursor: String,
+    /// Inbox state (docs/api.md §6.1).
+    pub seen: bool,
+    pub read: bool,
+    pub archived: bool,
 }
 
 impl From<&InboxItem> for InboxMessage {
@@ -278,16 +284,62 @@ impl From<&InboxItem> for InboxMessage {
             sender: i.sender.clone(),
             created_at: rfc3339(i.created_at_ms),
             status: i.status.as_str().to_owned(),
+            cursor: i.seq.to_string(),
+            seen: i.flags & inbox::SEEN != 0,
+            read: i.flags & inbox::READ != 0,
+            archived: i.flags & inbox::ARCHIVED != 0,
         }
     }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct InboxPage {
     pub items: Vec<InboxMessage>,
     pub page: u32,
     pub size: u32,
+    /// Entries matching the filters (all pages).
     pub total: i64,
+    /// Pass as `before` for the next (older) page; `null` when there is none.
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /api/v1/inbox/counts`: the user's entries that are not archived.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub struct InboxCounts {
+    pub unseen: u64,
+    pub unread: u64,
+    pub total: u64,
+}
+
+impl From<inbox::Counts> for InboxCounts {
+    fn from(c: inbox::Counts) -> Self {
+        InboxCounts {
+            unseen: c.unseen,
+            unread: c.unread,
+            total: c.total,
+        }
+    }
+}
+
+/// `POST /api/v1/inbox/{op}`: either `ids` or `all` (optionally up to `before`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InboxChange {
+    /// Message ids (1–1000), every one in this inbox.
+    pub ids: Option<Vec<String>>,
+    /// Every entry (with `before`: those at or before that cursor).
+    pub all: Option<bool>,
+    /// A cursor: with `all`, only entries at or before it (what the user saw).
+    pub before: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InboxChanged {
+    /// Entries whose state changed.
+    pub changed: u64,
+    /// The counts after the change.
+    pub counts: InboxCounts,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

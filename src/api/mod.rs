@@ -52,6 +52,23 @@ pub fn router(app: AppState) -> Router {
                 .delete(recipients::delete),
         )
         .route("/api/v1/inbox", get(inbox::inbox))
+        .route("/api/v1/inbox/counts", get(inbox::counts))
+        .route(
+            "/api/v1/inbox/{op}",
+            post(inbox::change_own).delete(inbox::delete_own),
+        )
+        .route(
+            "/api/v1/recipients/{user_id}/inbox",
+            get(inbox::admin_inbox),
+        )
+        .route(
+            "/api/v1/recipients/{user_id}/inbox/counts",
+            get(inbox::admin_counts),
+        )
+        .route(
+            "/api/v1/recipients/{user_id}/inbox/{op}",
+            post(inbox::admin_change).delete(inbox::admin_delete),
+        )
         .route(
             "/api/v1/me/devices",
             post(devices::register).get(devices::list),
@@ -85,6 +102,7 @@ pub fn router(app: AppState) -> Router {
         .route("/docs", get(docs))
         .route("/docs/rapidoc-min.js", get(rapidoc))
         .route("/herald.js", get(herald_js))
+        .route("/herald-inbox.js", get(herald_inbox_js))
         .route("/demo", get(demo))
         .route("/admin", get(admin))
         .route("/api/v1/stats/deliveries", get(stats::deliveries))
@@ -195,6 +213,13 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
         devices::delete,
         devices::admin_delete,
         inbox::inbox,
+        inbox::counts,
+        inbox::change_own,
+        inbox::delete_own,
+        inbox::admin_inbox,
+        inbox::admin_counts,
+        inbox::admin_change,
+        inbox::admin_delete,
         inbox::collect,
         seed::send_message,
         seed::get_message_page,
@@ -209,7 +234,7 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
     modifiers(&Security),
     tags(
         (name = "messages", description = "Send and track messages (API key)"),
-        (name = "inbox", description = "A user's own messages (user token)"),
+        (name = "inbox", description = "The notification center: a user's inbox, counts and state (user token; per user under /api/v1/recipients with an admin key)"),
         (name = "websocket", description = "Live push; frames: welcome, message, ack, read, ping/pong, error"),
         (name = "operations", description = "Health, readiness, metrics"),
         (name = "seed-compatible", description = "Routes of the earlier message service, served by the same handlers"),
@@ -302,6 +327,18 @@ async fn herald_js() -> impl IntoResponse {
             (header::CACHE_CONTROL, "no-cache"),
         ],
         include_str!("../../clients/js/herald.js"),
+    )
+}
+
+/// The `<herald-inbox>` web component (`clients/js/herald-inbox.js`), an ES module that
+/// imports `./herald.js`.
+async fn herald_inbox_js() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("../../clients/js/herald-inbox.js"),
     )
 }
 

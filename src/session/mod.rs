@@ -34,6 +34,10 @@ pub struct SessionInfo {
     pub node: Arc<str>,
 }
 
+/// The `delivery_id` of a *control* frame (inbox `state`/`counts`): written like a message
+/// frame, never recorded as `sent`, never de-duplicated against the replay.
+pub const CONTROL_FRAME: i64 = 0;
+
 /// One frame queued for a session.
 #[derive(Debug, Clone)]
 pub struct Outbound {

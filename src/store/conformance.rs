@@ -42,6 +42,23 @@ async fn insert(store: &dyn Store, m: NewMessage) -> (String, Vec<i64>) {
     }
 }
 
+/// The inbox listing the API's `status=undelivered|all` asks for, by page.
+fn listing_query(undelivered_only: bool, p: PageRequest) -> inbox::Query {
+    inbox::Query {
+        show: if undelivered_only {
+            inbox::Show::Undelivered
+        } else {
+            inbox::Show::All
+        },
+        archived: Some(false),
+        msg_type: None,
+        before: None,
+        after: None,
+        offset: p.offset(),
+        limit: p.size,
+    }
+}
+
 fn page(page: u32, size: u32) -> PageRequest {
     PageRequest { page, size }
 }
@@ -74,7 +91,8 @@ macro_rules! conformance_tests {
             concurrent_inserts_all_commit, listing, outbox_claims_leases_and_outcomes,
             scheduled_messages_are_held_released_and_expired,
             failover_routes_advance_under_their_lease, compact_audiences_read_like_rows,
-            compact_audiences_spill_expire_and_delete, ready_after_migrations);
+            compact_audiences_spill_expire_and_delete, ready_after_migrations,
+            inbox_states_counts_and_marks);
     };
     (@each $open:path; $($name:ident),* $(,)?) => {
         /// The store conformance suite (`store/conformance.rs`), one test per property.
@@ -141,7 +159,7 @@ pub async fn scheduled_messages_are_held_released_and_expired(store: &Arc<dyn St
     let page = PageRequest { page: 1, size: 10 };
     assert_eq!(
         store
-            .inbox("held-u", "websocket", false, page)
+            .inbox_entries("held-u", &listing_query(false, page))
             .await
             .unwrap()
             .total,
@@ -745,11 +763,14 @@ pub async fn undelivered_and_collect(store: &Arc<dyn Store>) {
 
     let pending = s.receivers_with_undelivered("websocket").await.unwrap();
     assert!(pending.contains(&"u1".to_string()), "{pending:?}");
-    let inbox = s.inbox("u1", "websocket", true, page(1, 10)).await.unwrap();
+    let inbox = s
+        .inbox_entries("u1", &listing_query(true, page(1, 10)))
+        .await
+        .unwrap();
     assert_eq!(inbox.total, 4);
     assert_eq!(inbox.items[0].id, ids[4], "newest first");
     assert_eq!(
-        s.inbox("u1", "websocket", false, page(1, 10))
+        s.inbox_entries("u1", &listing_query(false, page(1, 10)))
             .await
             .unwrap()
             .total,
@@ -1040,17 +1061,26 @@ pub async fn compact_audiences_read_like_rows(store: &Arc<dyn Store>) {
         assert!(pending.iter().any(|p| p == who), "{who}");
     }
     for (who, undelivered, all) in [("cx-a", 0, 2), ("cx-d", 2, 2)] {
-        let u = s.inbox(who, "websocket", true, page(1, 10)).await.unwrap();
+        let u = s
+            .inbox_entries(who, &listing_query(true, page(1, 10)))
+            .await
+            .unwrap();
         assert_eq!(u.total, undelivered, "{who}");
-        let a = s.inbox(who, "websocket", false, page(1, 10)).await.unwrap();
+        let a = s
+            .inbox_entries(who, &listing_query(false, page(1, 10)))
+            .await
+            .unwrap();
         assert_eq!(a.total, all, "{who}");
         assert_eq!(a.items[0].id, compact_id, "newest first");
-        let second = s.inbox(who, "websocket", false, page(2, 1)).await.unwrap();
+        let second = s
+            .inbox_entries(who, &listing_query(false, page(2, 1)))
+            .await
+            .unwrap();
         assert_eq!(second.items.len(), 1);
         assert_eq!(second.items[0].id, rows_id);
     }
     let read = s
-        .inbox("cx-a", "websocket", false, page(1, 10))
+        .inbox_entries("cx-a", &listing_query(false, page(1, 10)))
         .await
         .unwrap();
     assert!(read.items.iter().all(|i| i.status == Status::Read));
@@ -1273,7 +1303,7 @@ pub async fn compact_audiences_spill_expire_and_delete(store: &Arc<dyn Store>) {
         [false, false]
     );
     assert_eq!(
-        s.inbox("sp-c", "websocket", false, page(1, 10))
+        s.inbox_entries("sp-c", &listing_query(false, page(1, 10)))
             .await
             .unwrap()
             .total,
@@ -1316,4 +1346,219 @@ pub async fn devices_move_between_users(store: &Arc<dyn Store>) {
         "the old owner's label does not travel"
     );
     assert!(s.list_devices("dv-a").await.unwrap().is_empty());
+}
+
+fn show(show: inbox::Show) -> inbox::Query {
+    inbox::Query {
+        show,
+        archived: Some(false),
+        msg_type: None,
+        before: None,
+        after: None,
+        offset: 0,
+        limit: 100,
+    }
+}
+
+async fn counts(s: &dyn Store, who: &str) -> (u64, u64, u64) {
+    let c = s.inbox_counts(who).await.unwrap();
+    (c.unseen, c.unread, c.total)
+}
+
+async fn mark(s: &dyn Store, who: &str, op: inbox::Op, ids: &[&str]) -> inbox::Marked {
+    let ids = ids.iter().map(|i| i.to_string()).collect();
+    s.inbox_mark(who, op, inbox::Target::Ids(ids))
+        .await
+        .unwrap()
+}
+
+fn changed(n: u64) -> inbox::Marked {
+    inbox::Marked::Done { changed: n }
+}
+
+/// The notification center: flags beside the status, counters, listings, marks by id and
+/// for all, unknown ids, broadcast members, retention (docs/api.md §6).
+pub async fn inbox_states_counts_and_marks(store: &Arc<dyn Store>) {
+    use inbox::{Op, Show, Target};
+    let s = store.as_ref();
+    let (m1, _) = insert(s, msg(&["ib-1"], "websocket")).await;
+    let (m2, _) = insert(s, msg(&["ib-1"], "websocket")).await;
+    let (m3, _) = insert(s, msg(&["ib-1", "ib-2"], "websocket")).await;
+    let (other, _) = insert(s, msg(&["ib-2"], "websocket")).await;
+    // Held (sendAt later) and provider deliveries are not in the inbox.
+    let mut held = msg(&["ib-1"], "websocket");
+    held.send_at_ms = Some(now_ms() + 3_600_000);
+    held.deliveries[0].status = Status::Pending;
+    insert(s, held).await;
+    insert(s, outbox_msg(&["ib-1"], "email")).await;
+    assert_eq!(counts(s, "ib-1").await, (3, 3, 3));
+    assert_eq!(counts(s, "nobody").await, (0, 0, 0));
+
+    assert_eq!(mark(s, "ib-1", Op::Seen, &[&m1]).await, changed(1));
+    assert_eq!(
+        mark(s, "ib-1", Op::Seen, &[&m1]).await,
+        changed(0),
+        "idempotent"
+    );
+    assert_eq!(status_of(s, &m1, "ib-1").await, Status::Delivered);
+    assert_eq!(counts(s, "ib-1").await, (2, 3, 3));
+    assert_eq!(mark(s, "ib-1", Op::Read, &[&m2]).await, changed(1));
+    assert_eq!(status_of(s, &m2, "ib-1").await, Status::Read);
+    assert_eq!(counts(s, "ib-1").await, (1, 2, 3));
+    // Unread: the flag goes, the status stays (forward only), seen stays.
+    assert_eq!(mark(s, "ib-1", Op::Unread, &[&m2]).await, changed(1));
+    assert_eq!(status_of(s, &m2, "ib-1").await, Status::Read);
+    assert_eq!(counts(s, "ib-1").await, (1, 3, 3));
+    // Archived: out of the counts and the default listing, still unread.
+    assert_eq!(mark(s, "ib-1", Op::Archive, &[&m3]).await, changed(1));
+    assert_eq!(counts(s, "ib-1").await, (0, 2, 2));
+    let listed = s.inbox_entries("ib-1", &show(Show::All)).await.unwrap();
+    assert_eq!(listed.total, 2);
+    assert_eq!(listed.items[0].id, m2, "newest first");
+    let flags: Vec<i64> = listed.items.iter().map(|i| i.flags).collect();
+    assert_eq!(flags, [inbox::SEEN, inbox::SEEN]);
+    let archived = s
+        .inbox_entries(
+            "ib-1",
+            &inbox::Query {
+                archived: Some(true),
+                ..show(Show::Unread)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(archived.items.len(), 1);
+    assert_eq!(archived.items[0].id, m3);
+    assert_eq!(archived.items[0].flags, inbox::ARCHIVED);
+    // The other receiver of m3 is untouched.
+    assert_eq!(counts(s, "ib-2").await, (2, 2, 2));
+
+    // Unknown ids, another user's ids: nothing changes, every bad id is named.
+    let before = counts(s, "ib-1").await;
+    assert_eq!(
+        mark(s, "ib-1", Op::Read, &[&m1, "no-such-id", &other]).await,
+        inbox::Marked::Unknown(vec!["no-such-id".into(), other.clone()])
+    );
+    assert_eq!(counts(s, "ib-1").await, before);
+    assert_eq!(status_of(s, &m1, "ib-1").await, Status::Delivered);
+
+    // Cursors: stable pages newest first, `after` gives what is newer.
+    let all = s.inbox_entries("ib-1", &show(Show::All)).await.unwrap();
+    let newest = all.items[0].seq;
+    let older = s
+        .inbox_entries(
+            "ib-1",
+            &inbox::Query {
+                before: Some(newest),
+                ..show(Show::All)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(older.items.len(), 1);
+    assert_eq!(older.items[0].id, m1);
+    let newer = s
+        .inbox_entries(
+            "ib-1",
+            &inbox::Query {
+                after: Some(older.items[0].seq),
+                ..show(Show::All)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(newer.items.len(), 1);
+    assert_eq!(newer.items[0].id, m2);
+
+    // Mark all read up to a cursor: one change for everything at or before it.
+    let (m4, _) = insert(s, msg(&["ib-1"], "websocket")).await;
+    let upto = seq_of(s, &m3).await;
+    let done = s
+        .inbox_mark("ib-1", Op::Read, Target::All { before: Some(upto) })
+        .await
+        .unwrap();
+    assert_eq!(done, changed(3), "m1, m2 and the archived m3");
+    assert_eq!(
+        status_of(s, &m4, "ib-1").await,
+        Status::Pending,
+        "after the cursor"
+    );
+    assert_eq!(counts(s, "ib-1").await, (1, 1, 3));
+
+    // A `read` receipt (the WebSocket frame's status change) reads the entry too.
+    s.apply_status(vec![ack(&m4, "ib-1", Status::Read)])
+        .await
+        .unwrap();
+    assert_eq!(counts(s, "ib-1").await, (0, 0, 3));
+
+    // Deleted: gone from the inbox for good; the delivery stays for the sender.
+    assert_eq!(mark(s, "ib-1", Op::Delete, &[&m1]).await, changed(1));
+    assert_eq!(counts(s, "ib-1").await, (0, 0, 2));
+    assert_eq!(status_of(s, &m1, "ib-1").await, Status::Read);
+    assert!(matches!(
+        mark(s, "ib-1", Op::Unread, &[&m1]).await,
+        inbox::Marked::Unknown(_)
+    ));
+    // Deleting the message itself takes its entries (and counts) with it.
+    assert!(s.delete_message(&m2).await.unwrap());
+    assert_eq!(counts(s, "ib-1").await, (0, 0, 1));
+
+    // Broadcast members: counted and listed without rows; a change gives them one.
+    let now = now_ms();
+    online(s, &["bm-1", "bm-2"], now - 1_000).await;
+    let (b, _) = insert(s, broadcast(&["bm-1", "bm-2"], now)).await;
+    let (t, _) = insert(s, msg(&["bm-1"], "websocket")).await;
+    assert_eq!(counts(s, "bm-1").await, (2, 2, 2));
+    let listed = s.inbox_entries("bm-1", &show(Show::Unread)).await.unwrap();
+    assert_eq!(listed.total, 2);
+    assert_eq!(listed.items[1].id, b);
+    assert_eq!(mark(s, "bm-1", Op::Archive, &[&b]).await, changed(1));
+    assert_eq!(counts(s, "bm-1").await, (1, 1, 1));
+    assert_eq!(
+        counts(s, "bm-2").await,
+        (1, 1, 1),
+        "other members untouched"
+    );
+    assert_eq!(mark(s, "bm-1", Op::Unarchive, &[&b]).await, changed(1));
+    assert_eq!(counts(s, "bm-1").await, (2, 2, 2));
+    // An ack moves the member's status, not its inbox state.
+    assert_eq!(mark(s, "bm-2", Op::Ack, &[&b]).await, changed(1));
+    assert_eq!(status_of(s, &b, "bm-2").await, Status::Delivered);
+    assert_eq!(counts(s, "bm-2").await, (1, 1, 1));
+    // Mark all seen reaches members without rows too.
+    let all = s
+        .inbox_mark("bm-2", Op::Seen, Target::All { before: None })
+        .await
+        .unwrap();
+    assert_eq!(all, changed(1));
+    assert_eq!(counts(s, "bm-2").await, (0, 1, 1));
+    assert_eq!(mark(s, "bm-1", Op::Read, &[&b, &t]).await, changed(2));
+    assert_eq!(counts(s, "bm-1").await, (0, 0, 2));
+    assert_eq!(status_of(s, &b, "bm-1").await, Status::Read);
+    assert_eq!(status_of(s, &b, "bm-2").await, Status::Delivered);
+
+    // Retention: old read/archived/deleted entries go; unread ones only when asked.
+    let old = now_ms() - 10 * 86_400_000;
+    let mut r1 = msg(&["rt-1"], "websocket");
+    r1.created_at_ms = old;
+    let (r1, _) = insert(s, r1).await;
+    let mut r2 = msg(&["rt-1"], "websocket");
+    r2.created_at_ms = old;
+    insert(s, r2).await;
+    let (fresh, _) = insert(s, msg(&["rt-1"], "websocket")).await;
+    mark(s, "rt-1", Op::Read, &[&r1, &fresh]).await;
+    assert_eq!(counts(s, "rt-1").await, (1, 1, 3));
+    let cutoff = now_ms() - 86_400_000;
+    assert_eq!(s.inbox_prune(cutoff, false, 100).await.unwrap(), 1);
+    assert_eq!(
+        counts(s, "rt-1").await,
+        (1, 1, 2),
+        "the unread old one stays"
+    );
+    assert_eq!(s.inbox_prune(cutoff, false, 100).await.unwrap(), 0);
+    assert_eq!(s.inbox_prune(cutoff, true, 100).await.unwrap(), 1);
+    assert_eq!(counts(s, "rt-1").await, (0, 0, 1));
+    let left = s.inbox_entries("rt-1", &show(Show::All)).await.unwrap();
+    assert_eq!(left.items.len(), 1);
+    assert_eq!(left.items[0].id, fresh);
 }

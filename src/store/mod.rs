@@ -22,8 +22,8 @@ use async_trait::async_trait;
 use std::collections::HashMap;
 
 use crate::model::{
-    ClaimResult, DeviceRecord, InboxItem, Inserted, Message, MessageFilter, NewDevice, NewMessage,
-    OutboxMessage, Page, PageRequest, QuotaClaim, Recipient, Registered, RouteAdvance,
+    inbox, ClaimResult, DeviceRecord, InboxItem, Inserted, Message, MessageFilter, NewDevice,
+    NewMessage, OutboxMessage, Page, PageRequest, QuotaClaim, Recipient, Registered, RouteAdvance,
     StatusChange, Timer,
 };
 
@@ -140,14 +140,38 @@ pub trait Store: Send + Sync + 'static {
     /// Every receiver with at least one undelivered delivery on `channel` (start-up).
     async fn receivers_with_undelivered(&self, channel: &str) -> Result<Vec<String>, StoreError>;
 
-    /// A receiver's messages on `channel`, newest first.
-    async fn inbox(
+    /// A page of `receiver`'s inbox (its visible `websocket` entries, docs/api.md §6),
+    /// newest first, with the total of entries matching the query.
+    async fn inbox_entries(
         &self,
         receiver: &str,
-        channel: &str,
-        undelivered_only: bool,
-        page: PageRequest,
+        query: &inbox::Query,
     ) -> Result<Page<InboxItem>, StoreError>;
+
+    /// `receiver`'s inbox counts (entries not archived): maintained counters, plus its
+    /// broadcast entries that have no row of their own.
+    async fn inbox_counts(&self, receiver: &str) -> Result<inbox::Counts, StoreError>;
+
+    /// Change the inbox state of `receiver`'s entries in one transaction. With ids, every
+    /// one must be an entry of this receiver's inbox, or nothing changes
+    /// ([`inbox::Marked::Unknown`]). Ops that imply a status (`seen`, `read`, `ack`) move
+    /// the delivery forward in the same statement.
+    async fn inbox_mark(
+        &self,
+        receiver: &str,
+        op: inbox::Op,
+        target: inbox::Target,
+    ) -> Result<inbox::Marked, StoreError>;
+
+    /// Retention: delete up to `limit` inbox entries of messages created before
+    /// `cutoff_ms` that are read, archived or deleted (every one with `include_unread`).
+    /// How many went; call again while it is `limit`.
+    async fn inbox_prune(
+        &self,
+        cutoff_ms: i64,
+        include_unread: bool,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
 
     /// Atomically take up to `limit` undelivered messages (oldest first) and mark them
     /// `delivered`.

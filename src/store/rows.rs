@@ -117,7 +117,7 @@ pub fn delivery(r: &impl Cols) -> Result<Delivery, StoreError> {
 
 /// `messages m` + `deliveries d` columns of an [`InboxItem`] ([`inbox_item`]).
 pub const INBOX_COLUMNS: &str =
-    "m.seq, m.id, m.title, m.content, m.msg_type, m.sender, m.created_at, d.status, d.id";
+    "m.seq, m.id, m.title, m.content, m.msg_type, m.sender, m.created_at, d.status, d.id, d.inbox";
 
 pub fn inbox_item(r: &impl Cols) -> Result<InboxItem, StoreError> {
     Ok(InboxItem {
@@ -130,6 +130,7 @@ pub fn inbox_item(r: &impl Cols) -> Result<InboxItem, StoreError> {
         created_at_ms: r.int(6)?,
         status: Status::from_code(r.int(7)?),
         delivery_id: r.int(8)?,
+        flags: r.int(9)?,
     })
 }
 
@@ -152,6 +153,7 @@ pub fn message_item(
         created_at_ms: r.int(6)?,
         status,
         delivery_id,
+        flags: crate::model::inbox::derived(status),
     })
 }
 
@@ -300,4 +302,20 @@ pub fn push_filter<'a, DB: Database>(
         }
     }
     qb.push(")");
+}
+
+/// The page of a [`crate::model::inbox::Query`] from the candidates of both shapes (rows
+/// and broadcast members, each already limited to `offset + limit`): newest first; after
+/// a cursor, the entries right after it.
+pub fn inbox_page(mut items: Vec<InboxItem>, q: &crate::model::inbox::Query) -> Vec<InboxItem> {
+    let (offset, limit) = (q.offset.max(0) as usize, q.limit as usize);
+    if q.after.is_some() {
+        items.sort_by_key(|i| i.seq);
+        let mut page: Vec<InboxItem> = items.into_iter().skip(offset).take(limit).collect();
+        page.reverse();
+        page
+    } else {
+        items.sort_by_key(|i| std::cmp::Reverse(i.seq));
+        items.into_iter().skip(offset).take(limit).collect()
+    }
 }

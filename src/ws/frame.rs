@@ -17,6 +17,9 @@ pub enum ServerFrame<'a> {
         /// How many undelivered messages the replay right after this frame sends, so a
         /// client knows when it has caught up (a message deleted meanwhile is skipped).
         pending: u64,
+        /// The user's inbox counts (docs/api.md §6.2); absent when they could not be read.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        counts: Option<CountsFrame>,
     },
     #[serde(rename_all = "camelCase")]
     Message {
@@ -27,10 +30,49 @@ pub enum ServerFrame<'a> {
         sender: &'a str,
         created_at: &'a str,
     },
+    /// Inbox entries changed state (docs/websocket.md §2.1): the ids (or `all`, up to
+    /// `before`) and the flags the change set.
+    #[serde(rename_all = "camelCase")]
+    State {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ids: Option<&'a [String]>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        all: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        before: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        seen: Option<bool>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        read: Option<bool>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        archived: Option<bool>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        deleted: Option<bool>,
+    },
+    /// The user's inbox counts, after a state change.
+    Counts(CountsFrame),
     Pong,
     Error {
         error: &'a str,
     },
+}
+
+/// `{"unseen","unread","total"}`: the welcome's `counts` and the `counts` frame's fields.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CountsFrame {
+    pub unseen: u64,
+    pub unread: u64,
+    pub total: u64,
+}
+
+impl From<crate::model::inbox::Counts> for CountsFrame {
+    fn from(c: crate::model::inbox::Counts) -> Self {
+        CountsFrame {
+            unseen: c.unseen,
+            unread: c.unread,
+            total: c.total,
+        }
+    }
 }
 
 impl ServerFrame<'_> {
@@ -201,13 +243,32 @@ mod tests {
                 user_id: "u",
                 server_time: "t".into(),
                 pending: 2,
+                counts: Some(CountsFrame {
+                    unseen: 1,
+                    unread: 2,
+                    total: 3,
+                }),
             }
             .to_json(),
         )
         .unwrap();
         assert_eq!(
             w,
-            serde_json::json!({"type":"welcome","sessionId":"s","userId":"u","serverTime":"t","pending":2})
+            serde_json::json!({"type":"welcome","sessionId":"s","userId":"u","serverTime":"t","pending":2,
+                "counts":{"unseen":1,"unread":2,"total":3}})
+        );
+        let c: serde_json::Value = serde_json::from_str(
+            &ServerFrame::Counts(CountsFrame {
+                unseen: 0,
+                unread: 1,
+                total: 4,
+            })
+            .to_json(),
+        )
+        .unwrap();
+        assert_eq!(
+            c,
+            serde_json::json!({"type":"counts","unseen":0,"unread":1,"total":4})
         );
     }
 }

@@ -23,11 +23,12 @@ use tokio_tungstenite::WebSocketStream;
 use crate::auth::UserIdentity;
 use crate::error::ApiError;
 use crate::model::{now_ms, rfc3339, InboxItem, Status, StatusChange};
-use crate::session::{signal, Outbound, SessionHandle, SessionInfo};
+use crate::session::{signal, Outbound, SessionHandle, SessionInfo, CONTROL_FRAME};
 use crate::state::AppState;
 
 pub mod channel;
 pub mod frame;
+pub mod inbox;
 pub mod upgrade;
 
 /// A session's socket: tokio-tungstenite over the connection hyper handed over.
@@ -362,6 +363,7 @@ impl Session {
             user_id: &self.handle.info.user_id,
             server_time: rfc3339(now_ms()),
             pending,
+            counts: inbox::welcome_counts(&self.app, user).await,
         }
         .to_json();
         if let Err(end) = self.write(Message::Text(welcome.into()), true).await {
@@ -508,13 +510,17 @@ impl Session {
         let mut item = Some(first);
         let mut written = Vec::new();
         while let Some(it) = item.take() {
-            let skip = replayed
-                .as_ref()
-                .is_some_and(|r| r.contains(&it.message.id))
-                || self.app.dispatcher.is_deleted(&it.message.id);
+            let control = it.delivery_id == CONTROL_FRAME;
+            let skip = !control
+                && (replayed
+                    .as_ref()
+                    .is_some_and(|r| r.contains(&it.message.id))
+                    || self.app.dispatcher.is_deleted(&it.message.id));
             if !skip {
                 self.write(Message::Text(it.frame), false).await?;
-                written.push(it.delivery_id);
+                if !control {
+                    written.push(it.delivery_id);
+                }
             }
             if written.len() < 64 {
                 item = self.handle.try_next();
@@ -544,7 +550,19 @@ impl Session {
                 Ok(())
             }
             Ok(ClientFrame::Read { id }) => {
-                self.receipt(id, Status::Read).await;
+                // Read in the inbox too (seen + read), synced to the user's other sessions:
+                // the same change as `POST /api/v1/inbox/read` (docs/websocket.md §4.3).
+                // Off the session's loop; an id that is not in the inbox changes nothing.
+                self.app.metrics.acks.fetch_add(1, Relaxed);
+                let (app, user) = (self.app.clone(), self.handle.info.user_id.clone());
+                tokio::spawn(async move {
+                    let target = crate::model::inbox::Target::Ids(vec![id]);
+                    if let Err(e) =
+                        inbox::mark(&app, &user, crate::model::inbox::Op::Read, target).await
+                    {
+                        tracing::debug!(error = %e, "read receipt not stored");
+                    }
+                });
                 Ok(())
             }
             Err(reason) => self.error_frame(&reason).await,

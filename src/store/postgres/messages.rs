@@ -628,6 +628,7 @@ async fn member_items(
             heads.get(&m.seq).map(|h| InboxItem {
                 status: m.state.status(),
                 delivery_id: member_delivery_id(m.seq, m.index),
+                flags: crate::model::inbox::derived(m.state.status()),
                 ..h.clone()
             })
         })

@@ -259,14 +259,37 @@ impl Store for PgStore {
         read(self.read_receivers_with_undelivered(channel)).await
     }
 
-    async fn inbox(
+    async fn inbox_entries(
         &self,
-        receiver: &str,
-        channel: &str,
-        undelivered_only: bool,
-        page: PageRequest,
+        _receiver: &str,
+        _query: &crate::model::inbox::Query,
     ) -> Result<Page<InboxItem>, StoreError> {
-        read(self.read_inbox(receiver, channel, undelivered_only, page)).await
+        Err(StoreError::Corrupt("TODO_PG_INBOX".into()))
+    }
+
+    async fn inbox_counts(
+        &self,
+        _receiver: &str,
+    ) -> Result<crate::model::inbox::Counts, StoreError> {
+        Err(StoreError::Corrupt("TODO_PG_INBOX".into()))
+    }
+
+    async fn inbox_mark(
+        &self,
+        _receiver: &str,
+        _op: crate::model::inbox::Op,
+        _target: crate::model::inbox::Target,
+    ) -> Result<crate::model::inbox::Marked, StoreError> {
+        Err(StoreError::Corrupt("TODO_PG_INBOX".into()))
+    }
+
+    async fn inbox_prune(
+        &self,
+        _cutoff_ms: i64,
+        _include_unread: bool,
+        _limit: u32,
+    ) -> Result<u64, StoreError> {
+        Err(StoreError::Corrupt("TODO_PG_INBOX".into()))
     }
 
     async fn collect(

@@ -366,6 +366,99 @@ pub(super) fn spill(cx: &mut Ctx<'_>, timer: &Timer) -> Result<Option<u64>, Stor
     Ok(Some(n))
 }
 
+/// Give member `i` of message `seq` a delivery row of its own now (its inbox state is about
+/// to change, and a member has no room for inbox flags): the row takes its status,
+/// attempts and the flags its status implies. `false` when there is no such unspilled
+/// member.
+pub(super) fn spill_member(cx: &mut Ctx<'_>, seq: i64, i: usize) -> Result<bool, StoreError> {
+    let (conn, now) = (cx.conn, cx.now);
+    let Some(a) = cx.hot.get(conn, seq)? else {
+        return Ok(false);
+    };
+    if i >= a.members.len() || a.st.member(i).spilled() {
+        return Ok(false);
+    }
+    let m = a.st.member(i);
+    conn.prepare_cached(
+        "INSERT INTO deliveries (message_seq, receiver, channel, status, attempts, \
+           created_at, updated_at, inbox) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        seq,
+        a.members.get(i),
+        a.channel,
+        m.status().code(),
+        m.attempts(),
+        a.created_at,
+        a.created_at + a.st.changed_after(i),
+        crate::model::inbox::derived(m.status())
+    ])?;
+    a.st.spill(i, now - a.created_at);
+    a.touch();
+    Ok(true)
+}
+
+/// `receiver`'s unspilled entries in `channel` audiences with `seq <= before` (all when
+/// `None`), writer side (mark-all): found through the presence history, as the readers do.
+pub(super) fn history_members_in_writer(
+    cx: &mut Ctx<'_>,
+    receiver: &str,
+    channel: &str,
+    before: Option<i64>,
+) -> Result<Vec<(i64, usize, MemberState)>, StoreError> {
+    let seqs: Vec<i64> = cx
+        .conn
+        .prepare_cached(
+            "SELECT DISTINCT a.message_seq FROM presence p JOIN audiences a \
+               ON a.taken_at >= p.since - ?2 AND (p.until IS NULL OR a.taken_at <= p.until + ?2) \
+             WHERE p.receiver = ?1 AND a.channel = ?3 AND a.message_seq <= ?4 \
+             ORDER BY a.message_seq",
+        )?
+        .query_map(
+            params![
+                receiver,
+                PRESENCE_SLACK_MS,
+                channel,
+                before.unwrap_or(i64::MAX)
+            ],
+            |r| r.get(0),
+        )?
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::new();
+    for seq in seqs {
+        let conn = cx.conn;
+        if let Some(a) = cx.hot.get(conn, seq)? {
+            if let Some(i) = a.members.find(receiver) {
+                let m = a.st.member(i);
+                if !m.spilled() {
+                    out.push((seq, i, m));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The unspilled entry of `receiver` in message `seq`'s audience on `channel`, if any.
+pub(super) fn member_in_writer(
+    cx: &mut Ctx<'_>,
+    seq: i64,
+    receiver: &str,
+    channel: &str,
+) -> Result<Option<(usize, MemberState)>, StoreError> {
+    let conn = cx.conn;
+    let Some(a) = cx.hot.get(conn, seq)? else {
+        return Ok(None);
+    };
+    if a.channel != channel {
+        return Ok(None);
+    }
+    Ok(a.members.find(receiver).and_then(|i| {
+        let m = a.st.member(i);
+        (!m.spilled()).then_some((i, m))
+    }))
+}
+
 /// Fail the undelivered members of message `seq` (`expiresAt`): how many.
 pub(super) fn expire(cx: &mut Ctx<'_>, seq: i64, now: i64) -> Result<u64, StoreError> {
     let conn = cx.conn;

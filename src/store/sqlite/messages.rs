@@ -165,7 +165,8 @@ pub(super) fn apply_to_row(
 ) -> Result<bool, StoreError> {
     let moved =
         conn.prepare_cached(&format!(
-            "UPDATE deliveries SET status = ?1, attempts = attempts + ?2, updated_at = ?3 \
+            "UPDATE deliveries SET status = ?1, attempts = attempts + ?2, updated_at = ?3, \
+               inbox = CASE WHEN ?1 = 3 THEN inbox | 3 ELSE inbox END \
              WHERE message_seq = ?4 AND receiver = ?5 AND channel = ?6 AND {MOVES_FORWARD}"
         ))?
         .execute(params![
@@ -205,7 +206,8 @@ pub(super) fn apply_status(
                     let moved = conn
                         .prepare_cached(&format!(
                             "UPDATE deliveries SET status = ?1, last_error = COALESCE(?2, last_error), \
-                               attempts = attempts + ?3, updated_at = ?4 \
+                               attempts = attempts + ?3, updated_at = ?4, \
+                               inbox = CASE WHEN ?1 = 3 THEN inbox | 3 ELSE inbox END \
                              WHERE id = ?5 AND {MOVES_FORWARD}"
                         ))?
                         .execute(params![
@@ -291,7 +293,8 @@ fn receipt(
     let moved = cx
         .conn
         .prepare_cached(&format!(
-            "UPDATE deliveries SET status = ?1, updated_at = ?2 \
+            "UPDATE deliveries SET status = ?1, updated_at = ?2, \
+               inbox = CASE WHEN ?1 = 3 THEN inbox | 3 ELSE inbox END \
              WHERE message_seq = (SELECT seq FROM messages WHERE id = ?3) \
                AND receiver = ?4 AND channel = ?5 AND {MOVES_FORWARD}"
         ))?
@@ -397,7 +400,10 @@ impl SqliteStore {
     }
 
     /// Inbox items of memberships (those whose message still exists).
-    async fn member_items(&self, found: &[Membership]) -> Result<Vec<InboxItem>, StoreError> {
+    pub(super) async fn member_items(
+        &self,
+        found: &[Membership],
+    ) -> Result<Vec<InboxItem>, StoreError> {
         let seqs: Vec<i64> = found.iter().map(|m| m.seq).collect();
         let heads = self.message_items(&seqs).await?;
         Ok(found
@@ -406,6 +412,7 @@ impl SqliteStore {
                 heads.get(&m.seq).map(|h| InboxItem {
                     status: m.state.status(),
                     delivery_id: member_delivery_id(m.seq, m.index),
+                    flags: crate::model::inbox::derived(m.state.status()),
                     ..h.clone()
                 })
             })
@@ -688,59 +695,5 @@ impl SqliteStore {
         out.sort();
         out.dedup();
         Ok(out)
-    }
-
-    pub(super) async fn read_inbox(
-        &self,
-        receiver: &str,
-        channel: &str,
-        undelivered_only: bool,
-        page: PageRequest,
-    ) -> Result<Page<InboxItem>, StoreError> {
-        // Held (scheduled, not yet released) deliveries are not shown.
-        let cond = if undelivered_only {
-            " AND d.status < 2 AND d.next_attempt_at IS NULL"
-        } else {
-            " AND d.next_attempt_at IS NULL"
-        };
-        let row_total: i64 = sqlx::query(&format!(
-            "SELECT count(*) FROM deliveries d WHERE d.receiver = ? AND d.channel = ?{cond}"
-        ))
-        .bind(receiver)
-        .bind(channel)
-        .fetch_one(&self.readers)
-        .await?
-        .try_get(0)?;
-        let mut found = if undelivered_only {
-            self.open_memberships(receiver, channel, 0).await?
-        } else {
-            self.all_memberships(receiver, Some(channel)).await?
-        };
-        let total = row_total + found.len() as i64;
-        // Newest first: the page is among the newest `offset + size` of either kind.
-        let want = (page.offset() + i64::from(page.size)).max(0);
-        let mut items = sqlx::query(&format!(
-            "SELECT {} FROM deliveries d JOIN messages m ON m.seq = d.message_seq \
-             WHERE d.receiver = ? AND d.channel = ?{cond} ORDER BY d.message_seq DESC LIMIT ?",
-            rows::INBOX_COLUMNS
-        ))
-        .bind(receiver)
-        .bind(channel)
-        .bind(want)
-        .fetch_all(&self.readers)
-        .await?
-        .iter()
-        .map(rows::inbox_item)
-        .collect::<Result<Vec<_>, _>>()?;
-        found.sort_by_key(|m| std::cmp::Reverse(m.seq));
-        found.truncate(want as usize);
-        items.extend(self.member_items(&found).await?);
-        items.sort_by_key(|i| std::cmp::Reverse(i.seq));
-        let items = items
-            .into_iter()
-            .skip(page.offset() as usize)
-            .take(page.size as usize)
-            .collect();
-        Ok(Page { items, total })
     }
 }

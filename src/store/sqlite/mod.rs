@@ -22,13 +22,14 @@ use super::audience::MembersCache;
 use super::{OutboxCounts, Store, StoreError};
 use crate::config::{DatabaseSettings, Synchronous};
 use crate::model::{
-    ClaimResult, Delivery, DeviceRecord, InboxItem, Inserted, Message, MessageFilter, NewDevice,
-    NewMessage, OutboxMessage, Page, PageRequest, QuotaClaim, Recipient, Registered, RouteAdvance,
-    StatusChange, Timer,
+    inbox as inbox_model, ClaimResult, Delivery, DeviceRecord, InboxItem, Inserted, Message,
+    MessageFilter, NewDevice, NewMessage, OutboxMessage, Page, PageRequest, QuotaClaim, Recipient,
+    Registered, RouteAdvance, StatusChange, Timer,
 };
 
 mod audiences;
 mod devices;
+mod inbox;
 mod messages;
 mod outbox;
 mod timers;
@@ -228,14 +229,38 @@ impl Store for SqliteStore {
         self.read_receivers_with_undelivered(channel).await
     }
 
-    async fn inbox(
+    async fn inbox_entries(
         &self,
         receiver: &str,
-        channel: &str,
-        undelivered_only: bool,
-        page: PageRequest,
+        query: &inbox_model::Query,
     ) -> Result<Page<InboxItem>, StoreError> {
-        self.read_inbox(receiver, channel, undelivered_only, page)
+        self.read_inbox_entries(receiver, query).await
+    }
+
+    async fn inbox_counts(&self, receiver: &str) -> Result<inbox_model::Counts, StoreError> {
+        self.read_inbox_counts(receiver).await
+    }
+
+    async fn inbox_mark(
+        &self,
+        receiver: &str,
+        op: inbox_model::Op,
+        target: inbox_model::Target,
+    ) -> Result<inbox_model::Marked, StoreError> {
+        let receiver = receiver.to_owned();
+        self.writer
+            .write(move |cx| inbox::mark(cx, &receiver, op, &target))
+            .await
+    }
+
+    async fn inbox_prune(
+        &self,
+        cutoff_ms: i64,
+        include_unread: bool,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        self.writer
+            .write(move |cx| inbox::prune(cx, cutoff_ms, include_unread, limit))
             .await
     }
 
