@@ -1,7 +1,9 @@
 // End-to-end tests in headless Chromium: the demo inbox (/demo), the admin dashboard
-// (/admin) and herald.js, against a real herald binary. Run by tests/browser/run.sh:
+// (/admin), herald.js and the <herald-inbox> bell (/herald-inbox.js), against a real herald
+// binary. Run by tests/browser/run.sh:
 //   HERALD_BIN=target/debug/herald node --test tests/browser/e2e.test.mjs
-// Writes docs/screenshots/demo.png, admin.png and landing.png.
+// Writes docs/screenshots/demo.png, admin.png, admin-phone.png, landing.png, docs.png and
+// inbox-phone.png.
 
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
@@ -28,8 +30,8 @@ const problems = [];
 let expectNetworkErrors = false;
 const NETWORK_NOISE = [/^Failed to load resource/, /^WebSocket connection to .* failed/];
 
-async function newPage(name) {
-  const context = await browser.newContext({ viewport: VIEWPORT, colorScheme: "light" });
+async function newPage(name, viewport = VIEWPORT) {
+  const context = await browser.newContext({ viewport, colorScheme: "light" });
   const page = await context.newPage();
   page.setDefaultTimeout(10_000);
   page.on("pageerror", (err) => problems.push(`${name}: uncaught ${err.stack ?? err.message}`));
@@ -343,6 +345,248 @@ test("docs: the API reference renders /openapi.json with resolved schemas, loads
       a.shadowRoot?.querySelector(".response-message.success")?.textContent.includes("200"));
   }, null, { timeout: 10_000 });
   assert.deepEqual(foreign, [], "requests to other origins");
+  await page.context().close();
+});
+
+// ---- <herald-inbox> ----------------------------------------------------------------------
+
+/** The bell element, as an expression evaluated in the page. */
+const BELL = `document.querySelector("herald-inbox")`;
+
+/**
+ * A page at the server's origin holding only a header with `<herald-inbox token=…>`, loaded
+ * the one-tag way (the HTML is served by `page.route`; the scripts come from the server).
+ * @param {string} name @param {string} token
+ * @param {{viewport?: object, init?: () => void}} [opts] `init` runs before the page's scripts
+ */
+async function bellPage(name, token, { viewport, init } = {}) {
+  const page = await newPage(name, viewport);
+  if (init) await page.addInitScript(init);
+  const html = `<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>${name}</title><link rel="icon" href="data:,"></head>
+<body style="margin:0;font-family:system-ui,sans-serif">
+<header style="display:flex;align-items:center;gap:12px;padding:8px 16px;border-bottom:1px solid #ddd"><b style="flex:1">App</b>
+<script type="module" src="/herald-inbox.js"></script><herald-inbox token="${token}"></herald-inbox></header>
+<main style="padding:16px"><p>Page content</p><button type="button">After</button></main></body></html>`;
+  await page.route(`${server.url}/bell-test`, (route) => route.fulfill({ contentType: "text/html; charset=utf-8", body: html }));
+  await page.goto(`${server.url}/bell-test`);
+  await page.waitForFunction(`${BELL}.client?.state === "live"`, null, { timeout: 15_000 });
+  return page;
+}
+
+/** Wait until the badge shows `text` (null: hidden). */
+async function badgeIs(page, text, timeout = 10_000) {
+  await page.waitForFunction(
+    (want) => {
+      const b = document.querySelector("herald-inbox").shadowRoot.querySelector(".badge");
+      return want === null ? b.hidden : !b.hidden && b.textContent === want;
+    },
+    text,
+    { timeout },
+  );
+}
+
+/** The feed's entries as [id, read] pairs, in order. */
+const feed = (page) => page.evaluate(() => [...document.querySelector("herald-inbox").shadowRoot.querySelectorAll("li")].map((li) => [li.dataset.id, li.dataset.read]));
+
+/** The element focused inside the bell's shadow root: "bell", an entry id, or null. */
+const bellFocus = (page) =>
+  page.evaluate(() => {
+    const el = document.querySelector("herald-inbox");
+    if (document.activeElement !== el) return null;
+    const a = el.shadowRoot.activeElement;
+    return a?.classList.contains("bell") ? "bell" : a?.dataset.id ?? a?.className ?? null;
+  });
+
+/** A call to the user's REST API with a user token (another "session" of that user). */
+async function asUser(token, method, route, body) {
+  const res = await fetch(`${server.url}${route}`, {
+    method,
+    headers: { Authorization: `Bearer ${token}`, ...(body === undefined ? {} : { "Content-Type": "application/json" }) },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await res.text();
+  return { status: res.status, body: text ? JSON.parse(text) : null };
+}
+
+test("herald-inbox: the badge follows another session of the same user live (REST read, a second tab's feed and click)", async () => {
+  const user = "70";
+  const token = server.token({ user, name: "bob", device: "tab-a" });
+  const a = await bellPage("bell-a", token);
+  await badgeIs(a, null);
+  const ids = [];
+  for (const title of ["First", "Second", "Third"]) ids.push(await server.send({ receivers: [user], title, content: `${title} message` }));
+  await badgeIs(a, "3");
+  await a.getByRole("button", { name: "Notifications, 3 unread notifications", exact: true }).waitFor({ timeout: 2000 });
+
+  // Another session reads one over REST: the badge (unseen) drops at once, no reload.
+  const read = await asUser(token, "POST", "/api/v1/inbox/read", { ids: [ids[0]] });
+  assert.equal(read.status, 200, JSON.stringify(read.body));
+  assert.equal(read.body.changed, 1);
+  assert.deepEqual(read.body.counts, { unseen: 2, unread: 2, total: 3 });
+  await badgeIs(a, "2");
+  await server.waitForStatus(ids[0], user, "read");
+  assert.deepEqual(await a.evaluate(`${BELL}.client.counts`), { unseen: 2, unread: 2, total: 3 });
+
+  // A second tab opens its feed: that marks what it shows seen, and the first tab's badge goes.
+  const b = await bellPage("bell-b", server.token({ user, name: "bob", device: "tab-b" }));
+  await b.locator("herald-inbox .bell").click();
+  await b.waitForFunction(`${BELL}.shadowRoot.querySelectorAll("li").length === 3`);
+  await badgeIs(b, null);
+  await badgeIs(a, null);
+
+  // The first tab's feed: newest first, the REST read without its dot.
+  await a.locator("herald-inbox .bell").click();
+  await a.waitForFunction(`${BELL}.shadowRoot.querySelectorAll("li").length === 3`);
+  assert.deepEqual(await feed(a), [[ids[2], "false"], [ids[1], "false"], [ids[0], "true"]]);
+  // A click in the second tab reads "Second": its dot goes in the first tab, live.
+  await b.locator(`herald-inbox li[data-id="${ids[1]}"] .title`).click();
+  await a.waitForFunction((id) => document.querySelector("herald-inbox").shadowRoot.querySelector(`li[data-id="${id}"]`).dataset.read === "true", ids[1], { timeout: 10_000 });
+  await server.waitForStatus(ids[1], user, "read");
+  assert.deepEqual(await a.evaluate(`${BELL}.client.counts`), { unseen: 0, unread: 1, total: 3 });
+  // A message arriving while the feed is open appears at the top.
+  const live = await server.send({ receivers: [user], title: "Fourth", content: "live" });
+  await a.waitForFunction((id) => document.querySelector("herald-inbox").shadowRoot.querySelector("li")?.dataset.id === id, live, { timeout: 10_000 });
+  assert.equal(await a.locator(`herald-inbox li[data-id="${live}"] .title`).textContent(), "Fourth");
+  await a.context().close();
+  await b.context().close();
+});
+
+test("herald-inbox: keyboard only — Tab to the bell, Enter opens, arrows move, Enter reads, Delete archives, Escape closes back to the bell", async () => {
+  const user = "71";
+  const token = server.token({ user, name: "carol", device: "keyboard" });
+  const ids = [];
+  for (const title of ["Oldest", "Middle", "Newest"]) ids.push(await server.send({ receivers: [user], title, content: "k" }));
+  const page = await bellPage("bell-keys", token);
+  await badgeIs(page, "3");
+  await page.keyboard.press("Tab");
+  assert.equal(await bellFocus(page), "bell");
+  assert.equal(await page.locator("herald-inbox .bell").getAttribute("aria-haspopup"), "menu");
+  assert.equal(await page.locator("herald-inbox .bell").getAttribute("aria-expanded"), "false");
+
+  await page.keyboard.press("Enter");
+  await page.waitForFunction(`${BELL}.shadowRoot.activeElement?.dataset.id === ${JSON.stringify(ids[2])}`, null, { timeout: 10_000 });
+  assert.equal(await page.locator("herald-inbox .bell").getAttribute("aria-expanded"), "true");
+  assert.equal(await page.locator("herald-inbox ul").getAttribute("role"), "menu");
+  await badgeIs(page, null); // opening marked them seen
+  // Roving tabindex: only the focused entry is in the tab order.
+  const tabbable = () => page.evaluate(() => [...document.querySelector("herald-inbox").shadowRoot.querySelectorAll("li")].filter((li) => li.tabIndex === 0).map((li) => li.dataset.id));
+  assert.deepEqual(await tabbable(), [ids[2]]);
+
+  await page.keyboard.press("ArrowDown");
+  assert.equal(await bellFocus(page), ids[1]);
+  assert.deepEqual(await tabbable(), [ids[1]]);
+  await page.keyboard.press("Enter");
+  await server.waitForStatus(ids[1], user, "read");
+  assert.deepEqual(await feed(page), [[ids[2], "false"], [ids[1], "true"], [ids[0], "false"]]);
+  await page.keyboard.press("End");
+  assert.equal(await bellFocus(page), ids[0]);
+  await page.keyboard.press("Home");
+  assert.equal(await bellFocus(page), ids[2]);
+  await page.keyboard.press("ArrowUp"); // stays at the top
+  assert.equal(await bellFocus(page), ids[2]);
+
+  // Delete archives the focused entry; the focus moves to the next one.
+  await page.keyboard.press("Delete");
+  await page.waitForFunction(`${BELL}.shadowRoot.querySelectorAll("li").length === 2`);
+  assert.equal(await bellFocus(page), ids[1]);
+  await waitFor(async () => {
+    const { body } = await asUser(token, "GET", "/api/v1/inbox?status=all&archived=true");
+    return body?.items?.some((e) => e.id === ids[2] && e.archived === true);
+  }, { message: "the entry archived on the server" });
+  const { body: counts } = await asUser(token, "GET", "/api/v1/inbox/counts");
+  assert.deepEqual(counts, { unseen: 0, unread: 1, total: 2 });
+
+  await page.keyboard.press("Escape");
+  await page.waitForFunction(`${BELL}.shadowRoot.querySelector(".panel").hidden`);
+  assert.equal(await bellFocus(page), "bell");
+  assert.equal(await page.locator("herald-inbox .bell").getAttribute("aria-expanded"), "false");
+  // ArrowDown on the bell opens the feed again at the first entry.
+  await page.keyboard.press("ArrowDown");
+  await page.waitForFunction(`${BELL}.shadowRoot.activeElement?.tagName === "LI"`);
+  await page.keyboard.press("Escape");
+  assert.equal(await bellFocus(page), "bell");
+  await page.context().close();
+});
+
+test("herald-inbox at phone width (390 px) in the demo header: the dropdown spans the screen, nothing wider (screenshot)", async () => {
+  const user = "72";
+  const token = server.token({ user, name: "dana", device: "phone" });
+  const sent = [
+    { title: "Your appointment is confirmed", content: "Radiology, 1 December at 09:30. Please arrive 15 minutes early." },
+    { title: "Lab result available", content: "Your blood panel from Tuesday is ready to view." },
+    { title: "Prescription renewed", content: "Pick it up at any pharmacy from tomorrow." },
+    { title: "Maintenance tonight", content: "The service restarts at 22:00 UTC." },
+  ];
+  const ids = [];
+  for (const m of sent) ids.push(await server.send({ receivers: [user], ...m }));
+  await asUser(token, "POST", "/api/v1/inbox/read", { ids: [ids[0]] });
+  const phone = await newPage("bell-phone", { width: 390, height: 844 });
+  await phone.goto(`${server.url}/demo?token=${encodeURIComponent(token)}`);
+  await phone.locator('#state[data-state="live"]').waitFor({ timeout: 10_000 });
+  await badgeIs(phone, "3");
+  await phone.locator("herald-inbox .bell").click();
+  await phone.waitForFunction(`${BELL}.shadowRoot.querySelectorAll("li").length === 4`, null, { timeout: 10_000 });
+  await badgeIs(phone, null);
+  const box = await phone.locator("herald-inbox .panel").boundingBox();
+  assert.ok(box && box.x >= 0 && box.x + box.width <= 390, `panel off-screen: ${JSON.stringify(box)}`);
+  assert.ok(box.width >= 390 - 2 * 12, `the dropdown spans the screen (${box.width}px)`);
+  const bell = await phone.locator("herald-inbox .bell").boundingBox();
+  assert.ok(bell && bell.x + bell.width <= 390, `bell off-screen: ${JSON.stringify(bell)}`);
+  const width = await phone.evaluate(() => document.documentElement.scrollWidth);
+  assert.ok(width <= 390, `the page is ${width}px wide at 390px`);
+  // The demo's list and the bell share one session.
+  assert.equal((await server.api("GET", "/api/v1/clients")).body.filter((c) => c.userId === user).length, 1);
+  mkdirSync(SHOTS, { recursive: true });
+  await phone.screenshot({ path: path.join(SHOTS, "inbox-phone.png") });
+  await phone.context().close();
+});
+
+test("herald-inbox over SSE: a page whose WebSocket never opens falls back to /events, gets messages live and acks them", async () => {
+  const user = "73";
+  const token = server.token({ user, name: "erin", device: "proxy" });
+  // Every WebSocket fails before it opens, as behind a proxy that drops upgrades.
+  const blockWebSocket = () => {
+    window.__wsAttempts = 0;
+    window.WebSocket = class BlockedWebSocket {
+      constructor() {
+        window.__wsAttempts++;
+        this.readyState = 0;
+        setTimeout(() => {
+          this.readyState = 3;
+          this.onerror?.(new Event("error"));
+          this.onclose?.({ code: 1006, reason: "" });
+        }, 5);
+      }
+      send() {
+        throw new Error("not open");
+      }
+      close() {}
+    };
+  };
+  const page = await bellPage("bell-sse", token, { init: blockWebSocket });
+  assert.equal(await page.evaluate(`${BELL}.client.transport`), "sse");
+  assert.equal(await page.evaluate("window.__wsAttempts"), 2);
+  await waitFor(async () => (await server.api("GET", "/api/v1/clients")).body.some((c) => c.userId === user), { message: "the SSE session listed in /api/v1/clients" });
+
+  const id = await server.send({ receivers: [user], title: "Over SSE", content: "no WebSocket needed" });
+  await badgeIs(page, "1");
+  await server.waitForStatus(id, user, "delivered"); // acknowledged with POST /api/v1/inbox/ack
+  const message = await page.evaluate(`${BELL}.client.stats.messages`);
+  assert.equal(message, 1);
+
+  await page.locator("herald-inbox .bell").click();
+  await page.waitForFunction((id) => document.querySelector("herald-inbox").shadowRoot.querySelector(`li[data-id="${id}"]`), id, { timeout: 10_000 });
+  await badgeIs(page, null);
+  await page.locator(`herald-inbox li[data-id="${id}"] .title`).click();
+  await server.waitForStatus(id, user, "read");
+  // Another session's read reaches the SSE page as state and counts events.
+  const second = await server.send({ receivers: [user], title: "Second over SSE", content: "x" });
+  await page.waitForFunction((id) => document.querySelector("herald-inbox").shadowRoot.querySelector("li")?.dataset.id === id, second, { timeout: 10_000 });
+  await asUser(token, "POST", "/api/v1/inbox/read", { ids: [second] });
+  await page.waitForFunction((id) => document.querySelector("herald-inbox").shadowRoot.querySelector(`li[data-id="${id}"]`)?.dataset.read === "true", second, { timeout: 10_000 });
+  assert.deepEqual(await page.evaluate(`${BELL}.client.counts`), { unseen: 0, unread: 0, total: 2 });
+  assert.equal(await page.evaluate("window.__wsAttempts"), 2, "no WebSocket attempt after the switch");
   await page.context().close();
 });
 

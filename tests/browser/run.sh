@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Browser-side tests: herald.js unit tests (node's test runner, against a real server) and
-# headless-Chromium tests of /demo and /admin (playwright-core). Builds nothing itself.
+# Browser-side tests: herald.js unit tests (node's test runner, against a real server, and
+# with fakes) and headless-Chromium tests of /demo, /admin and <herald-inbox>
+# (playwright-core). Builds nothing itself.
 #
 #   bash tests/browser/run.sh                     # uses target/debug/herald
 #   HERALD_BIN=/path/to/herald bash tests/browser/run.sh
@@ -8,7 +9,7 @@
 #
 # The tests start their herald servers themselves (free 127.0.0.1 ports, data dirs under a
 # temporary directory) and record their pids there; this script kills any that are left on
-# exit. Writes docs/screenshots/demo.png and docs/screenshots/admin.png.
+# exit. Writes docs/screenshots/*.png (demo, admin, admin-phone, landing, docs, inbox-phone).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -81,17 +82,21 @@ pkg_dir=$(mktemp -d)
   npm install --silent --no-audit --no-fund --offline "../$tarball" >/dev/null
   node --input-type=module -e '
     import { Herald, VERSION } from "@herald/client";
+    import { HeraldInbox, DEFAULT_STRINGS } from "@herald/client/inbox";
     import pkg from "@herald/client/package.json" with { type: "json" };
     import { existsSync } from "node:fs";
     if (typeof Herald !== "function") throw new Error("no Herald export");
+    if (typeof HeraldInbox !== "function" || DEFAULT_STRINGS.title !== "Notifications") throw new Error("no HeraldInbox export");
     if (VERSION !== pkg.version) throw new Error(`VERSION ${VERSION} != package ${pkg.version}`);
-    if (!existsSync("node_modules/@herald/client/" + pkg.types)) throw new Error("types missing");
-    console.log(`@herald/client ${pkg.version}: imports by name, types at ${pkg.types}`);
+    for (const types of [pkg.types, pkg.exports["./inbox"].types]) {
+      if (!existsSync("node_modules/@herald/client/" + types)) throw new Error(`types missing: ${types}`);
+    }
+    console.log(`@herald/client ${pkg.version}: both entries import by name, types at ${pkg.types} and ${pkg.exports["./inbox"].types}`);
   '
 ) || status=1
 rm -rf "$pkg_dir"
 
-echo "== browser tests (headless Chromium: /demo, /admin)"
+echo "== browser tests (headless Chromium: /demo, /admin, <herald-inbox>)"
 node --test --test-timeout=180000 tests/browser/*.test.mjs || status=1
 
 if (( status == 0 )); then
