@@ -174,7 +174,7 @@ export class HeraldInbox extends HTMLElementBase {
     /** @type {Map<string, HTMLLIElement>} */
     this._els = new Map();
     this._loaded = false;
-    this._stale = false;
+    this._fetching = false; // a first-page load is on its way
     this._loading = 0; // generation of the latest first-page load
     /** @type {string | null} */
     this._nextCursor = null;
@@ -370,9 +370,9 @@ export class HeraldInbox extends HTMLElementBase {
       herald.on("state", (/** @type {any} */ frame) => this._onState(frame)),
       herald.on("message", (/** @type {any} */ m) => this._onMessage(m)),
       herald.on("open", () => {
-        // A new session: whatever was missed while away is in the server's list.
+        // A new session: whatever was missed while away is in the server's list (a closed
+        // feed loads it when opened).
         if (this._open) this._load(false);
-        else this._stale = true;
         this._badge();
       }),
     ];
@@ -386,6 +386,7 @@ export class HeraldInbox extends HTMLElementBase {
   _reset() {
     this._items = [];
     this._loaded = false;
+    this._fetching = false;
     this._nextCursor = null;
     this._loading++;
     if (this._built) this._render();
@@ -418,16 +419,16 @@ export class HeraldInbox extends HTMLElementBase {
       const gone = new Set(hit.map((e) => e.id));
       this._items = this._items.filter((e) => !gone.has(e.id));
     } else if (frame.archived === false) {
-      // Unarchived elsewhere: it belongs in the list again, where the server knows its place.
+      // Unarchived elsewhere: it belongs in the list again, where the server knows its place
+      // (a closed feed loads it when opened).
       if (this._open) this._load(false);
-      else this._stale = true;
     }
     this._render();
   }
 
   /** A new message from the client (live or replayed). @param {any} m */
   _onMessage(m) {
-    if (!this._loaded || this._items.some((e) => e.id === m.id)) return;
+    if ((!this._loaded && !this._fetching) || this._items.some((e) => e.id === m.id)) return;
     /** @type {FeedEntry} */
     const entry = {
       id: m.id,
@@ -467,24 +468,28 @@ export class HeraldInbox extends HTMLElementBase {
     if (!herald) return;
     const generation = ++this._loading;
     if (!this._loaded) this._status(this.strings.loading);
+    const before = new Set(this._items.map((e) => e.id));
+    this._fetching = true;
     let page;
     try {
       page = await herald.inbox({ status: "all", limit: PAGE });
     } catch (err) {
-      if (generation === this._loading) this._status(err, true);
+      if (generation === this._loading) {
+        this._fetching = false;
+        this._status(err, true);
+      }
       return;
     }
     if (generation !== this._loading || herald !== this._client) return;
+    this._fetching = false;
     this._status("");
     const fresh = page.items.map(toEntry);
     const ids = new Set(fresh.map((e) => e.id));
     // Live messages that arrived while the page was on its way stay on top.
-    const newest = fresh[0]?.createdAt ?? "";
-    const arrived = this._items.filter((e) => !ids.has(e.id) && e.cursor === null && e.createdAt >= newest);
+    const arrived = this._items.filter((e) => !before.has(e.id) && !ids.has(e.id));
     this._items = [...arrived, ...fresh];
     this._nextCursor = page.nextCursor;
     this._loaded = true;
-    this._stale = false;
     this._render();
     if (focus && this._open && !this._focusedEntry()) this._focusItem(0);
     if (this._open) this._markSeen();
