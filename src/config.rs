@@ -52,6 +52,8 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub dispatch: DispatchSettings,
     pub templates: TemplateSettings,
+    /// The notification center (`[inbox]`): retention of old entries.
+    pub inbox: InboxSettings,
     pub log: LogSettings,
     /// Channel instances by name: `[channels.<name>] kind = "…"`.
     pub channels: ChannelTables,
@@ -290,6 +292,34 @@ pub struct TemplateSettings {
     pub dir: Option<PathBuf>,
 }
 
+/// `[inbox]`: how long inbox entries are kept (docs/configuration.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InboxSettings {
+    /// Remove entries of messages older than this that are read, archived or deleted by the
+    /// user (e.g. `"90d"`). Unset (the default): keep everything.
+    #[serde(with = "humantime_serde")]
+    pub retention: Option<Duration>,
+    /// Remove unread entries that old too (their message is gone from the user's inbox).
+    pub retention_unread: bool,
+    /// How often retention runs.
+    #[serde(with = "humantime_serde")]
+    pub retention_interval: Duration,
+    /// Entries removed per transaction (a run takes batches until one is short).
+    pub retention_batch: u32,
+}
+
+impl Default for InboxSettings {
+    fn default() -> Self {
+        InboxSettings {
+            retention: None,
+            retention_unread: false,
+            retention_interval: Duration::from_secs(600),
+            retention_batch: 1000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSettings {
@@ -314,6 +344,7 @@ impl Default for Settings {
             database: DatabaseSettings::default(),
             dispatch: DispatchSettings::default(),
             templates: TemplateSettings::default(),
+            inbox: InboxSettings::default(),
             log: LogSettings::default(),
             channels: ChannelTables::default(),
             routing: Default::default(),
@@ -505,6 +536,23 @@ impl Settings {
                 ));
             }
             self.cluster.validate().map_err(ConfigError::Invalid)?;
+        }
+        let inbox = &self.inbox;
+        if inbox.retention.is_some_and(|r| r.is_zero()) {
+            return Err(ConfigError::Invalid(
+                "inbox.retention: must be more than 0 (e.g. \"90d\"), or unset to keep everything"
+                    .into(),
+            ));
+        }
+        if inbox.retention_interval.is_zero() {
+            return Err(ConfigError::Invalid(
+                "inbox.retention_interval: must be more than 0".into(),
+            ));
+        }
+        if !(1..=100_000).contains(&inbox.retention_batch) {
+            return Err(ConfigError::Invalid(
+                "inbox.retention_batch: must be from 1 to 100000".into(),
+            ));
         }
         let ws = &self.websocket;
         if ws.queue_capacity == 0 {

@@ -433,6 +433,12 @@ async fn start_checked(settings: Settings, options: StartOptions) -> Result<Runn
     let router = api::router(app.clone());
     // Timers (sendAt, expiresAt, failover chains) stop with the outbox workers.
     let scheduler = tokio::spawn(dispatch::schedule::run(scheduler_ctx, outbox_stop.clone()));
+    // Inbox retention stops with them too (a batch in flight finishes).
+    let retention = tokio::spawn(dispatch::retention::run(
+        store.clone(),
+        app.settings.inbox.clone(),
+        outbox_stop.clone(),
+    ));
     let wake_handle = dispatcher.clone();
     let heartbeat = tokio::spawn(ws::heartbeat(app.clone()));
     let token = shutdown.clone();
@@ -469,6 +475,7 @@ async fn start_checked(settings: Settings, options: StartOptions) -> Result<Runn
             let _ = worker.await;
         }
         let _ = scheduler.await;
+        let _ = retention.await;
         // In-flight provider hand-overs and queued status changes.
         if tokio::time::timeout(shutdown_timeout, dispatcher.flush())
             .await

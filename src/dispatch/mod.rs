@@ -23,6 +23,7 @@ pub mod outbox;
 pub mod pending;
 pub mod plan;
 mod receipts;
+pub mod retention;
 pub mod schedule;
 use outbox::{Limits, Worker, WorkerHandle};
 use pending::PendingIndex;
