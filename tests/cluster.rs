@@ -492,3 +492,119 @@ async fn a_node_that_just_joined_gets_live_frames_and_broadcasts_at_once() {
     assert_eq!(body["deliveries"], 1, "B's user is online for A: {body}");
     assert_eq!(ub.next_message().await["id"], body["id"]);
 }
+
+/// The next frame that is not a message.
+async fn next_control(ws: &mut WsClient) -> Value {
+    loop {
+        let v = ws.next_json().await;
+        if v["type"] != "message" {
+            return v;
+        }
+    }
+}
+
+/// The notification center across nodes: one user on two nodes; a change made through
+/// either node (REST or a `read` frame) reaches both sessions with the same counts, and a
+/// broadcast member's state is shared too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbox_states_and_counts_reach_the_users_sessions_on_every_node() {
+    let mut c = Cluster::new(None).await;
+    c.start("a").await;
+    c.start("b").await;
+    let m1 = c
+        .send(
+            "a",
+            json!({"title": "one", "content": "x", "receivers": ["u"]}),
+        )
+        .await;
+    let m2 = c
+        .send(
+            "b",
+            json!({"title": "two", "content": "x", "receivers": ["u"]}),
+        )
+        .await;
+    let token = proc_token("u");
+    let mut on_a = ws_connect_url(&c.node("a").ws_url(&token)).await;
+    let welcome = on_a.welcome().await;
+    assert_eq!(
+        welcome["counts"],
+        json!({"unseen": 2, "unread": 2, "total": 2})
+    );
+    let mut on_b = ws_connect_url(&c.node("b").ws_url(&token)).await;
+    on_b.welcome().await;
+    c.wait_sessions("a", &pairs(&[("u", "a"), ("u", "b")]))
+        .await;
+
+    // REST through node A: both sessions hear it.
+    let p = c.node("a");
+    let resp = p
+        .client
+        .post(format!("{}/api/v1/inbox/read", p.base))
+        .bearer_auth(&token)
+        .json(&json!({"ids": [m1]}))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = read_response(resp).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["counts"],
+        json!({"unseen": 1, "unread": 1, "total": 2})
+    );
+    for ws in [&mut on_a, &mut on_b] {
+        let state = next_control(ws).await;
+        assert_eq!(
+            state,
+            json!({"type": "state", "ids": [m1], "seen": true, "read": true})
+        );
+        assert_eq!(
+            next_control(ws).await,
+            json!({"type": "counts", "unseen": 1, "unread": 1, "total": 2})
+        );
+    }
+    // A `read` frame on node B: node A's session hears it.
+    on_b.send_json(json!({"type": "read", "id": m2})).await;
+    for ws in [&mut on_a, &mut on_b] {
+        let state = next_control(ws).await;
+        assert_eq!(state["ids"], json!([m2]));
+        assert_eq!(next_control(ws).await["unread"], 0);
+    }
+    // A broadcast taken on node B reaches both; archiving it on A is seen by B.
+    let (status, body) = c
+        .node("b")
+        .send(&json!({"title": "everyone", "content": "x"}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let b = body["id"].as_str().unwrap().to_owned();
+    assert_eq!(on_a.next_message().await["id"], b.as_str());
+    assert_eq!(on_b.next_message().await["id"], b.as_str());
+    let resp = p
+        .client
+        .post(format!("{}/api/v1/inbox/archive", p.base))
+        .bearer_auth(&token)
+        .json(&json!({"ids": [b]}))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = read_response(resp).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["counts"],
+        json!({"unseen": 0, "unread": 0, "total": 2})
+    );
+    let state = next_control(&mut on_b).await;
+    assert_eq!(
+        state,
+        json!({"type": "state", "ids": [b], "archived": true})
+    );
+    let counts = c.node("b");
+    let resp = counts
+        .client
+        .get(format!("{}/api/v1/inbox/counts", counts.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let (_, body) = read_response(resp).await;
+    assert_eq!(body, json!({"unseen": 0, "unread": 0, "total": 2}));
+}
