@@ -17,6 +17,10 @@ pub enum ServerFrame<'a> {
         /// How many undelivered messages the replay right after this frame sends, so a
         /// client knows when it has caught up (a message deleted meanwhile is skipped).
         pending: u64,
+        /// SSE: the `Last-Event-ID` the client resumed from, echoed (the replay does not
+        /// depend on it). Absent on WebSocket and on a first connection.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        resumed_from: Option<&'a str>,
     },
     #[serde(rename_all = "camelCase")]
     Message {
@@ -201,6 +205,7 @@ mod tests {
                 user_id: "u",
                 server_time: "t".into(),
                 pending: 2,
+                resumed_from: None,
             }
             .to_json(),
         )
@@ -209,5 +214,17 @@ mod tests {
             w,
             serde_json::json!({"type":"welcome","sessionId":"s","userId":"u","serverTime":"t","pending":2})
         );
+        let resumed: serde_json::Value = serde_json::from_str(
+            &ServerFrame::Welcome {
+                session_id: "s",
+                user_id: "u",
+                server_time: "t".into(),
+                pending: 0,
+                resumed_from: Some("41"),
+            }
+            .to_json(),
+        )
+        .unwrap();
+        assert_eq!(resumed["resumedFrom"], "41");
     }
 }
