@@ -243,8 +243,10 @@ async fn close(session: &mut Session, end: End) {
 
 /// One task per node raises `PING` on every session each `ping_interval` and `DEAD` on
 /// sessions silent for longer than `pong_timeout`, or that have not sent their first
-/// frame `first_frame_timeout` after they started listening; sessions own no timers of
-/// their own. On shutdown it raises `SHUTDOWN` everywhere.
+/// frame `first_frame_timeout` after they started listening (never on SSE sessions, whose
+/// clients send nothing), and `STALLED` on sessions whose write has taken longer than
+/// `write_timeout`; sessions own no timers of their own. On shutdown it raises `SHUTDOWN`
+/// everywhere.
 pub async fn heartbeat(app: AppState) {
     let ws = &app.settings.websocket;
     let (ping_every, pong_timeout, write_timeout, first_frame_timeout) = (
@@ -271,8 +273,9 @@ pub async fn heartbeat(app: AppState) {
         app.registry.for_each_local(&mut |h| {
             if h.writing_for().is_some_and(|d| d > write_timeout) {
                 h.raise(signal::STALLED);
-            } else if h.silent_for() > pong_timeout
-                || (h.awaiting_first_frame() && h.silent_for() > first_frame_timeout)
+            } else if h.expects_frames()
+                && (h.silent_for() > pong_timeout
+                    || (h.awaiting_first_frame() && h.silent_for() > first_frame_timeout))
             {
                 h.raise(signal::DEAD);
             } else if ping {
