@@ -1,7 +1,8 @@
 //! `GET /websocket/{token}` (and `/websocket?token=`): token check before the upgrade, then
 //! one task per session: welcome, replay of everything undelivered (oldest first), then live
 //! frames from the session's bounded queue, client acks/reads/pings, and server pings.
-//! What does not depend on the transport (welcome, replay, live writes) is in `shared.rs`.
+//! `GET /events` (`sse.rs`) is the same session over Server-Sent Events; what both share
+//! (welcome, replay, live writes) is in `shared.rs`.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -29,6 +30,7 @@ use crate::state::AppState;
 pub mod channel;
 pub mod frame;
 mod shared;
+pub mod sse;
 pub mod upgrade;
 
 use shared::{bounded, fatal, Transport};
