@@ -167,8 +167,11 @@ pub const ERROR_KINDS: [&str; 5] = [
 
 #[derive(Default)]
 pub struct Metrics {
+    /// Open sessions, WebSocket and SSE.
     pub connections: AtomicI64,
     pub connections_total: AtomicU64,
+    /// Of `connections`, the Server-Sent Events sessions (`GET /events`).
+    pub sse_sessions: AtomicI64,
     pub handshake_rejected: AtomicU64,
     pub slow_consumers: AtomicU64,
     pub dead_peers: AtomicU64,
@@ -262,7 +265,7 @@ impl ConnCounters {
             ),
             (
                 "herald_ws_sessions_refused_total",
-                "WebSocket upgrades refused (503) because sessions held max_connections - reserved_connections.",
+                "Sessions (WebSocket upgrades and SSE streams) refused (503) because sessions held max_connections - reserved_connections.",
                 &self.sessions_refused,
             ),
         ] {
@@ -377,8 +380,13 @@ impl Metrics {
         };
         gauge(
             "herald_connections",
-            "Open WebSocket sessions on this node.",
+            "Open sessions on this node (WebSocket and SSE).",
             self.connections.load(Relaxed),
+        );
+        gauge(
+            "herald_sse_sessions",
+            "Open Server-Sent Events sessions on this node (also in herald_connections).",
+            self.sse_sessions.load(Relaxed),
         );
         let counters: [(&str, &str, &AtomicU64); 12] = [
             (
@@ -388,17 +396,17 @@ impl Metrics {
             ),
             (
                 "herald_connections_total",
-                "WebSocket sessions opened.",
+                "Sessions opened (WebSocket and SSE).",
                 &self.connections_total,
             ),
             (
                 "herald_handshakes_rejected_total",
-                "WebSocket handshakes refused (bad token).",
+                "Session handshakes refused, WebSocket and SSE (bad token).",
                 &self.handshake_rejected,
             ),
             (
                 "herald_ws_handshakes_rate_limited_total",
-                "WebSocket handshakes refused by websocket.handshake_rate_limit (429).",
+                "Session handshakes, WebSocket and SSE, refused by websocket.handshake_rate_limit (429).",
                 &self.ws_handshakes_limited,
             ),
             (
@@ -418,7 +426,7 @@ impl Metrics {
             ),
             (
                 "herald_ws_frames_sent_total",
-                "Message frames written to WebSocket sessions.",
+                "Message frames written to sessions (WebSocket and SSE).",
                 &self.frames_sent,
             ),
             (

@@ -1,4 +1,5 @@
-//! `[http.cors]`: cross-origin access for browser clients served from another origin.
+//! `[http.cors]`: cross-origin access for browser clients served from another origin
+//! (the user's REST routes and the `GET /events` stream; WebSocket needs no CORS).
 //!
 //! Off unless `allowed_origins` is set: without it no response carries CORS headers, so
 //! browsers only let same-origin pages read Herald's answers. When set, the routes the
@@ -64,6 +65,7 @@ impl Cors {
             || path == "/message/collectMessage"
             || path == "/herald.js"
             || path == "/herald-inbox.js"
+            || path == "/events"
     }
 
     /// The `Access-Control-Allow-Origin` value for a request from `origin`, if allowed.
@@ -160,6 +162,7 @@ mod tests {
             "/api/v1/me/devices/7",
             "/message/collectMessage",
             "/herald.js",
+            "/events",
         ] {
             assert!(c.applies(p), "{p}");
         }

@@ -1,5 +1,5 @@
 //! The HTTP surface: every route of docs/api.md §2 (and the WebSocket routes of
-//! docs/websocket.md §1) in one [`router`].
+//! docs/websocket.md §1, the SSE route of §7) in one [`router`].
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
@@ -34,6 +34,7 @@ pub fn router(app: AppState) -> Router {
     let router = Router::new()
         .route("/websocket/{token}", get(crate::ws::ws_path))
         .route("/websocket", get(crate::ws::ws_query))
+        .route("/events", get(crate::ws::sse::events))
         .route("/api/v1/messages", post(messages::send).get(messages::list))
         .route(
             "/api/v1/messages/{id}",
@@ -196,6 +197,7 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
     paths(
         crate::ws::ws_path,
         crate::ws::ws_query,
+        crate::ws::sse::events,
         messages::send,
         messages::list,
         messages::get,
@@ -236,6 +238,7 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
         (name = "messages", description = "Send and track messages (API key)"),
         (name = "inbox", description = "The notification center: a user's inbox, counts and state (user token; per user under /api/v1/recipients with an admin key)"),
         (name = "websocket", description = "Live push; frames: welcome, message, ack, read, ping/pong, error"),
+        (name = "events", description = "Live push over Server-Sent Events (`GET /events`), for networks that block WebSocket: the same frames as `data:` events; acknowledge over REST"),
         (name = "operations", description = "Health, readiness, metrics"),
         (name = "seed-compatible", description = "Routes of the earlier message service, served by the same handlers"),
     )

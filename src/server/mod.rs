@@ -10,8 +10,9 @@
 //!   backs off (10 ms doubling to 1 s) when there is none. It never spins.
 //! * `ConnService` is each connection's hyper service: it inserts
 //!   `ConnectInfo<SocketAddr>` (what `axum::serve` did), puts request bodies under
-//!   `http.body_read_timeout`, keeps WebSocket sessions to their share and tells the table
-//!   when the connection stops or starts waiting for a request head.
+//!   `http.body_read_timeout`, keeps sessions (WebSocket upgrades and `GET /events`
+//!   streams) to their share and tells the table when the connection stops or starts
+//!   waiting for a request head.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -355,27 +356,39 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
 
 impl Shared {
     async fn respond(&self, req: Request<Body>, conn: Arc<Conn>) -> Response<Body> {
-        let upgrade = wants_websocket(&req);
-        if upgrade && !self.table.try_open_session() {
+        let session = session_kind(&req);
+        if session.is_some() && !self.table.try_open_session() {
             let mut resp = ApiError::unavailable(
-                "too many WebSocket sessions on this server; the remaining connections are reserved (http.reserved_connections); retry later",
+                "too many sessions on this server; the remaining connections are reserved (http.reserved_connections); retry later",
             )
             .into_response();
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             return self.finish(resp, conn);
         }
-        let resp = match self.router.clone().oneshot(req).await {
+        let mut resp = match self.router.clone().oneshot(req).await {
             Ok(resp) => resp,
             Err(never) => match never {},
         };
-        if upgrade {
-            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        match session {
+            Some(SessionKind::WebSocket) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 // The socket now belongs to the session; it keeps the slot until it closes.
                 conn.set_upgraded();
                 return resp;
             }
-            self.table.session_not_opened();
+            Some(SessionKind::Events) if resp.status() == StatusCode::OK => {
+                // The response streams for as long as the session lives, and the
+                // connection is a session's from now on: never evicted, never waiting for
+                // a head, its slot (and its place in the session share) given back when
+                // the socket closes — which `Connection: close` makes happen right after
+                // the stream ends.
+                conn.set_upgraded();
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return resp;
+            }
+            Some(_) => self.table.session_not_opened(),
+            None => {}
         }
         if conn.take_body_timed_out() {
             self.metrics.conns.timeouts[crate::metrics::TIMEOUT_BODY].fetch_add(1, Relaxed);
@@ -397,6 +410,26 @@ impl Shared {
     fn finish(&self, resp: Response<Body>, conn: Arc<Conn>) -> Response<Body> {
         let table = self.table.clone();
         resp.map(|b| body::Finished::wrap(b, conn, table))
+    }
+}
+
+/// The sessions a request may open; each takes a place in the session share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionKind {
+    /// A WebSocket upgrade (any route: a `101` is a session).
+    WebSocket,
+    /// `GET /events`: a Server-Sent Events stream (a `200` is a session).
+    Events,
+}
+
+/// What session `req` asks for, if any.
+fn session_kind<B>(req: &Request<B>) -> Option<SessionKind> {
+    if req.method() == axum::http::Method::GET && req.uri().path() == "/events" {
+        Some(SessionKind::Events)
+    } else if wants_websocket(req) {
+        Some(SessionKind::WebSocket)
+    } else {
+        None
     }
 }
 
@@ -458,5 +491,29 @@ mod tests {
         assert!(wants_websocket(&req("h2c, websocket")));
         assert!(!wants_websocket(&req("h2c")));
         assert!(!wants_websocket(&Request::new(())));
+    }
+
+    #[test]
+    fn event_streams_count_as_sessions_too() {
+        let req =
+            |method: &str, uri: &str| Request::builder().method(method).uri(uri).body(()).unwrap();
+        for uri in ["/events", "/events?token=t&lastEventId=4"] {
+            assert_eq!(session_kind(&req("GET", uri)), Some(SessionKind::Events));
+        }
+        // A preflight, HEAD and other paths open no session.
+        for (m, uri) in [
+            ("OPTIONS", "/events"),
+            ("HEAD", "/events"),
+            ("GET", "/events/"),
+            ("GET", "/api/v1/inbox"),
+        ] {
+            assert_eq!(session_kind(&req(m, uri)), None, "{m} {uri}");
+        }
+        let ws = Request::builder()
+            .uri("/websocket/t")
+            .header(header::UPGRADE, "websocket")
+            .body(())
+            .unwrap();
+        assert_eq!(session_kind(&ws), Some(SessionKind::WebSocket));
     }
 }

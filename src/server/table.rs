@@ -44,7 +44,8 @@ mod flag {
     pub const CLOSING: u8 = 1;
     /// Its socket is closed and its slot given back.
     pub const RELEASED: u8 = 2;
-    /// A WebSocket session: counted in the session share, never evicted.
+    /// A session (a WebSocket upgrade, or a `GET /events` stream): counted in the
+    /// session share, never evicted.
     pub const UPGRADED: u8 = 4;
     /// The current request's body missed `http.body_read_timeout` (answered `408`).
     pub const BODY_TIMED_OUT: u8 = 8;
@@ -95,11 +96,13 @@ impl Conn {
         self.flags.fetch_or(f, AcqRel);
     }
 
-    /// The request now being served upgraded the connection to a WebSocket session.
+    /// The request now being served made the connection a session: a WebSocket upgrade,
+    /// or an SSE stream (whose connection closes when the stream ends).
     pub fn set_upgraded(&self) {
         self.raise(flag::UPGRADED);
         // Sessions are never closed through the waker, and the stored one belongs to the
-        // HTTP connection's task, which ends now: a waker keeps a finished task's memory
+        // HTTP connection's task, which ends now after an upgrade (an SSE stream's goes
+        // on, and its reads no longer register): a waker keeps a finished task's memory
         // (the whole connection future's space, ~3.5 KiB) allocated for as long as the
         // session lives. (Called on that task, so no read registers again after this.)
         drop(self.waker.take());

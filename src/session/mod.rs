@@ -1,6 +1,6 @@
 //! Who is connected: the session registry.
 //!
-//! Each WebSocket session has a bounded outbound queue. Pushing never waits: when a
+//! Each session (WebSocket or SSE) has a bounded outbound queue. Pushing never waits: when a
 //! session's queue is full the session is *kicked* (closed as a slow consumer) and its
 //! messages stay undelivered, to be replayed on reconnect. A slow session therefore never
 //! delays anyone else.
@@ -77,6 +77,8 @@ impl Backlog {
 const FIRST_FRAME_SETUP: u8 = 0;
 const FIRST_FRAME_AWAITED: u8 = 1;
 const FIRST_FRAME_HEARD: u8 = 2;
+/// The client never sends frames (Server-Sent Events): no first-frame or pong deadline.
+const ONE_WAY: u8 = 3;
 
 /// The registry's handle on a live session.
 pub struct SessionHandle {
@@ -93,7 +95,8 @@ pub struct SessionHandle {
     write_started: AtomicI64,
     /// The first-frame deadline (`websocket.first_frame_timeout`): [`FIRST_FRAME_SETUP`]
     /// while the welcome and replay are written, [`FIRST_FRAME_AWAITED`] once the session
-    /// listens, [`FIRST_FRAME_HEARD`] once the client sent anything.
+    /// listens, [`FIRST_FRAME_HEARD`] once the client sent anything; [`ONE_WAY`] for a
+    /// client that never sends.
     first_frame: AtomicU8,
     epoch: Instant,
     wake: Notify,
@@ -216,6 +219,18 @@ impl SessionHandle {
     /// The session listens but has not heard from its client yet.
     pub fn awaiting_first_frame(&self) -> bool {
         self.first_frame.load(Ordering::Relaxed) == FIRST_FRAME_AWAITED
+    }
+
+    /// The client never sends frames (an SSE stream): its silence is no sign of a dead
+    /// peer, so the heartbeat applies no first-frame or pong deadline; a failed or stalled
+    /// write ends such a session.
+    pub fn one_way(&self) {
+        self.first_frame.store(ONE_WAY, Ordering::Relaxed);
+    }
+
+    /// Whether the client is expected to send frames (false after [`Self::one_way`]).
+    pub fn expects_frames(&self) -> bool {
+        self.first_frame.load(Ordering::Relaxed) != ONE_WAY
     }
 
     fn now_ms(&self) -> i64 {

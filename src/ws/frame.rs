@@ -20,6 +20,10 @@ pub enum ServerFrame<'a> {
         /// The user's inbox counts (docs/api.md §6.2); absent when they could not be read.
         #[serde(skip_serializing_if = "Option::is_none")]
         counts: Option<CountsFrame>,
+        /// SSE: the `Last-Event-ID` the client resumed from, echoed (the replay does not
+        /// depend on it). Absent on WebSocket and on a first connection.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        resumed_from: Option<&'a str>,
     },
     #[serde(rename_all = "camelCase")]
     Message {
@@ -248,6 +252,7 @@ mod tests {
                     unread: 2,
                     total: 3,
                 }),
+                resumed_from: None,
             }
             .to_json(),
         )
@@ -270,5 +275,18 @@ mod tests {
             c,
             serde_json::json!({"type":"counts","unseen":0,"unread":1,"total":4})
         );
+        let resumed: serde_json::Value = serde_json::from_str(
+            &ServerFrame::Welcome {
+                session_id: "s",
+                user_id: "u",
+                server_time: "t".into(),
+                pending: 0,
+                counts: None,
+                resumed_from: Some("41"),
+            }
+            .to_json(),
+        )
+        .unwrap();
+        assert_eq!(resumed["resumedFrom"], "41");
     }
 }

@@ -1,6 +1,8 @@
 //! `GET /websocket/{token}` (and `/websocket?token=`): token check before the upgrade, then
 //! one task per session: welcome, replay of everything undelivered (oldest first), then live
 //! frames from the session's bounded queue, client acks/reads/pings, and server pings.
+//! `GET /events` (`sse.rs`) is the same session over Server-Sent Events; what both share
+//! (welcome, replay, live writes) is in `shared.rs`.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -11,7 +13,6 @@ use std::time::Duration;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
-use herald_channel::MessageView;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
@@ -22,14 +23,18 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::auth::UserIdentity;
 use crate::error::ApiError;
-use crate::model::{now_ms, rfc3339, InboxItem, Status, StatusChange};
-use crate::session::{signal, Outbound, SessionHandle, SessionInfo, CONTROL_FRAME};
+use crate::model::{Status, StatusChange};
+use crate::session::{signal, SessionHandle};
 use crate::state::AppState;
 
 pub mod channel;
 pub mod frame;
 pub mod inbox;
+mod shared;
+pub mod sse;
 pub mod upgrade;
+
+use shared::{bounded, fatal, Transport};
 
 /// A session's socket: tokio-tungstenite over the connection hyper handed over.
 type WebSocket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
@@ -101,18 +106,9 @@ async fn connect(
     mut req: Request,
 ) -> Response {
     // Per-address handshake limit first: a flood costs neither a token check nor an upgrade.
-    if let Some(limiter) = &app.ws_handshakes {
-        if let Err(over) = limiter.check(remote.ip()) {
-            app.metrics.ws_handshakes_limited.fetch_add(1, Relaxed);
-            return over.into_response();
-        }
-    }
-    let identity = match app.auth.verify(token.as_deref().unwrap_or("")).await {
+    let identity = match shared::admit(&app, token.as_deref(), remote).await {
         Ok(id) => id,
-        Err(e) => {
-            app.metrics.handshake_rejected.fetch_add(1, Relaxed);
-            return ApiError::unauthorized(e.to_string()).into_response();
-        }
+        Err(refused) => return refused,
     };
     let handshake = match upgrade::Handshake::check(&mut req) {
         Ok(h) => h,
@@ -174,21 +170,7 @@ fn run_session(
     identity: UserIdentity,
     remote: SocketAddr,
 ) -> impl std::future::Future<Output = ()> + Send {
-    let info = SessionInfo {
-        session_id: uuid::Uuid::now_v7().simple().to_string(),
-        user_id: identity.user_id,
-        login_name: identity.name,
-        device: identity.device,
-        login_time_ms: now_ms(),
-        remote_addr: remote,
-        node: app.node.clone(),
-    };
-    let handle = SessionHandle::new(
-        info,
-        app.settings.websocket.queue_capacity,
-        app.backlog.clone(),
-    );
-    handle.touch();
+    let handle = shared::new_handle(&app, identity, remote);
     // Built here and moved in as the future's one upvar: upvars keep their space for the
     // future's whole life, so anything captured apart would be stored twice.
     let mut session = Session {
@@ -206,45 +188,14 @@ fn run_session(
 }
 
 impl Session {
-    /// The history index first (broadcasts that see this session are queued after it),
-    /// then register before replaying: a message committed meanwhile is either in the
-    /// replay or queued live (or both: the replay set removes that duplicate).
+    /// Register (see [`shared::open`]).
     async fn open(&mut self) {
-        presence(&self.app, &self.handle, true).await;
-        self.app.registry.register(self.handle.clone());
-        // Registered before this check, so a shutdown either sees this session or is seen
-        // here.
-        if self.app.shutdown.is_cancelled() {
-            self.handle.raise(signal::SHUTDOWN);
-        }
-        self.app.metrics.connections.fetch_add(1, Relaxed);
-        self.app.metrics.connections_total.fetch_add(1, Relaxed);
-        tracing::debug!(session = %self.handle.info.session_id, "session opened");
+        shared::open(&self.app, &self.handle).await;
     }
 
     async fn finish(&mut self, end: End) {
-        self.app.registry.unregister(&self.handle);
-        self.app.metrics.connections.fetch_sub(1, Relaxed);
-        presence(&self.app, &self.handle, false).await;
-        tracing::debug!(session = %self.handle.info.session_id, reason = ?end, "session closed");
+        shared::finish(&self.app, &self.handle, &end).await;
         close(self, end).await;
-    }
-}
-
-/// Record that a session opened (before it is registered) or closed (after it was
-/// unregistered): the presence history that finds a user's broadcasts. A failure costs
-/// only that history (the store reports why it cannot write, once).
-async fn presence(app: &AppState, handle: &SessionHandle, open: bool) {
-    let info = &handle.info;
-    let result = if open {
-        app.store
-            .presence_open(&info.session_id, &info.user_id, &app.node, now_ms())
-            .await
-    } else {
-        app.store.presence_close(&info.session_id, now_ms()).await
-    };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, session = %info.session_id, "presence record not written");
     }
 }
 
@@ -295,8 +246,10 @@ async fn close(session: &mut Session, end: End) {
 
 /// One task per node raises `PING` on every session each `ping_interval` and `DEAD` on
 /// sessions silent for longer than `pong_timeout`, or that have not sent their first
-/// frame `first_frame_timeout` after they started listening; sessions own no timers of
-/// their own. On shutdown it raises `SHUTDOWN` everywhere.
+/// frame `first_frame_timeout` after they started listening (never on SSE sessions, whose
+/// clients send nothing), and `STALLED` on sessions whose write has taken longer than
+/// `write_timeout`; sessions own no timers of their own. On shutdown it raises `SHUTDOWN`
+/// everywhere.
 pub async fn heartbeat(app: AppState) {
     let ws = &app.settings.websocket;
     let (ping_every, pong_timeout, write_timeout, first_frame_timeout) = (
@@ -323,8 +276,9 @@ pub async fn heartbeat(app: AppState) {
         app.registry.for_each_local(&mut |h| {
             if h.writing_for().is_some_and(|d| d > write_timeout) {
                 h.raise(signal::STALLED);
-            } else if h.silent_for() > pong_timeout
-                || (h.awaiting_first_frame() && h.silent_for() > first_frame_timeout)
+            } else if h.expects_frames()
+                && (h.silent_for() > pong_timeout
+                    || (h.awaiting_first_frame() && h.silent_for() > first_frame_timeout))
             {
                 h.raise(signal::DEAD);
             } else if ping {
@@ -344,28 +298,10 @@ struct Session {
 
 impl Session {
     async fn run(&mut self) -> End {
-        // The gap signal: what the replay will send, counted after registering (so later
-        // messages arrive live) and before the welcome. Most sessions skip the query.
-        let user = &self.handle.info.user_id;
-        let version = self.app.dispatcher.pending_version(user);
-        let (pending, until) = match version {
-            None => (0, 0),
-            Some(_) => match self.app.store.count_undelivered(user, WEBSOCKET).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(error = %e, "replay count failed");
-                    return End::StoreFailed;
-                }
-            },
+        let (welcome, replay) = match shared::welcome(&self.app, &self.handle, None).await {
+            Ok(w) => w,
+            Err(end) => return end,
         };
-        let welcome = ServerFrame::Welcome {
-            session_id: &self.handle.info.session_id,
-            user_id: &self.handle.info.user_id,
-            server_time: rfc3339(now_ms()),
-            pending,
-            counts: inbox::welcome_counts(&self.app, user).await,
-        }
-        .to_json();
         if let Err(end) = self.write(Message::Text(welcome.into()), true).await {
             return end;
         }
@@ -378,7 +314,7 @@ impl Session {
         }
         // Boxed: the replay runs once, and its state would otherwise enlarge every idle
         // session's future for its whole life.
-        let mut replayed = match Box::pin(self.replay(version, pending, until)).await {
+        let mut replayed = match Box::pin(shared::replay(self, replay)).await {
             Ok(ids) => Some(ids),
             Err(end) => return end,
         };
@@ -400,7 +336,7 @@ impl Session {
                 }
             }
             if let Some(item) = self.handle.try_next() {
-                if let Err(end) = Box::pin(self.write_live(item, &mut replayed)).await {
+                if let Err(end) = Box::pin(shared::write_live(self, item, &mut replayed)).await {
                     return end;
                 }
                 continue;
@@ -433,110 +369,6 @@ impl Session {
                 }
             }
         }
-    }
-
-    /// Send every undelivered message up to `until` (a message `seq`; later ones arrive
-    /// live), oldest first, in pages. Returns the replayed ids.
-    async fn replay(
-        &mut self,
-        version: Option<u64>,
-        pending: u64,
-        until: i64,
-    ) -> Result<HashSet<String>, End> {
-        let batch = self.app.settings.websocket.replay_batch as u32;
-        let user = self.handle.info.user_id.clone();
-        let mut after = 0;
-        let mut ids = HashSet::new();
-        // Most connections have nothing to replay: skip the query when certainly so.
-        let Some(version) = version else {
-            return Ok(ids);
-        };
-        if pending == 0 {
-            // Counted before the welcome under this version: nothing was undelivered.
-            self.app.dispatcher.replay_found_nothing(&user, version);
-            return Ok(ids);
-        }
-        let mut found = false;
-        loop {
-            let page = match self
-                .app
-                .store
-                .undelivered(&user, WEBSOCKET, after, batch)
-                .await
-            {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::error!(error = %e, "replay query failed");
-                    return Err(End::StoreFailed);
-                }
-            };
-            let Some(last) = page.last() else { break };
-            found = true;
-            after = last.seq;
-            let full = page.len() as u32 == batch;
-            let page: Vec<InboxItem> = page.into_iter().filter(|i| i.seq <= until).collect();
-            let past_snapshot = after > until;
-            for item in &page {
-                if self.app.dispatcher.is_deleted(&item.id) {
-                    continue;
-                }
-                self.write(Message::Text(replay_frame(item).into()), false)
-                    .await?;
-                ids.insert(item.id.clone());
-            }
-            self.flush().await?;
-            self.app
-                .metrics
-                .replayed
-                .fetch_add(page.len() as u64, Relaxed);
-            self.record_sent(page.iter().map(|i| i.delivery_id)).await;
-            if !full || past_snapshot {
-                break;
-            }
-        }
-        if !found {
-            self.app.dispatcher.replay_found_nothing(&user, version);
-        }
-        Ok(ids)
-    }
-
-    /// Write a live frame and whatever else is queued (one flush for up to 64), then
-    /// record `sent` for what was written.
-    async fn write_live(
-        &mut self,
-        first: Outbound,
-        replayed: &mut Option<HashSet<String>>,
-    ) -> Result<(), End> {
-        let mut item = Some(first);
-        let mut written = Vec::new();
-        while let Some(it) = item.take() {
-            let control = it.delivery_id == CONTROL_FRAME;
-            let skip = !control
-                && (replayed
-                    .as_ref()
-                    .is_some_and(|r| r.contains(&it.message.id))
-                    || self.app.dispatcher.is_deleted(&it.message.id));
-            if !skip {
-                self.write(Message::Text(it.frame), false).await?;
-                if !control {
-                    written.push(it.delivery_id);
-                }
-            }
-            if written.len() < 64 {
-                item = self.handle.try_next();
-            }
-        }
-        if self.handle.is_empty() {
-            // Everything queued during the replay has been seen: duplicates are over.
-            *replayed = None;
-        }
-        self.flush().await?;
-        self.app
-            .metrics
-            .frames_sent
-            .fetch_add(written.len() as u64, Relaxed);
-        self.record_sent(written).await;
-        Ok(())
     }
 
     async fn on_text(&mut self, text: &str) -> Result<(), End> {
@@ -580,20 +412,6 @@ impl Session {
         self.app.dispatcher.record(WEBSOCKET, change).await;
     }
 
-    /// `sent` for frames just written: one hand-off to the status writer for all of them.
-    async fn record_sent(&mut self, delivery_ids: impl IntoIterator<Item = i64>) {
-        let changes = delivery_ids
-            .into_iter()
-            .map(|delivery_id| StatusChange::Delivery {
-                delivery_id,
-                status: Status::Sent,
-                error: None,
-                count_attempt: true,
-            })
-            .collect();
-        self.app.dispatcher.record_many(WEBSOCKET, changes).await;
-    }
-
     async fn error_frame(&mut self, reason: &str) -> Result<(), End> {
         let text = ServerFrame::Error { error: reason }.to_json();
         self.write(Message::Text(text.into()), true).await
@@ -612,65 +430,30 @@ impl Session {
         };
         bounded(&self.handle, io).await
     }
-
-    async fn flush(&mut self) -> Result<(), End> {
-        bounded(&self.handle, self.socket.flush()).await
-    }
 }
 
-/// Run a socket write until it completes or the session is kicked, found dead, stalled
-/// or stopped (checked whenever the session is woken during the write). The write timeout
-/// is enforced by the heartbeat (`STALLED`), so a write needs no timer of its own.
-async fn bounded(
-    handle: &SessionHandle,
-    io: impl std::future::Future<Output = Result<(), tungstenite::Error>>,
-) -> Result<(), End> {
-    tokio::pin!(io);
-    let mut woken = false;
-    handle.begin_write();
-    let result = loop {
-        if let Some(end) = fatal(handle.peek_signals()) {
-            break Err(end);
-        }
-        tokio::select! {
-            r = &mut io => break r.map_err(|_| End::WriteFailed),
-            _ = handle.woken() => woken = true,
-        }
-    };
-    handle.end_write();
-    if woken {
-        // Pass the wake-up on: the session loop must still see frames queued meanwhile.
-        handle.rewake();
+/// The shared replay and live writes send text frames; WebSocket frames carry no `seq`.
+impl Transport for Session {
+    fn app(&self) -> &AppState {
+        &self.app
     }
-    result
-}
 
-/// Signals that end a session, in order of precedence.
-fn fatal(signals: u8) -> Option<End> {
-    if signals & signal::SHUTDOWN != 0 {
-        Some(End::Shutdown)
-    } else if signals & signal::KICKED != 0 {
-        Some(End::SlowConsumer)
-    } else if signals & signal::DEAD != 0 {
-        Some(End::DeadPeer)
-    } else if signals & signal::STALLED != 0 {
-        Some(End::WriteFailed)
-    } else {
-        None
+    fn handle(&self) -> &Arc<SessionHandle> {
+        &self.handle
     }
-}
 
-fn replay_frame(item: &InboxItem) -> String {
-    frame::message_frame(&MessageView {
-        id: item.id.clone(),
-        title: item.title.clone(),
-        content: item.content.clone(),
-        msg_type: item.msg_type,
-        sender: item.sender.clone(),
-        created_at: rfc3339(item.created_at_ms),
-        template: None,
-        data: None,
-    })
+    fn frame(
+        &mut self,
+        json: Utf8Bytes,
+        _seq: Option<i64>,
+        flush: bool,
+    ) -> impl std::future::Future<Output = Result<(), End>> + Send {
+        self.write(Message::Text(json), flush)
+    }
+
+    fn flush(&mut self) -> impl std::future::Future<Output = Result<(), End>> + Send {
+        bounded(&self.handle, self.socket.flush())
+    }
 }
 
 /// Why a read failed, as the close code it calls for (RFC 6455 §7.4.1): `1009` for a frame
