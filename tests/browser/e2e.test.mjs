@@ -355,7 +355,9 @@ const BELL = `document.querySelector("herald-inbox")`;
 
 /**
  * A page at the server's origin holding only a header with `<herald-inbox token=…>`, loaded
- * the one-tag way (the HTML is served by `page.route`; the scripts come from the server).
+ * the one-tag way. The document comes from a real navigation (the front door, whose one
+ * script is done by then) and is then replaced: Chromium's local-network-access checks
+ * refuse loopback WebSockets to a document that `page.route` made up.
  * @param {string} name @param {string} token
  * @param {{viewport?: object, init?: () => void}} [opts] `init` runs before the page's scripts
  */
@@ -368,8 +370,9 @@ async function bellPage(name, token, { viewport, init } = {}) {
 <header style="display:flex;align-items:center;gap:12px;padding:8px 16px;border-bottom:1px solid #ddd"><b style="flex:1">App</b>
 <script type="module" src="/herald-inbox.js"></script><herald-inbox token="${token}"></herald-inbox></header>
 <main style="padding:16px"><p>Page content</p><button type="button">After</button></main></body></html>`;
-  await page.route(`${server.url}/bell-test`, (route) => route.fulfill({ contentType: "text/html; charset=utf-8", body: html }));
-  await page.goto(`${server.url}/bell-test`);
+  await page.goto(`${server.url}/`);
+  await page.locator("#health.ok").waitFor();
+  await page.setContent(html);
   await page.waitForFunction(`${BELL}.client?.state === "live"`, null, { timeout: 15_000 });
   return page;
 }
