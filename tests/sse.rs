@@ -674,3 +674,90 @@ async fn the_route_is_in_the_openapi_document() {
         "{op}"
     );
 }
+
+/// The done-when of the notification center's SSE fallback: a client that acks over REST
+/// (`POST /api/v1/inbox/ack`) and drops mid-stream gets, on resume, exactly what it had not
+/// acknowledged — the messages sent while it was away and the one it saw but had not
+/// acked yet (at least once, by id) — and nothing it acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_after_rest_acks_gets_what_was_missed_and_nothing_acknowledged() {
+    let app = spawn_app().await;
+    let token = app.token("erin");
+    let mut sse = connect(&app, &token).await;
+    let welcome = sse.welcome().await;
+    assert_eq!(
+        welcome["counts"],
+        json!({"unseen": 0, "unread": 0, "total": 0})
+    );
+    let mut seen = Vec::new();
+    for i in 0..3 {
+        let id = send_ok(&app, msg(&format!("live {i}"), &["erin"])).await;
+        let (_, frame) = sse.message().await;
+        assert_eq!(frame["id"], id.as_str());
+        seen.push(id);
+    }
+    // The first two are acknowledged over REST; the third is not (its ack was in flight).
+    let (status, body) = app
+        .request(
+            Method::POST,
+            "/api/v1/inbox/ack",
+            Some(&token),
+            Some(&json!({"ids": [seen[0], seen[1]]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["changed"], 2);
+    drop(sse);
+    app.wait_clients(0).await;
+    let missed = [
+        send_ok(&app, msg("while away 1", &["erin"])).await,
+        send_ok(&app, msg("while away 2", &["erin"])).await,
+    ];
+    let mut sse = connect_with(
+        &app,
+        "/events",
+        &[
+            ("Authorization", &format!("Bearer {token}")),
+            ("Last-Event-ID", "42"),
+        ],
+    )
+    .await;
+    let welcome = sse.welcome().await;
+    assert_eq!(welcome["pending"], 3);
+    assert_eq!(welcome["counts"]["unread"], 5);
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(sse.message().await.1["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(got, [seen[2].clone(), missed[0].clone(), missed[1].clone()]);
+    sse.expect_quiet(QUIET).await;
+}
+
+/// Inbox changes reach an SSE session as `state` and `counts` events, like a WebSocket's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbox_state_and_counts_events_reach_sse_sessions() {
+    let app = spawn_app().await;
+    let token = app.token("fay");
+    let id = send_ok(&app, msg("hello", &["fay"])).await;
+    let mut sse = connect(&app, &token).await;
+    assert_eq!(
+        sse.welcome().await["counts"],
+        json!({"unseen": 1, "unread": 1, "total": 1})
+    );
+    assert_eq!(sse.message().await.1["id"], id.as_str());
+    let mut ws = ws_connect(&app, &token).await;
+    ws.welcome().await;
+    ws.next_message().await;
+    // A WebSocket session of the same user reads it: the SSE stream hears of it.
+    ws.send_json(json!({"type": "read", "id": id})).await;
+    let state = sse.next_event().await.json();
+    assert_eq!(
+        state,
+        json!({"type": "state", "ids": [id], "seen": true, "read": true})
+    );
+    let counts = sse.next_event().await.json();
+    assert_eq!(
+        counts,
+        json!({"type": "counts", "unseen": 0, "unread": 0, "total": 1})
+    );
+}
