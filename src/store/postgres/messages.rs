@@ -234,7 +234,8 @@ impl<'a> RowKey<'a> {
 
 /// A status change of one delivery row, with the rules of [`Status::can_move_to`]:
 /// `count_attempt` counts a hand-over even when the status does not move (the error is
-/// kept then too). `true` when the status moved.
+/// kept then too). `true` when the status moved; a move to `read` reads the inbox entry too
+/// (its flags seen and read).
 pub(super) async fn apply_to_row(
     conn: &mut PgConnection,
     row: RowKey<'_>,
@@ -247,7 +248,9 @@ pub(super) async fn apply_to_row(
         .bind(
             sqlx::query(&format!(
                 "UPDATE deliveries SET status = $1, last_error = COALESCE($2, last_error), \
-                   attempts = attempts + $3, updated_at = $4 WHERE {} AND {MOVES_FORWARD}",
+                   attempts = attempts + $3, updated_at = $4, \
+                   inbox = CASE WHEN $1 = 3 THEN inbox | 3 ELSE inbox END \
+                 WHERE {} AND {MOVES_FORWARD}",
                 row.cond(5)
             ))
             .bind(status.code())
@@ -616,7 +619,7 @@ async fn message_items(
 }
 
 /// Inbox items of memberships (those whose message still exists), in their order.
-async fn member_items(
+pub(super) async fn member_items(
     conn: &mut PgConnection,
     found: &[Membership],
 ) -> Result<Vec<InboxItem>, StoreError> {
@@ -650,7 +653,7 @@ async fn open_memberships(
 }
 
 /// Every audience entry of `receiver` (on `channel`, if given): the history index.
-async fn all_memberships(
+pub(super) async fn all_memberships(
     conn: &mut PgConnection,
     cache: &MembersCache,
     receiver: &str,
@@ -905,60 +908,5 @@ impl PgStore {
         out.sort();
         out.dedup();
         Ok(out)
-    }
-
-    pub(super) async fn read_inbox(
-        &self,
-        receiver: &str,
-        channel: &str,
-        undelivered_only: bool,
-        page: PageRequest,
-    ) -> Result<Page<InboxItem>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        // Held (scheduled, not yet released) deliveries are not shown.
-        let cond = if undelivered_only {
-            " AND d.status < 2 AND d.next_attempt_at IS NULL"
-        } else {
-            " AND d.next_attempt_at IS NULL"
-        };
-        let row_total: i64 = sqlx::query(&format!(
-            "SELECT count(*) FROM deliveries d WHERE d.receiver = $1 AND d.channel = $2{cond}"
-        ))
-        .bind(receiver)
-        .bind(channel)
-        .fetch_one(&mut *conn)
-        .await?
-        .try_get(0)?;
-        let mut found = if undelivered_only {
-            open_memberships(&mut conn, &self.members, receiver, channel, 0).await?
-        } else {
-            all_memberships(&mut conn, &self.members, receiver, Some(channel)).await?
-        };
-        let total = row_total + found.len() as i64;
-        // Newest first: the page is among the newest `offset + size` of either kind.
-        let want = (page.offset() + i64::from(page.size)).max(0);
-        let mut items = sqlx::query(&format!(
-            "SELECT {} FROM deliveries d JOIN messages m ON m.seq = d.message_seq \
-             WHERE d.receiver = $1 AND d.channel = $2{cond} ORDER BY d.message_seq DESC LIMIT $3",
-            rows::INBOX_COLUMNS
-        ))
-        .bind(receiver)
-        .bind(channel)
-        .bind(want)
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(rows::inbox_item)
-        .collect::<Result<Vec<_>, _>>()?;
-        found.sort_by_key(|m| std::cmp::Reverse(m.seq));
-        found.truncate(want as usize);
-        items.extend(member_items(&mut conn, &found).await?);
-        items.sort_by_key(|i| std::cmp::Reverse(i.seq));
-        let items = items
-            .into_iter()
-            .skip(page.offset() as usize)
-            .take(page.size as usize)
-            .collect();
-        Ok(Page { items, total })
     }
 }

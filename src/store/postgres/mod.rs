@@ -53,7 +53,8 @@
 //! refused with [`StoreError::Overloaded`] beyond them (`admission.rs`).
 //!
 //! Concerns live in their own files, as on SQLite: `messages.rs` (inserts, status,
-//! collect, listings, replay), `audiences.rs` (compact broadcast records), `outbox.rs`,
+//! collect, listings, replay), `audiences.rs` (compact broadcast records), `inbox.rs` (the
+//! notification center: listings, counts, marks, retention), `outbox.rs`,
 //! `devices.rs` (recipients, devices, presence records), `timers.rs`, `availability.rs`
 //! and `admission.rs`. Row mappers, column lists and the listing filter are shared with
 //! SQLite (`store/rows.rs`).
@@ -72,9 +73,9 @@ use super::audience::{MembersCache, PRESENCE_SLACK_MS};
 use super::{OutboxCounts, Store, StoreError};
 use crate::config::DatabaseSettings;
 use crate::model::{
-    now_ms, ClaimResult, Delivery, DeviceRecord, InboxItem, Inserted, Message, MessageFilter,
-    NewDevice, NewMessage, OutboxMessage, Page, PageRequest, QuotaClaim, Recipient, Registered,
-    RouteAdvance, StatusChange, Timer,
+    inbox as inbox_model, now_ms, ClaimResult, Delivery, DeviceRecord, InboxItem, Inserted,
+    Message, MessageFilter, NewDevice, NewMessage, OutboxMessage, Page, PageRequest, QuotaClaim,
+    Recipient, Registered, RouteAdvance, StatusChange, Timer,
 };
 use admission::Admission;
 use availability::Availability;
@@ -84,6 +85,7 @@ mod admission;
 mod audiences;
 mod availability;
 mod devices;
+mod inbox;
 mod messages;
 mod outbox;
 mod timers;
@@ -261,35 +263,64 @@ impl Store for PgStore {
 
     async fn inbox_entries(
         &self,
-        _receiver: &str,
-        _query: &crate::model::inbox::Query,
+        receiver: &str,
+        query: &inbox_model::Query,
     ) -> Result<Page<InboxItem>, StoreError> {
-        Err(StoreError::Corrupt("TODO_PG_INBOX".into()))
+        read(self.read_inbox_entries(receiver, query)).await
     }
 
-    async fn inbox_counts(
-        &self,
-        _receiver: &str,
-    ) -> Result<crate::model::inbox::Counts, StoreError> {
-        Err(StoreError::Corrupt("TODO_PG_INBOX".into()))
+    async fn inbox_counts(&self, receiver: &str) -> Result<inbox_model::Counts, StoreError> {
+        read(self.read_inbox_counts(receiver)).await
     }
 
     async fn inbox_mark(
         &self,
-        _receiver: &str,
-        _op: crate::model::inbox::Op,
-        _target: crate::model::inbox::Target,
-    ) -> Result<crate::model::inbox::Marked, StoreError> {
-        Err(StoreError::Corrupt("TODO_PG_INBOX".into()))
+        receiver: &str,
+        op: inbox_model::Op,
+        target: inbox_model::Target,
+    ) -> Result<inbox_model::Marked, StoreError> {
+        self.write(async {
+            let mut tx = self.pool.begin().await?;
+            let marked =
+                inbox::mark(&mut tx, &self.members, receiver, op, &target, now_ms()).await?;
+            if matches!(marked, inbox_model::Marked::Done { .. }) {
+                tx.commit().await?;
+            }
+            // Unknown ids: nothing changes (dropping `tx` rolls back).
+            Ok(marked)
+        })
+        .await
     }
 
     async fn inbox_prune(
         &self,
-        _cutoff_ms: i64,
-        _include_unread: bool,
-        _limit: u32,
+        cutoff_ms: i64,
+        include_unread: bool,
+        limit: u32,
     ) -> Result<u64, StoreError> {
-        Err(StoreError::Corrupt("TODO_PG_INBOX".into()))
+        self.write(async {
+            let mut conn = self.pool.acquire().await?;
+            let Some(last) = inbox::last_before(&mut conn, cutoff_ms).await? else {
+                return Ok(0);
+            };
+            let mut tx = conn.begin().await?;
+            let mut n = inbox::prune_rows(&mut tx, last, cutoff_ms, include_unread, limit).await?;
+            tx.commit().await?;
+            if include_unread && n < u64::from(limit) {
+                // Whole audiences in a transaction of their own: audiences come before the
+                // counters the rows' delete held (lock order).
+                let mut tx = conn.begin().await?;
+                let gone =
+                    inbox::prune_audiences(&mut tx, last, cutoff_ms, u64::from(limit) - n).await?;
+                tx.commit().await?;
+                for seq in &gone {
+                    self.members.remove(*seq);
+                }
+                n += gone.len() as u64;
+            }
+            Ok(n)
+        })
+        .await
     }
 
     async fn collect(

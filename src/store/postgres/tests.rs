@@ -636,6 +636,19 @@ async fn audience_changes_land_once_across_nodes() {
     }
 }
 
+/// The inbox listing the API's `status=all` asks for, first page.
+fn all_entries() -> inbox_model::Query {
+    inbox_model::Query {
+        show: inbox_model::Show::All,
+        archived: Some(false),
+        msg_type: None,
+        before: None,
+        after: None,
+        offset: 0,
+        limit: 10,
+    }
+}
+
 /// A session recorded through one node indexes the broadcasts another node takes: the
 /// record is committed before `presence_open` returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -661,12 +674,7 @@ async fn presence_on_one_node_finds_broadcasts_of_another() {
         .unwrap();
     // Delivered, so only the history index (not the open audiences) can find it.
     let all = nodes[1]
-        .inbox(
-            "hist-u",
-            "websocket",
-            false,
-            PageRequest { page: 1, size: 10 },
-        )
+        .inbox_entries("hist-u", &all_entries())
         .await
         .unwrap();
     assert_eq!(all.total, 1);
@@ -691,12 +699,7 @@ async fn presence_on_one_node_finds_broadcasts_of_another() {
         0
     );
     let all = nodes[0]
-        .inbox(
-            "hist-u",
-            "websocket",
-            false,
-            PageRequest { page: 1, size: 10 },
-        )
+        .inbox_entries("hist-u", &all_entries())
         .await
         .unwrap();
     assert_eq!(all.total, 1, "taken while the session was open");
