@@ -12,7 +12,7 @@
 //! commits, so it is a lock in the store's order (`mod.rs`, "Lock order"): after messages,
 //! timers and audiences, before delivery rows. Writers that change the counted state of
 //! existing rows take their receivers' counters first, in receiver order
-//! ([`lock_counts`]); the triggers then re-take locks already held.
+//! ([`lock_counts`], [`lock_counts_sql`]); the triggers then re-take locks already held.
 
 use std::collections::{HashMap, HashSet};
 
@@ -48,6 +48,17 @@ pub(super) async fn lock_counts(
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// [`lock_counts`] for the receivers of the websocket rows matching `cond` (a condition
+/// over `deliveries`, its parameters bound by the caller), in one statement.
+pub(super) fn lock_counts_sql(cond: &str) -> String {
+    format!(
+        "INSERT INTO inbox_counts AS c (receiver) \
+         SELECT receiver FROM deliveries WHERE channel = 'websocket' AND ({cond}) \
+         GROUP BY receiver ORDER BY receiver COLLATE \"C\" \
+         ON CONFLICT (receiver) DO UPDATE SET total = c.total WHERE false"
+    )
 }
 
 /// Would `op` change a broadcast member with this status (an ack: move it to

@@ -10,7 +10,7 @@ use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 use super::{audiences, PgStore};
 use crate::model::{
     decode_member_id, member_delivery_id, AttemptOutcome, InboxItem, Inserted, Message,
-    MessageFilter, NewMessage, Page, PageRequest, Status, StatusChange, StatusFilter,
+    MessageFilter, NewMessage, Page, PageRequest, Status, StatusChange, StatusFilter, WEBSOCKET,
 };
 use crate::store::audience::{self, AudienceState, Members, MembersCache, Membership};
 use crate::store::rows::{self, Cols};
@@ -332,6 +332,9 @@ pub(super) async fn apply_status(
         }
     }
     let mut locked = audiences::lock(conn, cache, &seqs).await?;
+    // Then the inbox counters the batch may change, before any delivery row.
+    let counted = counted_receivers(conn, changes, &receipts, &locked).await?;
+    super::inbox::lock_counts(conn, counted).await?;
 
     let mut applied = vec![false; changes.len()];
     let bulk = bulk_sent(conn, changes, &mut applied, now).await?;
@@ -395,6 +398,68 @@ pub(super) async fn apply_status(
     }
     audiences::write_back(conn, &mut locked, now).await?;
     Ok(applied)
+}
+
+/// The receivers whose inbox counters a batch may change: a websocket row moving to
+/// `read` or `failed` (unspilled members change in their audience, not in a row; `sent`
+/// and `delivered` leave the counters alone). Provider attempts are left out: they change
+/// outbox rows, which are never on a presence channel such as `websocket`.
+async fn counted_receivers(
+    conn: &mut PgConnection,
+    changes: &[StatusChange],
+    receipts: &HashMap<String, (i64, Option<String>)>,
+    locked: &HashMap<i64, audiences::Locked>,
+) -> Result<Vec<String>, StoreError> {
+    let counted = |s: &Status| matches!(s, Status::Read | Status::Failed);
+    let mut out = Vec::new();
+    let mut ids = Vec::new();
+    for c in changes {
+        match c {
+            StatusChange::Delivery {
+                delivery_id,
+                status,
+                ..
+            } if counted(status) => match decode_member_id(*delivery_id) {
+                Some((seq, m)) => {
+                    if let Some(a) = locked.get(&seq) {
+                        if a.channel == WEBSOCKET && m < a.members.len() && a.st.member(m).spilled()
+                        {
+                            out.push(a.members.get(m).to_owned());
+                        }
+                    }
+                }
+                None => ids.push(*delivery_id),
+            },
+            StatusChange::Receiver {
+                message_id,
+                receiver,
+                channel,
+                status,
+            } if channel == WEBSOCKET && counted(status) => {
+                let Some((seq, _)) = receipts.get(message_id) else {
+                    continue; // no such message
+                };
+                let member = locked.get(seq).and_then(|a| a.member_of(receiver, channel));
+                if member.is_none() {
+                    out.push(receiver.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    if !ids.is_empty() {
+        for r in sqlx::query(
+            "SELECT DISTINCT receiver FROM deliveries WHERE id = ANY($1) AND channel = $2",
+        )
+        .bind(&ids)
+        .bind(WEBSOCKET)
+        .fetch_all(&mut *conn)
+        .await?
+        {
+            out.push(r.text(0)?);
+        }
+    }
+    Ok(out)
 }
 
 /// `sent` without an error for delivery rows is by far the most common change (every
@@ -500,9 +565,24 @@ async fn apply_attempt(
     Ok(moved && !matches!(outcome, AttemptOutcome::Retry { .. }))
 }
 
+/// Delete a message (in the caller's transaction): its row first (`FOR UPDATE`: writers
+/// holding it `FOR KEY SHARE` finish first, and no delivery is added to it meanwhile),
+/// then the inbox counters of its websocket receivers (lock order), then the cascade.
 pub(super) async fn delete(conn: &mut PgConnection, id: &str) -> Result<bool, StoreError> {
-    Ok(sqlx::query("DELETE FROM messages WHERE id = $1")
+    let Some(seq) = sqlx::query("SELECT seq FROM messages WHERE id = $1 FOR UPDATE")
         .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+    else {
+        return Ok(false);
+    };
+    let seq = seq.int(0)?;
+    sqlx::query(&super::inbox::lock_counts_sql("message_seq = $1"))
+        .bind(seq)
+        .execute(&mut *conn)
+        .await?;
+    Ok(sqlx::query("DELETE FROM messages WHERE seq = $1")
+        .bind(seq)
         .execute(&mut *conn)
         .await?
         .rows_affected()

@@ -27,6 +27,10 @@
 //!   changed through their rows.
 //! * The trigger `deliveries_route_event` (plpgsql) makes a receiver's running chain due
 //!   when one of its deliveries changes status, as on SQLite.
+//! * **Inbox counters** (`inbox.rs`): triggers keep `inbox_counts` in the transaction that
+//!   changes a websocket row, so a counter row stays locked until that commits. Writers
+//!   that change existing rows lock the counters first (`inbox::lock_counts`); of two
+//!   that change one receiver's inbox, the second waits there, before any row.
 //!
 //! **Lock order.** Writers take what they need in this order, so no two wait for each
 //! other in a cycle:
@@ -36,15 +40,29 @@
 //! 2. the operation's own release, expire or spill timer (the trigger never touches those
 //!    kinds);
 //! 3. audiences, in `message_seq` order;
-//! 4. deliveries, in id order where one statement locks several;
-//! 5. route timers: through the trigger, or `advance_route`'s own after the deliveries it
+//! 4. inbox counters (`inbox_counts`), in receiver order (byte order: `COLLATE "C"`). A
+//!    writer that may change whether existing websocket rows count, or how, locks their
+//!    receivers' counters before any of those rows: a mark (its one receiver), a status
+//!    batch with `read` or `failed` changes, release, expire, a route starting a websocket
+//!    step, a message delete (all its websocket receivers, before the cascade) and
+//!    retention. Inserts (messages, spills, members given rows) take theirs in the insert
+//!    trigger, once per receiver and in receiver order whatever the order of the rows: a
+//!    message to many receivers locks its counters in one order, and the new rows are
+//!    invisible to every other writer, so none waits for them;
+//! 5. deliveries, in id order where one statement locks several;
+//! 6. route timers: through the trigger, or `advance_route`'s own after the deliveries it
 //!    supersedes.
+//!
+//! The update trigger then takes counters the writer already holds, in any order; the one
+//! path that does not lock them first is a provider attempt's outcome, whose row is an
+//! outbox row (never on a presence channel such as `websocket`, so never counted).
 //!
 //! What remains possible is two writers meeting on *delivery rows* in opposite orders (a
 //! status batch updates rows one statement at a time, in batch order; a `DELETE`'s
 //! cascade has its own order). PostgreSQL breaks such a deadlock (`40P01`), which
 //! surfaces as an ordinary database error: the status writer retries the batch, a claimed
-//! timer comes due again when its lease ends.
+//! timer comes due again when its lease ends. Two writers that both change how one
+//! receiver's rows count never get that far: they queue on its counter first.
 //!
 //! **Failures and overload.** A write is answered `Ok` only after its `COMMIT` returned
 //! OK. Database failures (lost connections, a killed backend, disk full, timeouts, a
@@ -241,8 +259,10 @@ impl Store for PgStore {
 
     async fn delete_message(&self, id: &str) -> Result<bool, StoreError> {
         self.write(async {
-            let mut conn = self.pool.acquire().await?;
-            messages::delete(&mut conn, id).await
+            let mut tx = self.pool.begin().await?;
+            let deleted = messages::delete(&mut tx, id).await?;
+            tx.commit().await?;
+            Ok(deleted)
         })
         .await
     }
