@@ -62,6 +62,17 @@ impl Locked {
         Ok(moved)
     }
 
+    /// `receiver`'s entry in this audience if it is on `channel` and not spilled (a spilled
+    /// member's row answers for it).
+    pub fn member_of(&self, receiver: &str, channel: &str) -> Option<(usize, MemberState)> {
+        if self.channel != channel {
+            return None;
+        }
+        let i = self.members.find(receiver)?;
+        let m = self.st.member(i);
+        (!m.spilled()).then_some((i, m))
+    }
+
     /// Fail the undelivered members (`expiresAt`): how many.
     pub fn expire(&mut self, now: i64) -> u64 {
         let todo: Vec<usize> = self.st.undelivered().collect();
@@ -278,6 +289,56 @@ pub(super) async fn spill(
     }
     a.dirty = true;
     Ok(todo.len() as u64)
+}
+
+/// Give member `i` of `a` a delivery row of its own now (its inbox state is about to
+/// change, and a member has no room for inbox flags): the row takes its status, attempts
+/// and the flags its status implies. `false` when there is no such unspilled member. The
+/// caller holds the receiver's inbox counter (the insert's trigger adds to it).
+pub(super) async fn spill_member(
+    conn: &mut PgConnection,
+    a: &mut Locked,
+    i: usize,
+    now: i64,
+) -> Result<bool, StoreError> {
+    if i >= a.members.len() || a.st.member(i).spilled() {
+        return Ok(false);
+    }
+    let m = a.st.member(i);
+    sqlx::query(
+        "INSERT INTO deliveries (message_seq, receiver, channel, status, attempts, \
+           created_at, updated_at, inbox) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(a.seq)
+    .bind(a.members.get(i))
+    .bind(&a.channel)
+    .bind(m.status().code())
+    .bind(m.attempts())
+    .bind(a.created_at)
+    .bind(a.created_at + a.st.changed_after(i))
+    .bind(crate::model::inbox::derived(m.status()))
+    .execute(&mut *conn)
+    .await?;
+    a.st.spill(i, now - a.created_at);
+    a.dirty = true;
+    Ok(true)
+}
+
+/// `receiver`'s unspilled entries in `channel` audiences with `seq <= before` (all when
+/// `None`), oldest first, found through the presence history as the readers find them.
+/// Not locked: a writer locks the audiences of those it will change and checks them again.
+pub(super) async fn history_members(
+    conn: &mut PgConnection,
+    cache: &MembersCache,
+    receiver: &str,
+    channel: &str,
+    before: Option<i64>,
+) -> Result<Vec<Membership>, StoreError> {
+    let mut seqs = history_seqs(conn, receiver, Some(channel)).await?;
+    if let Some(b) = before {
+        seqs.retain(|&s| s <= b);
+    }
+    memberships(conn, cache, receiver, &seqs).await
 }
 
 /// The member lists of `seqs`, from the cache or the database (then cached). Deleted

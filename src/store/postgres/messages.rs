@@ -10,7 +10,7 @@ use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 use super::{audiences, PgStore};
 use crate::model::{
     decode_member_id, member_delivery_id, AttemptOutcome, InboxItem, Inserted, Message,
-    MessageFilter, NewMessage, Page, PageRequest, Status, StatusChange, StatusFilter,
+    MessageFilter, NewMessage, Page, PageRequest, Status, StatusChange, StatusFilter, WEBSOCKET,
 };
 use crate::store::audience::{self, AudienceState, Members, MembersCache, Membership};
 use crate::store::rows::{self, Cols};
@@ -234,7 +234,8 @@ impl<'a> RowKey<'a> {
 
 /// A status change of one delivery row, with the rules of [`Status::can_move_to`]:
 /// `count_attempt` counts a hand-over even when the status does not move (the error is
-/// kept then too). `true` when the status moved.
+/// kept then too). `true` when the status moved; a move to `read` reads the inbox entry too
+/// (its flags seen and read).
 pub(super) async fn apply_to_row(
     conn: &mut PgConnection,
     row: RowKey<'_>,
@@ -247,7 +248,9 @@ pub(super) async fn apply_to_row(
         .bind(
             sqlx::query(&format!(
                 "UPDATE deliveries SET status = $1, last_error = COALESCE($2, last_error), \
-                   attempts = attempts + $3, updated_at = $4 WHERE {} AND {MOVES_FORWARD}",
+                   attempts = attempts + $3, updated_at = $4, \
+                   inbox = CASE WHEN $1 = 3 THEN inbox | 3 ELSE inbox END \
+                 WHERE {} AND {MOVES_FORWARD}",
                 row.cond(5)
             ))
             .bind(status.code())
@@ -329,6 +332,9 @@ pub(super) async fn apply_status(
         }
     }
     let mut locked = audiences::lock(conn, cache, &seqs).await?;
+    // Then the inbox counters the batch may change, before any delivery row.
+    let counted = counted_receivers(conn, changes, &receipts, &locked).await?;
+    super::inbox::lock_counts(conn, counted).await?;
 
     let mut applied = vec![false; changes.len()];
     let bulk = bulk_sent(conn, changes, &mut applied, now).await?;
@@ -392,6 +398,68 @@ pub(super) async fn apply_status(
     }
     audiences::write_back(conn, &mut locked, now).await?;
     Ok(applied)
+}
+
+/// The receivers whose inbox counters a batch may change: a websocket row moving to
+/// `read` or `failed` (unspilled members change in their audience, not in a row; `sent`
+/// and `delivered` leave the counters alone). Provider attempts are left out: they change
+/// outbox rows, which are never on a presence channel such as `websocket`.
+async fn counted_receivers(
+    conn: &mut PgConnection,
+    changes: &[StatusChange],
+    receipts: &HashMap<String, (i64, Option<String>)>,
+    locked: &HashMap<i64, audiences::Locked>,
+) -> Result<Vec<String>, StoreError> {
+    let counted = |s: &Status| matches!(s, Status::Read | Status::Failed);
+    let mut out = Vec::new();
+    let mut ids = Vec::new();
+    for c in changes {
+        match c {
+            StatusChange::Delivery {
+                delivery_id,
+                status,
+                ..
+            } if counted(status) => match decode_member_id(*delivery_id) {
+                Some((seq, m)) => {
+                    if let Some(a) = locked.get(&seq) {
+                        if a.channel == WEBSOCKET && m < a.members.len() && a.st.member(m).spilled()
+                        {
+                            out.push(a.members.get(m).to_owned());
+                        }
+                    }
+                }
+                None => ids.push(*delivery_id),
+            },
+            StatusChange::Receiver {
+                message_id,
+                receiver,
+                channel,
+                status,
+            } if channel == WEBSOCKET && counted(status) => {
+                let Some((seq, _)) = receipts.get(message_id) else {
+                    continue; // no such message
+                };
+                let member = locked.get(seq).and_then(|a| a.member_of(receiver, channel));
+                if member.is_none() {
+                    out.push(receiver.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    if !ids.is_empty() {
+        for r in sqlx::query(
+            "SELECT DISTINCT receiver FROM deliveries WHERE id = ANY($1) AND channel = $2",
+        )
+        .bind(&ids)
+        .bind(WEBSOCKET)
+        .fetch_all(&mut *conn)
+        .await?
+        {
+            out.push(r.text(0)?);
+        }
+    }
+    Ok(out)
 }
 
 /// `sent` without an error for delivery rows is by far the most common change (every
@@ -497,9 +565,24 @@ async fn apply_attempt(
     Ok(moved && !matches!(outcome, AttemptOutcome::Retry { .. }))
 }
 
+/// Delete a message (in the caller's transaction): its row first (`FOR UPDATE`: writers
+/// holding it `FOR KEY SHARE` finish first, and no delivery is added to it meanwhile),
+/// then the inbox counters of its websocket receivers (lock order), then the cascade.
 pub(super) async fn delete(conn: &mut PgConnection, id: &str) -> Result<bool, StoreError> {
-    Ok(sqlx::query("DELETE FROM messages WHERE id = $1")
+    let Some(seq) = sqlx::query("SELECT seq FROM messages WHERE id = $1 FOR UPDATE")
         .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+    else {
+        return Ok(false);
+    };
+    let seq = seq.int(0)?;
+    sqlx::query(&super::inbox::lock_counts_sql("message_seq = $1"))
+        .bind(seq)
+        .execute(&mut *conn)
+        .await?;
+    Ok(sqlx::query("DELETE FROM messages WHERE seq = $1")
+        .bind(seq)
         .execute(&mut *conn)
         .await?
         .rows_affected()
@@ -616,7 +699,7 @@ async fn message_items(
 }
 
 /// Inbox items of memberships (those whose message still exists), in their order.
-async fn member_items(
+pub(super) async fn member_items(
     conn: &mut PgConnection,
     found: &[Membership],
 ) -> Result<Vec<InboxItem>, StoreError> {
@@ -650,7 +733,7 @@ async fn open_memberships(
 }
 
 /// Every audience entry of `receiver` (on `channel`, if given): the history index.
-async fn all_memberships(
+pub(super) async fn all_memberships(
     conn: &mut PgConnection,
     cache: &MembersCache,
     receiver: &str,
@@ -905,60 +988,5 @@ impl PgStore {
         out.sort();
         out.dedup();
         Ok(out)
-    }
-
-    pub(super) async fn read_inbox(
-        &self,
-        receiver: &str,
-        channel: &str,
-        undelivered_only: bool,
-        page: PageRequest,
-    ) -> Result<Page<InboxItem>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        // Held (scheduled, not yet released) deliveries are not shown.
-        let cond = if undelivered_only {
-            " AND d.status < 2 AND d.next_attempt_at IS NULL"
-        } else {
-            " AND d.next_attempt_at IS NULL"
-        };
-        let row_total: i64 = sqlx::query(&format!(
-            "SELECT count(*) FROM deliveries d WHERE d.receiver = $1 AND d.channel = $2{cond}"
-        ))
-        .bind(receiver)
-        .bind(channel)
-        .fetch_one(&mut *conn)
-        .await?
-        .try_get(0)?;
-        let mut found = if undelivered_only {
-            open_memberships(&mut conn, &self.members, receiver, channel, 0).await?
-        } else {
-            all_memberships(&mut conn, &self.members, receiver, Some(channel)).await?
-        };
-        let total = row_total + found.len() as i64;
-        // Newest first: the page is among the newest `offset + size` of either kind.
-        let want = (page.offset() + i64::from(page.size)).max(0);
-        let mut items = sqlx::query(&format!(
-            "SELECT {} FROM deliveries d JOIN messages m ON m.seq = d.message_seq \
-             WHERE d.receiver = $1 AND d.channel = $2{cond} ORDER BY d.message_seq DESC LIMIT $3",
-            rows::INBOX_COLUMNS
-        ))
-        .bind(receiver)
-        .bind(channel)
-        .bind(want)
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(rows::inbox_item)
-        .collect::<Result<Vec<_>, _>>()?;
-        found.sort_by_key(|m| std::cmp::Reverse(m.seq));
-        found.truncate(want as usize);
-        items.extend(member_items(&mut conn, &found).await?);
-        items.sort_by_key(|i| std::cmp::Reverse(i.seq));
-        let items = items
-            .into_iter()
-            .skip(page.offset() as usize)
-            .take(page.size as usize)
-            .collect();
-        Ok(Page { items, total })
     }
 }

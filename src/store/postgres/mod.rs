@@ -27,6 +27,10 @@
 //!   changed through their rows.
 //! * The trigger `deliveries_route_event` (plpgsql) makes a receiver's running chain due
 //!   when one of its deliveries changes status, as on SQLite.
+//! * **Inbox counters** (`inbox.rs`): triggers keep `inbox_counts` in the transaction that
+//!   changes a websocket row, so a counter row stays locked until that commits. Writers
+//!   that change existing rows lock the counters first (`inbox::lock_counts`); of two
+//!   that change one receiver's inbox, the second waits there, before any row.
 //!
 //! **Lock order.** Writers take what they need in this order, so no two wait for each
 //! other in a cycle:
@@ -36,15 +40,29 @@
 //! 2. the operation's own release, expire or spill timer (the trigger never touches those
 //!    kinds);
 //! 3. audiences, in `message_seq` order;
-//! 4. deliveries, in id order where one statement locks several;
-//! 5. route timers: through the trigger, or `advance_route`'s own after the deliveries it
+//! 4. inbox counters (`inbox_counts`), in receiver order (byte order: `COLLATE "C"`). A
+//!    writer that may change whether existing websocket rows count, or how, locks their
+//!    receivers' counters before any of those rows: a mark (its one receiver), a status
+//!    batch with `read` or `failed` changes, release, expire, a route starting a websocket
+//!    step, a message delete (all its websocket receivers, before the cascade) and
+//!    retention. Inserts (messages, spills, members given rows) take theirs in the insert
+//!    trigger, once per receiver and in receiver order whatever the order of the rows: a
+//!    message to many receivers locks its counters in one order, and the new rows are
+//!    invisible to every other writer, so none waits for them;
+//! 5. deliveries, in id order where one statement locks several;
+//! 6. route timers: through the trigger, or `advance_route`'s own after the deliveries it
 //!    supersedes.
+//!
+//! The update trigger then takes counters the writer already holds, in any order; the one
+//! path that does not lock them first is a provider attempt's outcome, whose row is an
+//! outbox row (never on a presence channel such as `websocket`, so never counted).
 //!
 //! What remains possible is two writers meeting on *delivery rows* in opposite orders (a
 //! status batch updates rows one statement at a time, in batch order; a `DELETE`'s
 //! cascade has its own order). PostgreSQL breaks such a deadlock (`40P01`), which
 //! surfaces as an ordinary database error: the status writer retries the batch, a claimed
-//! timer comes due again when its lease ends.
+//! timer comes due again when its lease ends. Two writers that both change how one
+//! receiver's rows count never get that far: they queue on its counter first.
 //!
 //! **Failures and overload.** A write is answered `Ok` only after its `COMMIT` returned
 //! OK. Database failures (lost connections, a killed backend, disk full, timeouts, a
@@ -53,7 +71,8 @@
 //! refused with [`StoreError::Overloaded`] beyond them (`admission.rs`).
 //!
 //! Concerns live in their own files, as on SQLite: `messages.rs` (inserts, status,
-//! collect, listings, replay), `audiences.rs` (compact broadcast records), `outbox.rs`,
+//! collect, listings, replay), `audiences.rs` (compact broadcast records), `inbox.rs` (the
+//! notification center: listings, counts, marks, retention), `outbox.rs`,
 //! `devices.rs` (recipients, devices, presence records), `timers.rs`, `availability.rs`
 //! and `admission.rs`. Row mappers, column lists and the listing filter are shared with
 //! SQLite (`store/rows.rs`).
@@ -72,9 +91,9 @@ use super::audience::{MembersCache, PRESENCE_SLACK_MS};
 use super::{OutboxCounts, Store, StoreError};
 use crate::config::DatabaseSettings;
 use crate::model::{
-    now_ms, ClaimResult, Delivery, DeviceRecord, InboxItem, Inserted, Message, MessageFilter,
-    NewDevice, NewMessage, OutboxMessage, Page, PageRequest, QuotaClaim, Recipient, Registered,
-    RouteAdvance, StatusChange, Timer,
+    inbox as inbox_model, now_ms, ClaimResult, Delivery, DeviceRecord, InboxItem, Inserted,
+    Message, MessageFilter, NewDevice, NewMessage, OutboxMessage, Page, PageRequest, QuotaClaim,
+    Recipient, Registered, RouteAdvance, StatusChange, Timer,
 };
 use admission::Admission;
 use availability::Availability;
@@ -84,6 +103,7 @@ mod admission;
 mod audiences;
 mod availability;
 mod devices;
+mod inbox;
 mod messages;
 mod outbox;
 mod timers;
@@ -239,8 +259,10 @@ impl Store for PgStore {
 
     async fn delete_message(&self, id: &str) -> Result<bool, StoreError> {
         self.write(async {
-            let mut conn = self.pool.acquire().await?;
-            messages::delete(&mut conn, id).await
+            let mut tx = self.pool.begin().await?;
+            let deleted = messages::delete(&mut tx, id).await?;
+            tx.commit().await?;
+            Ok(deleted)
         })
         .await
     }
@@ -261,35 +283,64 @@ impl Store for PgStore {
 
     async fn inbox_entries(
         &self,
-        _receiver: &str,
-        _query: &crate::model::inbox::Query,
+        receiver: &str,
+        query: &inbox_model::Query,
     ) -> Result<Page<InboxItem>, StoreError> {
-        Err(StoreError::Corrupt("TODO_PG_INBOX".into()))
+        read(self.read_inbox_entries(receiver, query)).await
     }
 
-    async fn inbox_counts(
-        &self,
-        _receiver: &str,
-    ) -> Result<crate::model::inbox::Counts, StoreError> {
-        Err(StoreError::Corrupt("TODO_PG_INBOX".into()))
+    async fn inbox_counts(&self, receiver: &str) -> Result<inbox_model::Counts, StoreError> {
+        read(self.read_inbox_counts(receiver)).await
     }
 
     async fn inbox_mark(
         &self,
-        _receiver: &str,
-        _op: crate::model::inbox::Op,
-        _target: crate::model::inbox::Target,
-    ) -> Result<crate::model::inbox::Marked, StoreError> {
-        Err(StoreError::Corrupt("TODO_PG_INBOX".into()))
+        receiver: &str,
+        op: inbox_model::Op,
+        target: inbox_model::Target,
+    ) -> Result<inbox_model::Marked, StoreError> {
+        self.write(async {
+            let mut tx = self.pool.begin().await?;
+            let marked =
+                inbox::mark(&mut tx, &self.members, receiver, op, &target, now_ms()).await?;
+            if matches!(marked, inbox_model::Marked::Done { .. }) {
+                tx.commit().await?;
+            }
+            // Unknown ids: nothing changes (dropping `tx` rolls back).
+            Ok(marked)
+        })
+        .await
     }
 
     async fn inbox_prune(
         &self,
-        _cutoff_ms: i64,
-        _include_unread: bool,
-        _limit: u32,
+        cutoff_ms: i64,
+        include_unread: bool,
+        limit: u32,
     ) -> Result<u64, StoreError> {
-        Err(StoreError::Corrupt("TODO_PG_INBOX".into()))
+        self.write(async {
+            let mut conn = self.pool.acquire().await?;
+            let Some(last) = inbox::last_before(&mut conn, cutoff_ms).await? else {
+                return Ok(0);
+            };
+            let mut tx = conn.begin().await?;
+            let mut n = inbox::prune_rows(&mut tx, last, cutoff_ms, include_unread, limit).await?;
+            tx.commit().await?;
+            if include_unread && n < u64::from(limit) {
+                // Whole audiences in a transaction of their own: audiences come before the
+                // counters the rows' delete held (lock order).
+                let mut tx = conn.begin().await?;
+                let gone =
+                    inbox::prune_audiences(&mut tx, last, cutoff_ms, u64::from(limit) - n).await?;
+                tx.commit().await?;
+                for seq in &gone {
+                    self.members.remove(*seq);
+                }
+                n += gone.len() as u64;
+            }
+            Ok(n)
+        })
+        .await
     }
 
     async fn collect(

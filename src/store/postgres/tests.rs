@@ -631,9 +631,53 @@ async fn audience_changes_land_once_across_nodes() {
             .unwrap()
             .is_empty());
     }
+    // The spilled members' rows were read as they were counted.
+    assert_counts_match_recount(&db).await;
     for n in nodes {
         n.close().await;
     }
+}
+
+/// The inbox listing the API's `status=all` asks for, first page.
+fn all_entries() -> inbox_model::Query {
+    inbox_model::Query {
+        show: inbox_model::Show::All,
+        archived: Some(false),
+        msg_type: None,
+        before: None,
+        after: None,
+        offset: 0,
+        limit: 10,
+    }
+}
+
+/// Every receiver's `inbox_counts` row equals a plain count over its delivery rows (a
+/// receiver without rows may keep a row of zeros).
+async fn assert_counts_match_recount(db: &TestDb) {
+    let mut conn = db.connect().await;
+    let wrong: Vec<(String, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
+        "WITH r AS ( \
+           SELECT receiver, count(*) AS total, count(*) FILTER (WHERE (inbox & 1) = 0) AS unseen, \
+                  count(*) FILTER (WHERE (inbox & 2) = 0) AS unread \
+             FROM deliveries \
+            WHERE channel = 'websocket' AND next_attempt_at IS NULL AND status <> 4 \
+              AND (inbox & 12) = 0 \
+            GROUP BY receiver) \
+         SELECT COALESCE(c.receiver, r.receiver), \
+                COALESCE(c.total, 0), COALESCE(c.unseen, 0), COALESCE(c.unread, 0), \
+                COALESCE(r.total, 0), COALESCE(r.unseen, 0), COALESCE(r.unread, 0) \
+           FROM inbox_counts c FULL JOIN r ON r.receiver = c.receiver \
+          WHERE (COALESCE(c.total, 0), COALESCE(c.unseen, 0), COALESCE(c.unread, 0)) \
+                IS DISTINCT FROM (COALESCE(r.total, 0), COALESCE(r.unseen, 0), COALESCE(r.unread, 0))",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.ok();
+    assert!(
+        wrong.is_empty(),
+        "counters (total, unseen, unread) against a recount: {wrong:?}"
+    );
 }
 
 /// A session recorded through one node indexes the broadcasts another node takes: the
@@ -661,12 +705,7 @@ async fn presence_on_one_node_finds_broadcasts_of_another() {
         .unwrap();
     // Delivered, so only the history index (not the open audiences) can find it.
     let all = nodes[1]
-        .inbox(
-            "hist-u",
-            "websocket",
-            false,
-            PageRequest { page: 1, size: 10 },
-        )
+        .inbox_entries("hist-u", &all_entries())
         .await
         .unwrap();
     assert_eq!(all.total, 1);
@@ -691,15 +730,109 @@ async fn presence_on_one_node_finds_broadcasts_of_another() {
         0
     );
     let all = nodes[0]
-        .inbox(
-            "hist-u",
-            "websocket",
-            false,
-            PageRequest { page: 1, size: 10 },
-        )
+        .inbox_entries("hist-u", &all_entries())
         .await
         .unwrap();
     assert_eq!(all.total, 1, "taken while the session was open");
+    for n in nodes {
+        n.close().await;
+    }
+}
+
+/// Two nodes change one receiver's inbox at once, 50 rounds: mark-all read (or unread)
+/// against an archive (or unarchive) of one entry, a broadcast member's among them, and a
+/// `read` receipt through the status writer. Both take the receiver's counter before its
+/// rows, so none waits for another in a cycle (PostgreSQL would fail one with `40P01`),
+/// and the counters equal a recount afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_marks_of_one_receiver_neither_deadlock_nor_miscount() {
+    use inbox_model::{Marked, Op, Target};
+    let db = TestDb::create().await;
+    let nodes = [db.store().await, db.store().await];
+    let who = "mk-u";
+    let people = [who.to_string(), "mk-other".to_string()];
+    nodes[0]
+        .presence_open("mk-s", who, "node-a", now_ms() - 1_000)
+        .await
+        .unwrap();
+    let mut archived: Option<String> = None;
+    for round in 0..50 {
+        // New entries each round: two rows and a broadcast member.
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let mut m = outbox_msg(people.clone(), "websocket");
+            for d in &mut m.deliveries {
+                d.outbox = false;
+            }
+            ids.push(m.id.clone());
+            nodes[0].insert_message(m).await.unwrap();
+        }
+        let b = broadcast(&people, now_ms());
+        ids.push(b.id.clone());
+        nodes[1].insert_message(b).await.unwrap();
+
+        let all_op = if round % 2 == 0 { Op::Read } else { Op::Unread };
+        let (one_op, one) = match archived.take() {
+            Some(id) => (Op::Unarchive, id),
+            None => {
+                let id = ids[round % ids.len()].clone();
+                archived = Some(id.clone());
+                (Op::Archive, id)
+            }
+        };
+        let receipt = ids[(round + 1) % ids.len()].clone();
+        let barrier = Arc::new(Barrier::new(3));
+        let all = {
+            let (node, barrier) = (nodes[0].clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                node.inbox_mark(who, all_op, Target::All { before: None })
+                    .await
+            })
+        };
+        let single = {
+            let (node, barrier) = (nodes[1].clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                node.inbox_mark(who, one_op, Target::Ids(vec![one])).await
+            })
+        };
+        let read = {
+            let (node, barrier) = (nodes[round % 2].clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                node.apply_status(vec![StatusChange::Receiver {
+                    message_id: receipt,
+                    receiver: who.into(),
+                    channel: "websocket".into(),
+                    status: Status::Read,
+                }])
+                .await
+            })
+        };
+        let (all, single, read) = (
+            all.await.unwrap(),
+            single.await.unwrap(),
+            read.await.unwrap(),
+        );
+        assert!(
+            matches!(all, Ok(Marked::Done { .. })),
+            "round {round}: {all:?}"
+        );
+        assert!(
+            matches!(single, Ok(Marked::Done { .. })),
+            "round {round}: {single:?}"
+        );
+        assert_eq!(read.map(|r| r.len()).ok(), Some(1), "round {round}");
+    }
+    assert_counts_match_recount(&db).await;
+    // The store's count (counters plus broadcast members without rows) agrees with its
+    // listing (rows and members).
+    for who in people {
+        let counts = nodes[0].inbox_counts(&who).await.unwrap();
+        let listed = nodes[1].inbox_entries(&who, &all_entries()).await.unwrap();
+        assert_eq!(counts.total, listed.total as u64, "{who}");
+    }
     for n in nodes {
         n.close().await;
     }

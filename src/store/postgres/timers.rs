@@ -4,8 +4,8 @@
 
 use sqlx::{PgConnection, Row};
 
-use super::audiences;
-use crate::model::{NewMessage, RouteAdvance, RouteRecord, Status, Timer, TimerKind};
+use super::{audiences, inbox};
+use crate::model::{NewMessage, RouteAdvance, RouteRecord, Status, Timer, TimerKind, WEBSOCKET};
 use crate::routing::{LogEntry, RouteState};
 use crate::store::audience::MembersCache;
 use crate::store::StoreError;
@@ -139,6 +139,15 @@ pub(super) async fn release(
     if !holds(conn, timer.id, timer.lease_until_ms).await? {
         return Ok(None);
     }
+    // Released websocket rows enter their receivers' inboxes: the counters first, in
+    // receiver order, before the rows (lock order).
+    sqlx::query(&inbox::lock_counts_sql(
+        "message_seq = $1 AND status = 0 AND next_attempt_at IS NOT NULL AND channel = ANY($2)",
+    ))
+    .bind(timer.message_seq)
+    .bind(presence)
+    .execute(&mut *conn)
+    .await?;
     let rows = sqlx::query(
         "UPDATE deliveries SET next_attempt_at = NULL, updated_at = $1 \
          WHERE message_seq = $2 AND status = 0 AND next_attempt_at IS NOT NULL \
@@ -175,6 +184,14 @@ pub(super) async fn expire(
     }
     // Its audience before its deliveries, as the status writer takes them.
     let mut audience = audiences::lock(conn, cache, &[seq]).await?;
+    // The inbox counters of the websocket rows that fail, in receiver order.
+    sqlx::query(&inbox::lock_counts_sql(
+        "message_seq = $1 AND (status = 0 OR (status = 1 AND channel = ANY($2)))",
+    ))
+    .bind(seq)
+    .bind(presence)
+    .execute(&mut *conn)
+    .await?;
     // Lock the deliveries in id order before changing them (their trigger then locks the
     // routes), the order every other writer uses.
     sqlx::query(
@@ -242,6 +259,16 @@ pub(super) async fn advance(
     // then (trigger) this route row, so taking them the other way round could deadlock
     // with the status writer.
     audiences::lock_messages(conn, &[a.message_seq]).await?;
+    // A websocket step enters the receiver's inbox (the insert's trigger adds to its
+    // counter): the counter before the deliveries and the route row, as the status writer
+    // takes them. (Superseded steps are provider deliveries: never counted.)
+    let counted: Vec<String> = a
+        .start
+        .iter()
+        .filter(|d| d.channel == WEBSOCKET)
+        .map(|d| d.receiver.clone())
+        .collect();
+    inbox::lock_counts(conn, counted).await?;
     let mut supersede: Vec<(i64, &str)> = a
         .supersede
         .iter()
