@@ -621,3 +621,48 @@ test("demo: after a server restart the page reconnects by itself and receives a 
   });
   assert.deepEqual(problems, []);
 });
+
+test("herald-inbox over SSE: after a server restart the stream is reopened with lastEventId and brings what was sent meanwhile", async () => {
+  const user = "74";
+  const token = server.token({ user, name: "frank", device: "proxy" });
+  const blockWebSocket = () => {
+    window.WebSocket = class BlockedWebSocket {
+      constructor() {
+        this.readyState = 0;
+        setTimeout(() => {
+          this.readyState = 3;
+          this.onerror?.(new Event("error"));
+          this.onclose?.({ code: 1006, reason: "" });
+        }, 5);
+      }
+      send() {
+        throw new Error("not open");
+      }
+      close() {}
+    };
+  };
+  await allowingNetworkErrors(async () => {
+    // Sent before the page connects: it comes in the replay, whose events carry their cursor as id.
+    const first = await server.send({ receivers: [user], title: "Before the restart", content: "1" });
+    const page = await bellPage("bell-sse-restart", token, { init: blockWebSocket });
+    assert.equal(await page.evaluate(`${BELL}.client.transport`), "sse");
+    await badgeIs(page, "1");
+    await server.waitForStatus(first, user, "delivered");
+    const { body } = await asUser(token, "GET", "/api/v1/inbox?status=all");
+    const cursor = body.items.find((e) => e.id === first).cursor;
+    assert.equal(await page.evaluate(`${BELL}.client._lastEventId`), cursor, "the replayed message event's id is its cursor");
+
+    await server.stop();
+    await page.waitForFunction(`${BELL}.client.state !== "live"`, null, { timeout: 10_000 });
+    await server.start();
+    const second = await server.send({ receivers: [user], title: "Sent during the restart", content: "2" });
+    await server.waitForStatus(second, user, "delivered", 20_000);
+    await page.waitForFunction(`${BELL}.client.state === "live"`, null, { timeout: 20_000 });
+    assert.equal(await page.evaluate(`${BELL}.client.session.resumedFrom`), cursor, "the welcome names where the stream resumed");
+    assert.equal(await page.evaluate(`${BELL}.client.transport`), "sse");
+    assert.equal(await page.evaluate(`${BELL}.client.stats.messages`), 2, "each message once");
+    await badgeIs(page, "2");
+    await page.context().close();
+  });
+  assert.deepEqual(problems, []);
+});
