@@ -540,8 +540,9 @@ pub mod inbox {
     /// What an op did.
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub enum Marked {
-        /// How many entries changed.
-        Done { changed: u64 },
+        /// How many entries changed, and how many deliveries' statuses moved forward with
+        /// them (to [`Op::status`]: counted in the delivery metrics).
+        Done { changed: u64, moved: u64 },
         /// These ids are not in the receiver's inbox; nothing changed.
         Unknown(Vec<String>),
     }

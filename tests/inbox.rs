@@ -146,6 +146,29 @@ async fn states_and_counts_reach_every_session_of_the_user_at_once() {
     );
     // Bob heard nothing of Alice's inbox.
     bob.expect_no_message(QUIET).await;
+    // The reads count as delivery transitions, as acks through the status writer do (the
+    // statistics and the dashboard's chart).
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("herald_deliveries_total{channel=\"websocket\",status=\"read\"} 2"),
+        "{metrics}"
+    );
+    let (_, stats) = app.api_get("/api/v1/stats/deliveries").await;
+    let read: u64 = stats["channels"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["channel"] == "websocket"))
+        .and_then(|c| c["series"]["read"].as_array())
+        .map(|a| a.iter().filter_map(Value::as_u64).sum())
+        .unwrap_or_default();
+    assert_eq!(read, 2, "{stats}");
 }
 
 #[tokio::test]

@@ -186,6 +186,19 @@ impl Dispatcher {
         }
     }
 
+    /// `n` deliveries of `channel` moved to `status` outside the status writer (an inbox
+    /// change moves them in its own transaction): counted as the writer counts its
+    /// transitions, and the scheduler woken, since a failover chain may have ended.
+    pub fn moved(&self, channel: &str, status: Status, n: u64) {
+        if n == 0 {
+            return;
+        }
+        if let Some(c) = self.inner.metrics.channel(channel) {
+            c.count_n(status, n);
+        }
+        self.wake_scheduler();
+    }
+
     /// Tell the scheduler to look for due timers now.
     pub fn wake_scheduler(&self) {
         self.inner.scheduler.notify_one();

@@ -1372,8 +1372,9 @@ async fn mark(s: &dyn Store, who: &str, op: inbox::Op, ids: &[&str]) -> inbox::M
         .unwrap()
 }
 
-fn changed(n: u64) -> inbox::Marked {
-    inbox::Marked::Done { changed: n }
+/// `changed` entries, `moved` delivery statuses.
+fn done(changed: u64, moved: u64) -> inbox::Marked {
+    inbox::Marked::Done { changed, moved }
 }
 
 /// The notification center: flags beside the status, counters, listings, marks by id and
@@ -1394,23 +1395,23 @@ pub async fn inbox_states_counts_and_marks(store: &Arc<dyn Store>) {
     assert_eq!(counts(s, "ib-1").await, (3, 3, 3));
     assert_eq!(counts(s, "nobody").await, (0, 0, 0));
 
-    assert_eq!(mark(s, "ib-1", Op::Seen, &[&m1]).await, changed(1));
+    assert_eq!(mark(s, "ib-1", Op::Seen, &[&m1]).await, done(1, 1));
     assert_eq!(
         mark(s, "ib-1", Op::Seen, &[&m1]).await,
-        changed(0),
+        done(0, 0),
         "idempotent"
     );
     assert_eq!(status_of(s, &m1, "ib-1").await, Status::Delivered);
     assert_eq!(counts(s, "ib-1").await, (2, 3, 3));
-    assert_eq!(mark(s, "ib-1", Op::Read, &[&m2]).await, changed(1));
+    assert_eq!(mark(s, "ib-1", Op::Read, &[&m2]).await, done(1, 1));
     assert_eq!(status_of(s, &m2, "ib-1").await, Status::Read);
     assert_eq!(counts(s, "ib-1").await, (1, 2, 3));
     // Unread: the flag goes, the status stays (forward only), seen stays.
-    assert_eq!(mark(s, "ib-1", Op::Unread, &[&m2]).await, changed(1));
+    assert_eq!(mark(s, "ib-1", Op::Unread, &[&m2]).await, done(1, 0));
     assert_eq!(status_of(s, &m2, "ib-1").await, Status::Read);
     assert_eq!(counts(s, "ib-1").await, (1, 3, 3));
     // Archived: out of the counts and the default listing, still unread.
-    assert_eq!(mark(s, "ib-1", Op::Archive, &[&m3]).await, changed(1));
+    assert_eq!(mark(s, "ib-1", Op::Archive, &[&m3]).await, done(1, 0));
     assert_eq!(counts(s, "ib-1").await, (0, 2, 2));
     let listed = s.inbox_entries("ib-1", &show(Show::All)).await.unwrap();
     assert_eq!(listed.total, 2);
@@ -1473,11 +1474,15 @@ pub async fn inbox_states_counts_and_marks(store: &Arc<dyn Store>) {
     // Mark all read up to a cursor: one change for everything at or before it.
     let (m4, _) = insert(s, msg(&["ib-1"], "websocket")).await;
     let upto = seq_of(s, &m3).await;
-    let done = s
+    let marked = s
         .inbox_mark("ib-1", Op::Read, Target::All { before: Some(upto) })
         .await
         .unwrap();
-    assert_eq!(done, changed(3), "m1, m2 and the archived m3");
+    assert_eq!(
+        marked,
+        done(3, 2),
+        "m1, m2 and the archived m3; m2 was read already"
+    );
     assert_eq!(
         status_of(s, &m4, "ib-1").await,
         Status::Pending,
@@ -1492,7 +1497,7 @@ pub async fn inbox_states_counts_and_marks(store: &Arc<dyn Store>) {
     assert_eq!(counts(s, "ib-1").await, (0, 0, 3));
 
     // Deleted: gone from the inbox for good; the delivery stays for the sender.
-    assert_eq!(mark(s, "ib-1", Op::Delete, &[&m1]).await, changed(1));
+    assert_eq!(mark(s, "ib-1", Op::Delete, &[&m1]).await, done(1, 0));
     assert_eq!(counts(s, "ib-1").await, (0, 0, 2));
     assert_eq!(status_of(s, &m1, "ib-1").await, Status::Read);
     assert!(matches!(
@@ -1512,17 +1517,17 @@ pub async fn inbox_states_counts_and_marks(store: &Arc<dyn Store>) {
     let listed = s.inbox_entries("bm-1", &show(Show::Unread)).await.unwrap();
     assert_eq!(listed.total, 2);
     assert_eq!(listed.items[1].id, b);
-    assert_eq!(mark(s, "bm-1", Op::Archive, &[&b]).await, changed(1));
+    assert_eq!(mark(s, "bm-1", Op::Archive, &[&b]).await, done(1, 0));
     assert_eq!(counts(s, "bm-1").await, (1, 1, 1));
     assert_eq!(
         counts(s, "bm-2").await,
         (1, 1, 1),
         "other members untouched"
     );
-    assert_eq!(mark(s, "bm-1", Op::Unarchive, &[&b]).await, changed(1));
+    assert_eq!(mark(s, "bm-1", Op::Unarchive, &[&b]).await, done(1, 0));
     assert_eq!(counts(s, "bm-1").await, (2, 2, 2));
     // An ack moves the member's status, not its inbox state.
-    assert_eq!(mark(s, "bm-2", Op::Ack, &[&b]).await, changed(1));
+    assert_eq!(mark(s, "bm-2", Op::Ack, &[&b]).await, done(1, 1));
     assert_eq!(status_of(s, &b, "bm-2").await, Status::Delivered);
     assert_eq!(counts(s, "bm-2").await, (1, 1, 1));
     // Mark all seen reaches members without rows too.
@@ -1530,9 +1535,9 @@ pub async fn inbox_states_counts_and_marks(store: &Arc<dyn Store>) {
         .inbox_mark("bm-2", Op::Seen, Target::All { before: None })
         .await
         .unwrap();
-    assert_eq!(all, changed(1));
+    assert_eq!(all, done(1, 0));
     assert_eq!(counts(s, "bm-2").await, (0, 1, 1));
-    assert_eq!(mark(s, "bm-1", Op::Read, &[&b, &t]).await, changed(2));
+    assert_eq!(mark(s, "bm-1", Op::Read, &[&b, &t]).await, done(2, 2));
     assert_eq!(counts(s, "bm-1").await, (0, 0, 2));
     assert_eq!(status_of(s, &b, "bm-1").await, Status::Read);
     assert_eq!(status_of(s, &b, "bm-2").await, Status::Delivered);

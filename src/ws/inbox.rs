@@ -12,6 +12,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::frame::{CountsFrame, ServerFrame};
 use crate::model::inbox::{Counts, Marked, Op, Target};
+use crate::model::WEBSOCKET;
 use crate::session::{Outbound, CONTROL_FRAME};
 use crate::state::AppState;
 use crate::store::StoreError;
@@ -40,10 +41,13 @@ pub async fn mark(
         Target::All { before } => *before,
         Target::Ids(_) => None,
     };
-    let changed = match app.store.inbox_mark(user, op, target).await? {
+    let (changed, moved) = match app.store.inbox_mark(user, op, target).await? {
         Marked::Unknown(ids) => return Ok(Outcome::Unknown(ids)),
-        Marked::Done { changed } => changed,
+        Marked::Done { changed, moved } => (changed, moved),
     };
+    if let Some(status) = op.status() {
+        app.dispatcher.moved(WEBSOCKET, status, moved);
+    }
     app.metrics
         .inbox_changes
         .fetch_add(changed, std::sync::atomic::Ordering::Relaxed);

@@ -86,7 +86,7 @@ pub(super) async fn mark(
     target: &Target,
     now: i64,
 ) -> Result<Marked, StoreError> {
-    let mut changed = 0u64;
+    let (mut changed, mut moved) = (0u64, 0u64);
     // Entries to update by seq (`None`: every entry up to `before`).
     let seqs: Option<Vec<i64>> = match target {
         Target::Ids(ids) => {
@@ -139,7 +139,9 @@ pub(super) async fn mark(
             if !unknown.is_empty() {
                 return Ok(Marked::Unknown(unknown));
             }
-            changed += members_first(conn, &mut locked, op, &members, &mut seqs, now).await?;
+            let acked = members_first(conn, &mut locked, op, &members, &mut seqs, now).await?;
+            changed += acked;
+            moved += acked;
             audiences::write_back(conn, &mut locked, now).await?;
             Some(seqs)
         }
@@ -162,7 +164,10 @@ pub(super) async fn mark(
                 })
                 .collect();
             // The rows they get are within `before`: the `UPDATE` below changes them.
-            changed += members_first(conn, &mut locked, op, &members, &mut Vec::new(), now).await?;
+            let acked =
+                members_first(conn, &mut locked, op, &members, &mut Vec::new(), now).await?;
+            changed += acked;
+            moved += acked;
             audiences::write_back(conn, &mut locked, now).await?;
             None
         }
@@ -171,27 +176,36 @@ pub(super) async fn mark(
     let min = op.status().map_or(-1, Status::code);
     let (target_cond, bound) = match (seqs, target) {
         (Some(seqs), _) if seqs.is_empty() => {
-            return Ok(Marked::Done { changed });
+            return Ok(Marked::Done { changed, moved });
         }
         (Some(seqs), _) => ("message_seq = ANY($7)", TargetBind::Seqs(seqs)),
         (None, Target::All { before }) => (
             "message_seq <= $7",
             TargetBind::Upto(before.unwrap_or(i64::MAX)),
         ),
-        (None, Target::Ids(_)) => return Ok(Marked::Done { changed }),
+        (None, Target::Ids(_)) => return Ok(Marked::Done { changed, moved }),
     };
     // The rows are locked in id order first (the CTE), then changed; the outer `WHERE`
     // checks them again on their latest version.
-    let cond = format!(
-        "receiver = $5 AND channel = $6 \
-           AND next_attempt_at IS NULL AND status <> 4 AND (inbox & 8) = 0 \
-           AND (inbox <> ((inbox | $1) & ~$2) OR status < $3) AND {target_cond}"
-    );
+    // `d`: the changed row's alias prefix where the condition goes.
+    let cond = |d: &str| {
+        format!(
+            "{d}receiver = $5 AND {d}channel = $6 \
+               AND {d}next_attempt_at IS NULL AND {d}status <> 4 AND ({d}inbox & 8) = 0 \
+               AND ({d}inbox <> (({d}inbox | $1) & ~$2) OR {d}status < $3) AND {d}{target_cond}"
+        )
+    };
+    // `s` keeps each row's status before the change: the moves are counted for the
+    // metrics (transitions, as the status writer counts them).
     let sql = format!(
-        "WITH s AS MATERIALIZED (SELECT id FROM deliveries WHERE {cond} ORDER BY id FOR UPDATE) \
-         UPDATE deliveries SET inbox = (inbox | $1) & ~$2, \
-           status = CASE WHEN status < $3 THEN $3 ELSE status END, updated_at = $4 \
-         WHERE id IN (SELECT id FROM s) AND {cond}"
+        "WITH s AS MATERIALIZED (SELECT id, status AS before FROM deliveries WHERE {} \
+               ORDER BY id FOR UPDATE), \
+         u AS (UPDATE deliveries d SET inbox = (d.inbox | $1) & ~$2, \
+               status = CASE WHEN d.status < $3 THEN $3 ELSE d.status END, updated_at = $4 \
+             FROM s WHERE d.id = s.id AND {} RETURNING s.before, d.status) \
+         SELECT count(*), count(*) FILTER (WHERE before < status) FROM u",
+        cond(""),
+        cond("d."),
     );
     let q = sqlx::query(&sql)
         .bind(set)
@@ -204,9 +218,10 @@ pub(super) async fn mark(
         TargetBind::Seqs(seqs) => q.bind(seqs),
         TargetBind::Upto(before) => q.bind(*before),
     };
-    let n = q.execute(&mut *conn).await?.rows_affected();
+    let row = q.fetch_one(&mut *conn).await?;
     Ok(Marked::Done {
-        changed: changed + n,
+        changed: changed + row.int(0)? as u64,
+        moved: moved + row.int(1)? as u64,
     })
 }
 

@@ -28,7 +28,7 @@ pub(super) fn mark(
     op: Op,
     target: &Target,
 ) -> Result<Marked, StoreError> {
-    let mut changed = 0u64;
+    let (mut changed, mut moved) = (0u64, 0u64);
     // Entries to update by seq (`None`: every entry up to `before`).
     let seqs: Option<Vec<i64>> = match target {
         Target::Ids(ids) => {
@@ -73,7 +73,9 @@ pub(super) fn mark(
             if !unknown.is_empty() {
                 return Ok(Marked::Unknown(unknown));
             }
-            changed += members_first(cx, op, &members, &mut seqs)?;
+            let acked = members_first(cx, op, &members, &mut seqs)?;
+            changed += acked;
+            moved += acked;
             Some(seqs)
         }
         Target::All { before } => {
@@ -82,56 +84,52 @@ pub(super) fn mark(
                 .into_iter()
                 .filter(|(_, _, m)| m.status() != Status::Failed)
                 .collect();
-            changed += members_first(cx, op, &members, &mut Vec::new())?;
+            let acked = members_first(cx, op, &members, &mut Vec::new())?;
+            changed += acked;
+            moved += acked;
             None
         }
     };
     let (set, clear) = op.bits();
     let min = op.status().map_or(-1, Status::code);
     let new_flags = "((inbox | ?1) & ~?2)";
-    let head = format!(
-        "UPDATE deliveries SET inbox = {new_flags}, \
-           status = CASE WHEN status < ?3 THEN ?3 ELSE status END, updated_at = ?4 \
-         WHERE receiver = ?5 AND channel = ?6 \
-           AND next_attempt_at IS NULL AND status <> 4 AND (inbox & 8) = 0 \
-           AND (inbox <> {new_flags} OR status < ?3)"
-    );
-    let n = match (seqs, target) {
-        (Some(seqs), _) => {
-            if seqs.is_empty() {
-                0
-            } else {
-                cx.conn
-                    .prepare_cached(&format!(
-                        "{head} AND message_seq IN (SELECT value FROM json_each(?7))"
-                    ))?
-                    .execute(params![
-                        set,
-                        clear,
-                        min,
-                        cx.now,
-                        receiver,
-                        WEBSOCKET,
-                        json_list(&seqs)
-                    ])?
-            }
-        }
-        (None, Target::All { before }) => cx
-            .conn
-            .prepare_cached(&format!("{head} AND message_seq <= ?7"))?
-            .execute(params![
-                set,
-                clear,
-                min,
-                cx.now,
-                receiver,
-                WEBSOCKET,
-                before.unwrap_or(i64::MAX)
-            ])?,
-        (None, Target::Ids(_)) => 0,
+    let which = "receiver = ?5 AND channel = ?6 \
+           AND next_attempt_at IS NULL AND status <> 4 AND (inbox & 8) = 0";
+    let (target_cond, bound) = match (seqs, target) {
+        (Some(seqs), _) if seqs.is_empty() => return Ok(Marked::Done { changed, moved }),
+        (Some(seqs), _) => (
+            "message_seq IN (SELECT value FROM json_each(?7))",
+            rusqlite::types::Value::Text(json_list(&seqs)),
+        ),
+        (None, Target::All { before }) => (
+            "message_seq <= ?7",
+            rusqlite::types::Value::Integer(before.unwrap_or(i64::MAX)),
+        ),
+        (None, Target::Ids(_)) => return Ok(Marked::Done { changed, moved }),
     };
+    let args = params![set, clear, min, cx.now, receiver, WEBSOCKET, bound];
+    // The status moves first counted (the metrics count transitions), then one `UPDATE`.
+    if min >= 0 {
+        let n: i64 = cx
+            .conn
+            .prepare_cached(&format!(
+                "SELECT count(*) FROM deliveries WHERE {which} AND {target_cond} \
+                   AND status < ?3"
+            ))?
+            .query_row(args, |r| r.get(0))?;
+        moved += n as u64;
+    }
+    let n = cx
+        .conn
+        .prepare_cached(&format!(
+            "UPDATE deliveries SET inbox = {new_flags}, \
+               status = CASE WHEN status < ?3 THEN ?3 ELSE status END, updated_at = ?4 \
+             WHERE {which} AND {target_cond} AND (inbox <> {new_flags} OR status < ?3)"
+        ))?
+        .execute(args)?;
     Ok(Marked::Done {
         changed: changed + n as u64,
+        moved,
     })
 }
 
