@@ -28,13 +28,14 @@ done
 server_cpus="0-$((cores - 1))"
 if (( cores < ncpu )); then gen_cpus="$cores-$((ncpu - 1))"; gen_n=$((ncpu - cores)); else gen_cpus="0-$((ncpu - 1))"; gen_n=$ncpu; fi
 procs=$(( gen_n > 4 ? 4 : gen_n ))   # receiver processes of the generator (< 20k sockets each)
-out="benches/results/$(date -u +%Y-%m-%dT%H%M)-k$cores.jsonl"
+out="benches/results/$(date -u +%Y-%m-%dT%H%M)-k$cores${BENCH_LABEL:+-$BENCH_LABEL}.jsonl"
 mkdir -p benches/results
 echo "server and peer on CPUs $server_cpus, generator on $gen_cpus ($procs receiving processes)" >&2
 cargo build --release --bin herald --example herald-bench
 cargo build --release -p herald-custom-channel --bin herald-custom
 BENCH=(taskset -c "$gen_cpus" target/release/examples/herald-bench)
-HERALD=$PWD/target/release/herald
+# BENCH_HERALD: another herald binary to measure (e.g. an earlier commit, for a before/after).
+HERALD=${BENCH_HERALD:-$PWD/target/release/herald}
 HERALD_CUSTOM=$PWD/target/release/herald-custom
 KEY=bench-key
 SECRET=bench-secret
