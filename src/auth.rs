@@ -521,9 +521,34 @@ pub fn random_token(n: usize) -> String {
     B64.encode(bytes)
 }
 
+/// The credential of `Authorization: Bearer <credential>` (scheme case-insensitive): an API
+/// key or a user token. The API's extractors and `GET /events` read it the same way.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bearer_credentials_are_read_case_insensitively_and_trimmed() {
+        use axum::http::{header, HeaderMap, HeaderValue};
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer abc "),
+        );
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer(&h), None);
+    }
 
     #[test]
     fn rfc7515_hs256_example_verifies_structure() {

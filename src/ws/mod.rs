@@ -384,17 +384,16 @@ impl Session {
             Ok(ClientFrame::Read { id }) => {
                 // Read in the inbox too (seen + read), synced to the user's other sessions:
                 // the same change as `POST /api/v1/inbox/read` (docs/websocket.md §4.3).
-                // Off the session's loop; an id that is not in the inbox changes nothing.
+                // Awaited here, so a client flooding reads is slowed by the store instead
+                // of piling up tasks. An id that is not in the inbox changes nothing.
                 self.app.metrics.acks.fetch_add(1, Relaxed);
-                let (app, user) = (self.app.clone(), self.handle.info.user_id.clone());
-                tokio::spawn(async move {
-                    let target = crate::model::inbox::Target::Ids(vec![id]);
-                    if let Err(e) =
-                        inbox::mark(&app, &user, crate::model::inbox::Op::Read, target).await
-                    {
-                        tracing::debug!(error = %e, "read receipt not stored");
-                    }
-                });
+                let target = crate::model::inbox::Target::Ids(vec![id]);
+                let user = &self.handle.info.user_id;
+                if let Err(e) =
+                    inbox::mark(&self.app, user, crate::model::inbox::Op::Read, target).await
+                {
+                    tracing::debug!(error = %e, "read receipt not stored");
+                }
                 Ok(())
             }
             Err(reason) => self.error_frame(&reason).await,

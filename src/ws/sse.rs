@@ -76,7 +76,7 @@ pub async fn events(
     headers: HeaderMap,
 ) -> Response {
     let mut query = query.map(|Query(q)| q).unwrap_or_default();
-    let token = bearer(&headers)
+    let token = crate::auth::bearer(&headers)
         .map(str::to_owned)
         .or_else(|| query.remove("token"));
     let identity = match shared::admit(&app, token.as_deref(), remote).await {
@@ -101,13 +101,6 @@ pub async fn events(
     app.sessions
         .spawn(run_session(app.clone(), tx, identity, remote, resumed_from));
     stream_response(body(rx))
-}
-
-/// `Authorization: Bearer <token>` (as `api::extract` reads it; `ws` does not import `api`).
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// A `Last-Event-ID` worth echoing: 1 to 64 bytes, no control characters.
@@ -314,18 +307,5 @@ mod tests {
         assert!(!is_event_id(""));
         assert!(!is_event_id(&"9".repeat(65)));
         assert!(!is_event_id("1\n2"));
-    }
-
-    #[test]
-    fn bearer_tokens_are_read_like_the_api_does() {
-        let mut h = HeaderMap::new();
-        assert_eq!(bearer(&h), None);
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("bearer abc "),
-        );
-        assert_eq!(bearer(&h), Some("abc"));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
-        assert_eq!(bearer(&h), None);
     }
 }
