@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Notification-center timings for BENCHMARKS.md (issue 18), against the release binary.
 
-    cargo build --release --bin herald && python3 benches/inbox.py [N]
+    cargo build --release --bin herald && python3 benches/inbox.py [N] [--postgres]
 
 Starts `target/release/herald` on a free loopback port with a fresh SQLite database,
 sends N (default 10,000) targeted messages to one user, then times, through the REST API:
@@ -57,7 +57,9 @@ def timed(f):
 
 
 def main():
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    postgres = "--postgres" in sys.argv
+    n = int(args[0]) if args else 10_000
     binary = ROOT / "target/release/herald"
     if not binary.exists():
         sys.exit("build it first: cargo build --release --bin herald")
@@ -65,11 +67,18 @@ def main():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     base = f"http://127.0.0.1:{port}"
+    psql = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-q", "-c"]
+    db = f"herald_inbox_bench_{os.getpid()}"
     with tempfile.TemporaryDirectory() as d:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+        if postgres:
+            subprocess.run(psql + [f"CREATE DATABASE {db}"], check=True)
+            url = f"postgres://postgres@127.0.0.1:5432/{db}"
+        else:
+            url = f"sqlite://{d}/herald.db"
         env.update(
             HERALD_BIND=f"127.0.0.1:{port}",
-            HERALD_DATABASE_URL=f"sqlite://{d}/herald.db",
+            HERALD_DATABASE_URL=url,
             HERALD_API_KEY=KEY,
             HERALD_JWT_SECRET=SECRET,
             HERALD_LOG__FILTER="warn",
@@ -104,6 +113,7 @@ def main():
             counts_after_ms, _ = timed(lambda: call(base, "GET", "/api/v1/inbox/counts", user))
             line = {
                 "scenario": "inbox",
+                "database": "postgres" if postgres else "sqlite",
                 "entries": n,
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "sends_per_s": round(n / send_s),
@@ -115,6 +125,8 @@ def main():
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+            if postgres:
+                subprocess.run(psql + [f"DROP DATABASE IF EXISTS {db}"], check=False)
     print(json.dumps(line))
     out = ROOT / "benches/results" / f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H%M}-inbox.jsonl"
     out.parent.mkdir(exist_ok=True)

@@ -608,3 +608,91 @@ async fn inbox_states_and_counts_reach_the_users_sessions_on_every_node() {
     let (_, body) = read_response(resp).await;
     assert_eq!(body, json!({"unseen": 0, "unread": 0, "total": 2}));
 }
+
+/// A minimal `text/event-stream` reader over reqwest (its reads have deadlines): the JSON
+/// of each `data:` event, comments skipped.
+struct EventStream {
+    resp: reqwest::Response,
+    buf: String,
+}
+
+impl EventStream {
+    async fn open(node: &HeraldProcess, token: &str) -> EventStream {
+        let resp = node
+            .client
+            .get(format!("{}/events?token={token}", node.base))
+            .send()
+            .await
+            .expect("GET /events");
+        assert_eq!(resp.status(), StatusCode::OK);
+        EventStream {
+            resp,
+            buf: String::new(),
+        }
+    }
+
+    async fn next_json(&mut self) -> Value {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let data: Vec<&str> = block
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data: "))
+                    .collect();
+                if !data.is_empty() {
+                    return serde_json::from_str(&data.join("\n")).expect("event JSON");
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(DEADLINE, self.resp.chunk())
+                .await
+                .expect("an event within the deadline")
+                .expect("the stream")
+                .expect("the stream ended");
+            self.buf
+                .push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
+        }
+    }
+}
+
+/// SSE is cluster-aware like WebSocket: a stream on node B gets a message sent through node
+/// A, and the state and counts of a change made through node A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_stream_on_one_node_gets_messages_and_inbox_changes_from_another() {
+    let mut c = Cluster::new(None).await;
+    c.start("a").await;
+    c.start("b").await;
+    let token = proc_token("v");
+    let mut events = EventStream::open(c.node("b"), &token).await;
+    let welcome = events.next_json().await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    c.wait_sessions("a", &pairs(&[("v", "b")])).await;
+    let id = c
+        .send(
+            "a",
+            json!({"title": "t", "content": "x", "receivers": ["v"]}),
+        )
+        .await;
+    let message = events.next_json().await;
+    assert_eq!(message["id"], id.as_str(), "{message}");
+    let p = c.node("a");
+    let resp = p
+        .client
+        .post(format!("{}/api/v1/inbox/read", p.base))
+        .bearer_auth(&token)
+        .json(&json!({"ids": [id]}))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = read_response(resp).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        events.next_json().await,
+        json!({"type": "state", "ids": [id], "seen": true, "read": true})
+    );
+    assert_eq!(
+        events.next_json().await,
+        json!({"type": "counts", "unseen": 0, "unread": 0, "total": 1})
+    );
+    c.wait_delivery("b", &id, "v", "websocket", "read").await;
+}
