@@ -556,6 +556,14 @@ pub mod inbox {
     }
 
     impl Counts {
+        /// Count a broadcast member without a row of its own (its flags follow from its
+        /// status; a failed one is not in the inbox).
+        pub fn add_member(&mut self, status: Status) {
+            if status != Status::Failed {
+                self.add(derived(status));
+            }
+        }
+
         /// Count one entry with `flags`.
         pub fn add(&mut self, flags: i64) {
             if flags & (ARCHIVED | DELETED) != 0 {

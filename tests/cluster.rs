@@ -188,6 +188,23 @@ impl Cluster {
         .await;
     }
 
+    /// A user's `POST` (JSON body) or `GET` (no body) on `node`, with their token.
+    async fn user(
+        &self,
+        node: &str,
+        token: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let p = self.node(node);
+        let url = format!("{}{path}", p.base);
+        let req = match body {
+            Some(b) => p.client.post(url).json(&b),
+            None => p.client.get(url),
+        };
+        read_response(req.bearer_auth(token).send().await.expect("user request")).await
+    }
+
     async fn send(&self, node: &str, body: Value) -> String {
         let (status, v) = self.node(node).send(&body).await;
         assert_eq!(status, StatusCode::ACCEPTED, "send via {node}: {v}");
@@ -493,16 +510,6 @@ async fn a_node_that_just_joined_gets_live_frames_and_broadcasts_at_once() {
     assert_eq!(ub.next_message().await["id"], body["id"]);
 }
 
-/// The next frame that is not a message.
-async fn next_control(ws: &mut WsClient) -> Value {
-    loop {
-        let v = ws.next_json().await;
-        if v["type"] != "message" {
-            return v;
-        }
-    }
-}
-
 /// The notification center across nodes: one user on two nodes; a change made through
 /// either node (REST or a `read` frame) reaches both sessions with the same counts, and a
 /// broadcast member's state is shared too.
@@ -536,38 +543,36 @@ async fn inbox_states_and_counts_reach_the_users_sessions_on_every_node() {
         .await;
 
     // REST through node A: both sessions hear it.
-    let p = c.node("a");
-    let resp = p
-        .client
-        .post(format!("{}/api/v1/inbox/read", p.base))
-        .bearer_auth(&token)
-        .json(&json!({"ids": [m1]}))
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = read_response(resp).await;
+    let (status, body) = c
+        .user(
+            "a",
+            &token,
+            "/api/v1/inbox/read",
+            Some(json!({"ids": [m1]})),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
         body["counts"],
         json!({"unseen": 1, "unread": 1, "total": 2})
     );
     for ws in [&mut on_a, &mut on_b] {
-        let state = next_control(ws).await;
+        let state = ws.next_control().await;
         assert_eq!(
             state,
             json!({"type": "state", "ids": [m1], "seen": true, "read": true})
         );
         assert_eq!(
-            next_control(ws).await,
+            ws.next_control().await,
             json!({"type": "counts", "unseen": 1, "unread": 1, "total": 2})
         );
     }
     // A `read` frame on node B: node A's session hears it.
     on_b.send_json(json!({"type": "read", "id": m2})).await;
     for ws in [&mut on_a, &mut on_b] {
-        let state = next_control(ws).await;
+        let state = ws.next_control().await;
         assert_eq!(state["ids"], json!([m2]));
-        assert_eq!(next_control(ws).await["unread"], 0);
+        assert_eq!(ws.next_control().await["unread"], 0);
     }
     // A broadcast taken on node B reaches both; archiving it on A is seen by B.
     let (status, body) = c
@@ -578,34 +583,25 @@ async fn inbox_states_and_counts_reach_the_users_sessions_on_every_node() {
     let b = body["id"].as_str().unwrap().to_owned();
     assert_eq!(on_a.next_message().await["id"], b.as_str());
     assert_eq!(on_b.next_message().await["id"], b.as_str());
-    let resp = p
-        .client
-        .post(format!("{}/api/v1/inbox/archive", p.base))
-        .bearer_auth(&token)
-        .json(&json!({"ids": [b]}))
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = read_response(resp).await;
+    let (status, body) = c
+        .user(
+            "a",
+            &token,
+            "/api/v1/inbox/archive",
+            Some(json!({"ids": [b]})),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
         body["counts"],
         json!({"unseen": 0, "unread": 0, "total": 2})
     );
-    let state = next_control(&mut on_b).await;
+    let state = on_b.next_control().await;
     assert_eq!(
         state,
         json!({"type": "state", "ids": [b], "archived": true})
     );
-    let counts = c.node("b");
-    let resp = counts
-        .client
-        .get(format!("{}/api/v1/inbox/counts", counts.base))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    let (_, body) = read_response(resp).await;
+    let (_, body) = c.user("b", &token, "/api/v1/inbox/counts", None).await;
     assert_eq!(body, json!({"unseen": 0, "unread": 0, "total": 2}));
 }
 
@@ -675,16 +671,14 @@ async fn an_sse_stream_on_one_node_gets_messages_and_inbox_changes_from_another(
         .await;
     let message = events.next_json().await;
     assert_eq!(message["id"], id.as_str(), "{message}");
-    let p = c.node("a");
-    let resp = p
-        .client
-        .post(format!("{}/api/v1/inbox/read", p.base))
-        .bearer_auth(&token)
-        .json(&json!({"ids": [id]}))
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = read_response(resp).await;
+    let (status, body) = c
+        .user(
+            "a",
+            &token,
+            "/api/v1/inbox/read",
+            Some(json!({"ids": [id]})),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
         events.next_json().await,

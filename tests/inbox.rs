@@ -30,16 +30,6 @@ fn c(unseen: u64, unread: u64, total: u64) -> Value {
     json!({"unseen": unseen, "unread": unread, "total": total})
 }
 
-/// The next frame that is not a message (replays and live messages are skipped).
-async fn next_control(ws: &mut WsClient) -> Value {
-    loop {
-        let v = ws.next_json().await;
-        if v["type"] != "message" {
-            return v;
-        }
-    }
-}
-
 #[tokio::test]
 async fn states_and_counts_reach_every_session_of_the_user_at_once() {
     let app = spawn_app().await;
@@ -66,13 +56,13 @@ async fn states_and_counts_reach_every_session_of_the_user_at_once() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body, json!({"changed": 1, "counts": c(1, 1, 2)}));
     for ws in [&mut a, &mut b] {
-        let state = next_control(ws).await;
+        let state = ws.next_control().await;
         assert_eq!(
             state,
             json!({"type": "state", "ids": [m1], "seen": true, "read": true})
         );
         assert_eq!(
-            next_control(ws).await,
+            ws.next_control().await,
             json!({"type": "counts", "unseen": 1, "unread": 1, "total": 2})
         );
     }
@@ -84,10 +74,10 @@ async fn states_and_counts_reach_every_session_of_the_user_at_once() {
     // An old client's `read` frame is the same change: the other session hears of it.
     a.send_json(json!({"type": "read", "id": m2})).await;
     for ws in [&mut a, &mut b] {
-        let state = next_control(ws).await;
+        let state = ws.next_control().await;
         assert_eq!(state["ids"], json!([m2]));
         assert_eq!(state["read"], true);
-        assert_eq!(next_control(ws).await["unread"], 0);
+        assert_eq!(ws.next_control().await["unread"], 0);
     }
     assert_eq!(counts(&app, &alice).await, c(0, 0, 2));
 
@@ -103,10 +93,10 @@ async fn states_and_counts_reach_every_session_of_the_user_at_once() {
     assert_eq!(status, StatusCode::OK);
     for ws in [&mut a, &mut b] {
         assert_eq!(
-            next_control(ws).await,
+            ws.next_control().await,
             json!({"type": "state", "ids": [m2], "read": false})
         );
-        assert_eq!(next_control(ws).await["unread"], 1);
+        assert_eq!(ws.next_control().await["unread"], 1);
     }
     assert_eq!(
         app.delivery_status(&m2, "alice").await.as_deref(),
@@ -141,7 +131,7 @@ async fn states_and_counts_reach_every_session_of_the_user_at_once() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["counts"], c(0, 2, 3));
     assert_eq!(
-        next_control(&mut b).await,
+        b.next_control().await,
         json!({"type": "state", "all": true, "before": newest, "seen": true})
     );
     // Bob heard nothing of Alice's inbox.
@@ -443,9 +433,9 @@ async fn mark_all_read_on_ten_thousand_messages_in_one_call() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body, json!({"changed": N, "counts": c(0, 0, N as u64)}));
     eprintln!("mark-all-read on {N} messages: {took:?}");
-    let state = next_control(&mut ws).await;
+    let state = ws.next_control().await;
     assert_eq!(state["all"], true);
-    assert_eq!(next_control(&mut ws).await["unread"], 0);
+    assert_eq!(ws.next_control().await["unread"], 0);
     let (_, page) = user_call(
         &app,
         &alice,

@@ -539,6 +539,17 @@ impl WsClient {
         v
     }
 
+    /// The next frame that is not a message (replayed and live messages are skipped): an
+    /// inbox `state` or `counts` frame, a pong, an error.
+    pub async fn next_control(&mut self) -> Value {
+        loop {
+            let v = self.next_json().await;
+            if v["type"] != "message" {
+                return v;
+            }
+        }
+    }
+
     /// The next frame, asserting `type == "message"`.
     pub async fn next_message(&mut self) -> Value {
         let v = self.next_json().await;

@@ -430,10 +430,7 @@ impl PgStore {
             };
         }
         for m in all_memberships(&mut conn, &self.members, receiver, Some(WEBSOCKET)).await? {
-            let status = m.state.status();
-            if status != Status::Failed {
-                counts.add(inbox::derived(status));
-            }
+            counts.add_member(m.state.status());
         }
         Ok(counts)
     }

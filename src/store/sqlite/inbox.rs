@@ -229,10 +229,7 @@ impl SqliteStore {
             };
         }
         for m in self.all_memberships(receiver, Some(WEBSOCKET)).await? {
-            let status = m.state.status();
-            if status != Status::Failed {
-                counts.add(inbox::derived(status));
-            }
+            counts.add_member(m.state.status());
         }
         Ok(counts)
     }
