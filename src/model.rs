@@ -436,6 +436,8 @@ pub struct InboxItem {
     pub flags: i64,
 }
 
+pub mod webhook;
+
 /// The notification center's per-receiver state of a websocket delivery, beside its
 /// status (docs/api.md §6.1): bits of the `deliveries.inbox` column.
 pub mod inbox {

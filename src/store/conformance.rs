@@ -92,7 +92,7 @@ macro_rules! conformance_tests {
             scheduled_messages_are_held_released_and_expired,
             failover_routes_advance_under_their_lease, compact_audiences_read_like_rows,
             compact_audiences_spill_expire_and_delete, ready_after_migrations,
-            inbox_states_counts_and_marks);
+            inbox_states_counts_and_marks, webhook_events_outbox);
     };
     (@each $open:path; $($name:ident),* $(,)?) => {
         /// The store conformance suite (`store/conformance.rs`), one test per property.
@@ -1566,4 +1566,335 @@ pub async fn inbox_states_counts_and_marks(store: &Arc<dyn Store>) {
     let left = s.inbox_entries("rt-1", &show(Show::All)).await.unwrap();
     assert_eq!(left.items.len(), 1);
     assert_eq!(left.items[0].id, fresh);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Webhooks
+// ---------------------------------------------------------------------------------------------
+
+fn endpoint(id: &str, events: &[&str], channels: Option<&[&str]>) -> webhook::Endpoint {
+    webhook::Endpoint {
+        id: id.into(),
+        url: format!("http://127.0.0.1:9/{id}"),
+        description: String::new(),
+        events: webhook::EventType::bits_of(events).unwrap(),
+        channels: channels.map(|c| c.iter().map(|s| s.to_string()).collect()),
+        types: None,
+        senders: None,
+        secret: crate::config::Secret::new(format!("whsec_{id}")),
+        old_secret: None,
+        old_until_ms: None,
+        enabled: true,
+        disabled_reason: None,
+        failing_since_ms: None,
+        source: webhook::Source::Api,
+        created_at_ms: 0,
+        updated_at_ms: 0,
+    }
+}
+
+/// Claim everything claimable of `ep` at `now` (lease 30 s).
+async fn claim_all(s: &dyn Store, ep: &str, now: i64) -> Vec<webhook::Claimed> {
+    s.webhook_claim(now, now + 30_000, vec![(ep.to_string(), 100)])
+        .await
+        .unwrap()
+}
+
+fn hook_outcome(c: &webhook::Claimed, outcome: webhook::Outcome, now: i64) -> webhook::Attempt {
+    webhook::Attempt {
+        row: c.row,
+        endpoint_id: c.endpoint_id.clone(),
+        lease_until_ms: c.lease_until_ms,
+        at_ms: now,
+        latency_ms: 3,
+        code: Some(if outcome == webhook::Outcome::Delivered {
+            200
+        } else {
+            503
+        }),
+        response: Some("ok".into()),
+        error: (outcome != webhook::Outcome::Delivered).then(|| "HTTP 503".into()),
+        outcome,
+    }
+}
+
+/// Events are written with the change that causes them (rows, members, devices), one per
+/// wanting endpoint, none when none wants them; claims keep order per message; outcomes,
+/// retries, the failure streak, redelivery, rotation, config sync and pruning.
+pub async fn webhook_events_outbox(s: &Arc<dyn Store>) {
+    use webhook::Outcome;
+    let s = s.as_ref();
+    let now = now_ms();
+    // Nobody listens: changes write no events.
+    let (quiet, ids) = insert(s, msg(&["u0"], "websocket")).await;
+    s.apply_status(vec![ack(&quiet, "u0", Status::Read)])
+        .await
+        .unwrap();
+    assert!(s.webhook_backlog().await.unwrap().is_empty());
+    let _ = ids;
+
+    assert!(s
+        .webhook_create(endpoint("all", &["*"], None))
+        .await
+        .unwrap());
+    assert!(
+        !s.webhook_create(endpoint("all", &["*"], None))
+            .await
+            .unwrap(),
+        "id taken"
+    );
+    assert!(s
+        .webhook_create(endpoint("sms", &["delivery.failed"], Some(&["sms"])))
+        .await
+        .unwrap());
+    let listed = s.webhook_list().await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].secret.expose(), "whsec_all");
+
+    // A message with a websocket delivery and an sms one born failed.
+    let mut m = msg(&["u1"], "websocket");
+    m.deliveries.push(NewDelivery {
+        receiver: "u2".into(),
+        channel: "sms".into(),
+        status: Status::Failed,
+        error: Some("no_address".into()),
+        address: None,
+        outbox: false,
+    });
+    let (id, dids) = insert(s, m).await;
+    s.apply_status(vec![ack(&id, "u1", Status::Sent)])
+        .await
+        .unwrap();
+    s.apply_status(vec![ack(&id, "u1", Status::Sent)])
+        .await
+        .unwrap(); // no move, no event
+    let b = s.webhook_backlog().await.unwrap();
+    assert_eq!(b["all"].pending, 3, "accepted, failed, sent: {b:?}");
+    assert_eq!(b["sms"].pending, 1);
+
+    // Order per message: one event of the message at a time, oldest first.
+    let c = claim_all(s, "all", now).await;
+    assert_eq!(c.len(), 1, "{c:?}");
+    assert_eq!(c[0].kind, "message.accepted");
+    let data: serde_json::Value = serde_json::from_str(&c[0].data).unwrap();
+    assert_eq!(data["message_id"], id.as_str());
+    assert_eq!(data["sender"], "lab");
+    assert!(
+        claim_all(s, "all", now).await.is_empty(),
+        "leased and blocking"
+    );
+    s.webhook_complete(vec![hook_outcome(&c[0], Outcome::Delivered, now)], 0)
+        .await
+        .unwrap();
+    let c = claim_all(s, "all", now).await;
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].kind, "delivery.failed");
+    let data: serde_json::Value = serde_json::from_str(&c[0].data).unwrap();
+    assert_eq!(data["recipient"], "u2");
+    assert_eq!(data["channel"], "sms");
+    assert_eq!(data["reason"], "no_address");
+    assert_eq!(data["delivery_id"], dids[1]);
+    // A retry waits for its time, and holds the message's later events back.
+    s.webhook_complete(
+        vec![hook_outcome(
+            &c[0],
+            Outcome::Retry { at_ms: now + 5_000 },
+            now,
+        )],
+        now - 60_000,
+    )
+    .await
+    .unwrap();
+    assert!(claim_all(s, "all", now + 1_000).await.is_empty());
+    assert!(s.webhook_any_due(now + 6_000).await.unwrap());
+    let c = claim_all(s, "all", now + 6_000).await;
+    assert_eq!(c.len(), 1);
+    assert_eq!((c[0].kind.as_str(), c[0].attempts), ("delivery.failed", 2));
+    // A stale lease's outcome changes nothing.
+    let mut stale = hook_outcome(&c[0], Outcome::Delivered, now + 6_000);
+    stale.lease_until_ms -= 1;
+    s.webhook_complete(vec![stale], 0).await.unwrap();
+    s.webhook_complete(
+        vec![hook_outcome(&c[0], Outcome::Delivered, now + 6_000)],
+        0,
+    )
+    .await
+    .unwrap();
+    let c = claim_all(s, "all", now + 6_000).await;
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].kind, "delivery.sent");
+    s.webhook_complete(
+        vec![hook_outcome(&c[0], Outcome::Delivered, now + 6_000)],
+        0,
+    )
+    .await
+    .unwrap();
+    let attempts = s.webhook_attempts("all", None, 10).await.unwrap();
+    assert_eq!(attempts.len(), 4, "the stale outcome is not an attempt");
+    assert_eq!(attempts[0].kind, "delivery.sent");
+    assert_eq!(attempts[0].event_state, webhook::DELIVERED);
+    assert_eq!(attempts[2].code, Some(503));
+    let older = s
+        .webhook_attempts("all", Some(attempts[1].id), 10)
+        .await
+        .unwrap();
+    assert_eq!(older.len(), 2);
+
+    // Broadcast members' moves are events too (rows' ids are positive, members' negative).
+    online(s, &["b1", "b2"], now - 1_000).await;
+    let (bid, _) = insert(s, broadcast(&["b1", "b2"], now)).await;
+    s.apply_status(vec![ack(&bid, "b2", Status::Read)])
+        .await
+        .unwrap();
+    let c = claim_all(s, "all", now + 7_000).await;
+    assert_eq!(c.len(), 1, "accepted first: {c:?}");
+    s.webhook_complete(
+        vec![hook_outcome(&c[0], Outcome::Delivered, now + 7_000)],
+        0,
+    )
+    .await
+    .unwrap();
+    let c = claim_all(s, "all", now + 7_000).await;
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].kind, "delivery.read");
+    let data: serde_json::Value = serde_json::from_str(&c[0].data).unwrap();
+    assert_eq!(data["recipient"], "b2");
+    assert!(data["delivery_id"].as_i64().unwrap() < 0, "{data}");
+    s.webhook_complete(
+        vec![hook_outcome(&c[0], Outcome::Delivered, now + 7_000)],
+        0,
+    )
+    .await
+    .unwrap();
+
+    // Device deactivation.
+    let dev = s
+        .register_device(NewDevice {
+            user_id: "u1".into(),
+            platform: "fcm".into(),
+            token: "tok-1".into(),
+            name: None,
+        })
+        .await
+        .unwrap()
+        .device
+        .id;
+    s.deactivate_devices(vec![(dev, "unregistered".into())])
+        .await
+        .unwrap();
+    let c = claim_all(s, "all", now + 7_000).await;
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].kind, "device.deactivated");
+
+    // The sms endpoint fails for longer than the limit: disabled, and then gets nothing.
+    let c = claim_all(s, "sms", now).await;
+    assert_eq!(c.len(), 1);
+    let off = s
+        .webhook_complete(vec![hook_outcome(&c[0], Outcome::Failed, now)], now + 1)
+        .await
+        .unwrap();
+    assert_eq!(off, vec!["sms".to_string()]);
+    let ep = s.webhook_get("sms").await.unwrap().unwrap();
+    assert!(!ep.enabled);
+    assert!(ep.disabled_reason.unwrap().contains("HTTP 503"));
+    assert_eq!(s.webhook_backlog().await.unwrap()["sms"].failed, 1);
+    let mut m = msg(&["u3"], "sms");
+    m.deliveries[0].status = Status::Failed;
+    insert(s, m).await;
+    assert_eq!(s.webhook_backlog().await.unwrap()["sms"].pending, 0);
+    // Redeliver what failed; enabling clears the streak.
+    assert!(s.webhook_set_enabled("sms", true, None).await.unwrap());
+    assert_eq!(
+        s.webhook_redeliver("sms", webhook::Redeliver::Event(c[0].row))
+            .await
+            .unwrap(),
+        1
+    );
+    let again = claim_all(s, "sms", now + 8_000).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].row, again[0].attempts), (c[0].row, 1));
+    s.webhook_complete(
+        vec![hook_outcome(&again[0], Outcome::Delivered, now + 8_000)],
+        0,
+    )
+    .await
+    .unwrap();
+    assert!(s
+        .webhook_get("sms")
+        .await
+        .unwrap()
+        .unwrap()
+        .failing_since_ms
+        .is_none());
+    let n = s
+        .webhook_redeliver(
+            "all",
+            webhook::Redeliver::Range {
+                since_ms: 0,
+                until_ms: i64::MAX,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(n >= 5, "{n}");
+
+    // Rotation keeps the old secret beside the new one until the overlap ends.
+    let new = crate::config::Secret::new("whsec_new");
+    assert!(s.webhook_rotate("all", new, now + 60_000).await.unwrap());
+    let ep = s.webhook_get("all").await.unwrap().unwrap();
+    let secrets: Vec<&str> = ep.signing_secrets(now).iter().map(|s| s.expose()).collect();
+    assert_eq!(secrets, ["whsec_new", "whsec_all"]);
+    assert_eq!(ep.signing_secrets(now + 60_000).len(), 1);
+    // Update changes the filters, not the secret or state.
+    let mut up = endpoint("all", &["message.accepted"], None);
+    up.url = "http://127.0.0.1:9/changed".into();
+    assert!(s.webhook_update(up).await.unwrap());
+    let ep = s.webhook_get("all").await.unwrap().unwrap();
+    assert_eq!(
+        (ep.url.as_str(), ep.events),
+        ("http://127.0.0.1:9/changed", 1)
+    );
+    assert_eq!(ep.secret.expose(), "whsec_new");
+
+    // Config endpoints: upserted, and removed when no longer listed.
+    let mut cfg = endpoint("cfg", &["*"], None);
+    cfg.source = webhook::Source::Config;
+    s.webhook_sync_config(vec![cfg.clone()]).await.unwrap();
+    cfg.url = "http://127.0.0.1:9/v2".into();
+    s.webhook_sync_config(vec![cfg]).await.unwrap();
+    let ep = s.webhook_get("cfg").await.unwrap().unwrap();
+    assert_eq!(
+        (ep.url.as_str(), ep.source),
+        ("http://127.0.0.1:9/v2", webhook::Source::Config)
+    );
+    s.webhook_sync_config(vec![]).await.unwrap();
+    assert!(s.webhook_get("cfg").await.unwrap().is_none());
+    assert!(
+        s.webhook_get("all").await.unwrap().is_some(),
+        "API endpoints stay"
+    );
+
+    assert!(
+        s.webhook_any_due(now + 60_000).await.unwrap(),
+        "redelivered"
+    );
+    assert!(s
+        .webhook_set_enabled("all", false, Some("paused".into()))
+        .await
+        .unwrap());
+    assert!(
+        !s.webhook_any_due(now + 60_000).await.unwrap(),
+        "a disabled one is not due"
+    );
+    let ep = s.webhook_get("all").await.unwrap().unwrap();
+    assert_eq!(
+        (ep.enabled, ep.disabled_reason.as_deref()),
+        (false, Some("paused"))
+    );
+
+    // Pruning takes finished events; deleting an endpoint takes its events.
+    assert!(s.webhook_prune(now + 3_600_000, 1_000).await.unwrap() >= 1);
+    assert!(s.webhook_delete("all").await.unwrap());
+    assert!(!s.webhook_delete("all").await.unwrap());
+    assert!(!s.webhook_backlog().await.unwrap().contains_key("all"));
 }

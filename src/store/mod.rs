@@ -16,11 +16,15 @@
 //! * A write that was not committed is never reported as done: when the database cannot
 //!   write (disk full, I/O error, lost connection), operations fail with
 //!   [`StoreError::Unavailable`] until it can again, and [`Store::ready`] says why.
+//! * Webhook events are written in the transaction of the change that causes them (by
+//!   triggers for rows, routes, devices and messages; by the audience writers for broadcast
+//!   members), one per enabled endpoint that wants them, and none when no endpoint does.
 
 use async_trait::async_trait;
 
 use std::collections::HashMap;
 
+use crate::model::webhook::{Attempt, AttemptRecord, Backlog, Claimed, Endpoint, Redeliver};
 use crate::model::{
     inbox, ClaimResult, DeviceRecord, InboxItem, Inserted, Message, MessageFilter, NewDevice,
     NewMessage, OutboxMessage, Page, PageRequest, QuotaClaim, Recipient, Registered, RouteAdvance,
@@ -327,6 +331,88 @@ pub trait Store: Send + Sync + 'static {
     /// otherwise): progress, log entries, new deliveries (their ids are returned),
     /// superseded ones.
     async fn advance_route(&self, advance: RouteAdvance) -> Result<Option<Vec<i64>>, StoreError>;
+
+    // --- Webhooks (docs/webhooks.md) ---
+
+    /// Store a new endpoint; `false` when its id exists.
+    async fn webhook_create(&self, ep: Endpoint) -> Result<bool, StoreError>;
+
+    /// Replace an endpoint's settable fields (url, description, events, filters); `false`
+    /// when there is none. Secrets, state and source are left alone.
+    async fn webhook_update(&self, ep: Endpoint) -> Result<bool, StoreError>;
+
+    /// Enable (clearing the failure streak and reason) or disable with a reason.
+    async fn webhook_set_enabled(
+        &self,
+        id: &str,
+        enabled: bool,
+        reason: Option<String>,
+    ) -> Result<bool, StoreError>;
+
+    /// A new secret; the current one keeps signing until `old_until_ms`.
+    async fn webhook_rotate(
+        &self,
+        id: &str,
+        secret: crate::config::Secret,
+        old_until_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Delete an endpoint and its events.
+    async fn webhook_delete(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Make the `[[webhooks]]` endpoints exactly `eps`: insert or update them (keeping
+    /// their state and events), delete config endpoints no longer listed.
+    async fn webhook_sync_config(&self, eps: Vec<Endpoint>) -> Result<(), StoreError>;
+
+    async fn webhook_get(&self, id: &str) -> Result<Option<Endpoint>, StoreError>;
+
+    /// Every endpoint, by id.
+    async fn webhook_list(&self) -> Result<Vec<Endpoint>, StoreError>;
+
+    /// Pending and failed events per endpoint.
+    async fn webhook_backlog(&self) -> Result<HashMap<String, Backlog>, StoreError>;
+
+    /// Whether some enabled endpoint has an event due at `now_ms` (a read, so an idle
+    /// worker does not write).
+    async fn webhook_any_due(&self, now_ms: i64) -> Result<bool, StoreError>;
+
+    /// Lease up to `n` due events of each endpoint in `wants`, oldest first, never one
+    /// whose message has an earlier event of the endpoint still pending (order per
+    /// message). Counts the attempt.
+    async fn webhook_claim(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        wants: Vec<(String, u32)>,
+    ) -> Result<Vec<Claimed>, StoreError>;
+
+    /// Record finished attempts (fenced by their lease) and the endpoints' failure
+    /// streaks; an endpoint failing since before `disable_before_ms` is disabled. Returns
+    /// the endpoints disabled now.
+    async fn webhook_complete(
+        &self,
+        attempts: Vec<Attempt>,
+        disable_before_ms: i64,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// An endpoint's attempts, newest first, with ids below `before` if given.
+    async fn webhook_attempts(
+        &self,
+        endpoint_id: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<AttemptRecord>, StoreError>;
+
+    /// Make events of an endpoint pending and due now again: how many.
+    async fn webhook_redeliver(
+        &self,
+        endpoint_id: &str,
+        what: Redeliver,
+    ) -> Result<u64, StoreError>;
+
+    /// Delete up to `limit` delivered or failed events last changed before `cutoff_ms`,
+    /// with their attempts: how many.
+    async fn webhook_prune(&self, cutoff_ms: i64, limit: u32) -> Result<u64, StoreError>;
 
     /// The database answers, the migrations are applied and writes succeed (an
     /// `Unavailable` error says why not, e.g. "disk full").

@@ -6,6 +6,8 @@
 use sqlx::{Database, QueryBuilder};
 
 use super::StoreError;
+use crate::config::Secret;
+use crate::model::webhook;
 use crate::model::{
     Delivery, DeviceRecord, InboxItem, Message, MessageFilter, OutboxMessage, Recipient, Status,
     StatusFilter,
@@ -172,6 +174,81 @@ pub fn device(r: &impl Cols) -> Result<DeviceRecord, StoreError> {
         deactivated_reason: r.opt_text(7)?,
         created_at_ms: r.int(8)?,
         updated_at_ms: r.int(9)?,
+    })
+}
+
+/// `webhooks` columns of an [`webhook::Endpoint`] ([`webhook`]).
+pub const WEBHOOK_COLUMNS: &str = "id, url, description, events, channels, types, senders, \
+     secret, old_secret, old_until, enabled, disabled_reason, failing_since, source, \
+     created_at, updated_at";
+
+pub fn webhook(r: &impl Cols) -> Result<webhook::Endpoint, StoreError> {
+    fn list<T: serde::de::DeserializeOwned>(
+        v: Option<String>,
+        col: &str,
+    ) -> Result<Option<Vec<T>>, StoreError> {
+        v.map(|s| {
+            serde_json::from_str(&s)
+                .map_err(|e| StoreError::Corrupt(format!("webhooks.{col}: {e}")))
+        })
+        .transpose()
+    }
+    Ok(webhook::Endpoint {
+        id: r.text(0)?,
+        url: r.text(1)?,
+        description: r.text(2)?,
+        events: r.int(3)?,
+        channels: list(r.opt_text(4)?, "channels")?,
+        types: list(r.opt_text(5)?, "types")?,
+        senders: list(r.opt_text(6)?, "senders")?,
+        secret: Secret::new(r.text(7)?),
+        old_secret: r.opt_text(8)?.map(Secret::new),
+        old_until_ms: r.opt_int(9)?,
+        enabled: r.flag(10)?,
+        disabled_reason: r.opt_text(11)?,
+        failing_since_ms: r.opt_int(12)?,
+        source: webhook::Source::parse(&r.text(13)?),
+        created_at_ms: r.int(14)?,
+        updated_at_ms: r.int(15)?,
+    })
+}
+
+/// The JSON text of an endpoint's filter list (`NULL` for "all").
+pub fn webhook_list_json<T: serde::Serialize>(v: &Option<Vec<T>>) -> Option<String> {
+    v.as_ref()
+        .map(|l| serde_json::to_string(l).expect("a list serializes"))
+}
+
+/// `webhook_attempts a JOIN webhook_events e` columns of an [`webhook::AttemptRecord`].
+pub const ATTEMPT_COLUMNS: &str =
+    "a.id, a.event_id, e.type, a.at, a.latency_ms, a.code, a.response, a.error, e.state";
+
+pub fn webhook_attempt(r: &impl Cols) -> Result<webhook::AttemptRecord, StoreError> {
+    Ok(webhook::AttemptRecord {
+        id: r.int(0)?,
+        event_row: r.int(1)?,
+        kind: r.text(2)?,
+        at_ms: r.int(3)?,
+        latency_ms: r.int(4)?,
+        code: r.opt_int(5)?.and_then(|c| u16::try_from(c).ok()),
+        response: r.opt_text(6)?,
+        error: r.opt_text(7)?,
+        event_state: r.int(8)?,
+    })
+}
+
+/// `webhook_events` columns of a [`webhook::Claimed`] (with `RETURNING`).
+pub const CLAIMED_COLUMNS: &str = "id, endpoint_id, type, data, created_at, attempts, lease_until";
+
+pub fn webhook_claimed(r: &impl Cols) -> Result<webhook::Claimed, StoreError> {
+    Ok(webhook::Claimed {
+        row: r.int(0)?,
+        endpoint_id: r.text(1)?,
+        kind: r.text(2)?,
+        data: r.text(3)?,
+        created_at_ms: r.int(4)?,
+        attempts: r.int(5)?,
+        lease_until_ms: r.int(6)?,
     })
 }
 

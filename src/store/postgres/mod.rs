@@ -90,6 +90,7 @@ use sqlx::{Connection, PgConnection, PgPool, Row};
 use super::audience::{MembersCache, PRESENCE_SLACK_MS};
 use super::{OutboxCounts, Store, StoreError};
 use crate::config::DatabaseSettings;
+use crate::model::webhook::{Attempt, AttemptRecord, Backlog, Claimed, Endpoint, Redeliver};
 use crate::model::{
     inbox as inbox_model, now_ms, ClaimResult, Delivery, DeviceRecord, InboxItem, Inserted,
     Message, MessageFilter, NewDevice, NewMessage, OutboxMessage, Page, PageRequest, QuotaClaim,
@@ -629,6 +630,84 @@ impl Store for PgStore {
         .await
     }
 
+    // Webhooks: not yet on PostgreSQL (being ported).
+    async fn webhook_create(&self, _ep: Endpoint) -> Result<bool, StoreError> {
+        Err(unported())
+    }
+    async fn webhook_update(&self, _ep: Endpoint) -> Result<bool, StoreError> {
+        Err(unported())
+    }
+    async fn webhook_set_enabled(
+        &self,
+        _id: &str,
+        _enabled: bool,
+        _reason: Option<String>,
+    ) -> Result<bool, StoreError> {
+        Err(unported())
+    }
+    async fn webhook_rotate(
+        &self,
+        _id: &str,
+        _secret: crate::config::Secret,
+        _old_until_ms: i64,
+    ) -> Result<bool, StoreError> {
+        Err(unported())
+    }
+    async fn webhook_delete(&self, _id: &str) -> Result<bool, StoreError> {
+        Err(unported())
+    }
+    async fn webhook_sync_config(&self, eps: Vec<Endpoint>) -> Result<(), StoreError> {
+        if eps.is_empty() {
+            return Ok(());
+        }
+        Err(unported())
+    }
+    async fn webhook_get(&self, _id: &str) -> Result<Option<Endpoint>, StoreError> {
+        Err(unported())
+    }
+    async fn webhook_list(&self) -> Result<Vec<Endpoint>, StoreError> {
+        Ok(vec![])
+    }
+    async fn webhook_backlog(&self) -> Result<HashMap<String, Backlog>, StoreError> {
+        Ok(HashMap::new())
+    }
+    async fn webhook_any_due(&self, _now_ms: i64) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+    async fn webhook_claim(
+        &self,
+        _now_ms: i64,
+        _lease_until_ms: i64,
+        _wants: Vec<(String, u32)>,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        Err(unported())
+    }
+    async fn webhook_complete(
+        &self,
+        _attempts: Vec<Attempt>,
+        _disable_before_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        Err(unported())
+    }
+    async fn webhook_attempts(
+        &self,
+        _endpoint_id: &str,
+        _before: Option<i64>,
+        _limit: u32,
+    ) -> Result<Vec<AttemptRecord>, StoreError> {
+        Err(unported())
+    }
+    async fn webhook_redeliver(
+        &self,
+        _endpoint_id: &str,
+        _what: Redeliver,
+    ) -> Result<u64, StoreError> {
+        Err(unported())
+    }
+    async fn webhook_prune(&self, _cutoff_ms: i64, _limit: u32) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
     async fn ready(&self) -> Result<(), StoreError> {
         if let Some(reason) = self.avail.health.failing() {
             return Err(StoreError::Unavailable(reason));
@@ -669,4 +748,8 @@ impl Store for PgStore {
 /// record them).
 async fn read<T>(op: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
     op.await.map_err(|e| availability::classify(e).0)
+}
+
+fn unported() -> StoreError {
+    StoreError::Unavailable("webhooks are not ported to PostgreSQL yet".into())
 }

@@ -31,6 +31,8 @@ pub(super) struct HotAudience {
     pub members: Arc<Members>,
     pub st: AudienceState,
     dirty: bool,
+    /// Members whose status moved in this transaction, for webhook events at the flush.
+    moves: Vec<(usize, Status)>,
 }
 
 pub(super) struct Hot {
@@ -142,6 +144,7 @@ impl Hot {
                     members,
                     st,
                     dirty: false,
+                    moves: Vec::new(),
                 },
             );
         }
@@ -175,10 +178,22 @@ impl Hot {
         Ok(seq)
     }
 
-    /// Write every audience changed in this transaction.
+    /// Write every audience changed in this transaction, and the webhook events of its
+    /// members' moves (the rows' come from triggers).
     pub fn flush(&mut self, conn: &rusqlite::Connection, now: i64) -> Result<(), StoreError> {
         let mut gone = Vec::new();
+        let mut wanted = None;
         for (seq, a) in self.by_seq.iter_mut().filter(|(_, a)| a.dirty) {
+            if !a.moves.is_empty() {
+                let want = match wanted {
+                    Some(w) => w,
+                    None => *wanted.insert(super::webhooks::want_delivery_events(conn)?),
+                };
+                let moves = std::mem::take(&mut a.moves);
+                if want {
+                    super::webhooks::member_events(conn, *seq, a, &moves, now)?;
+                }
+            }
             let c = a.st.counts;
             let n = conn
                 .prepare_cached(
@@ -228,6 +243,9 @@ impl HotAudience {
             .st
             .apply(i, status, count_attempt, now - self.created_at);
         self.dirty = true;
+        if moved {
+            self.moves.push((i, status));
+        }
         Ok(moved)
     }
 
@@ -283,6 +301,7 @@ pub(super) fn insert(
             members,
             st,
             dirty: false,
+            moves: Vec::new(),
         },
     );
     Ok(())
@@ -468,6 +487,7 @@ pub(super) fn expire(cx: &mut Ctx<'_>, seq: i64, now: i64) -> Result<u64, StoreE
     let todo: Vec<usize> = a.st.undelivered().collect();
     for &i in &todo {
         a.st.apply(i, Status::Failed, false, now - a.created_at);
+        a.moves.push((i, Status::Failed));
     }
     if !todo.is_empty() {
         a.touch();

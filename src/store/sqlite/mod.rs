@@ -20,7 +20,8 @@ use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 
 use super::audience::MembersCache;
 use super::{OutboxCounts, Store, StoreError};
-use crate::config::{DatabaseSettings, Synchronous};
+use crate::config::{DatabaseSettings, Secret, Synchronous};
+use crate::model::webhook::{Attempt, AttemptRecord, Backlog, Claimed, Endpoint, Redeliver};
 use crate::model::{
     inbox as inbox_model, ClaimResult, Delivery, DeviceRecord, InboxItem, Inserted, Message,
     MessageFilter, NewDevice, NewMessage, OutboxMessage, Page, PageRequest, QuotaClaim, Recipient,
@@ -33,6 +34,7 @@ mod inbox;
 mod messages;
 mod outbox;
 mod timers;
+mod webhooks;
 mod writer;
 
 #[cfg(test)]
@@ -495,6 +497,120 @@ impl Store for SqliteStore {
     async fn advance_route(&self, advance: RouteAdvance) -> Result<Option<Vec<i64>>, StoreError> {
         self.writer
             .write(move |cx| timers::advance(cx, &advance))
+            .await
+    }
+
+    async fn webhook_create(&self, ep: Endpoint) -> Result<bool, StoreError> {
+        self.writer
+            .write(move |cx| webhooks::create(cx.conn, &ep, cx.now))
+            .await
+    }
+
+    async fn webhook_update(&self, ep: Endpoint) -> Result<bool, StoreError> {
+        self.writer
+            .write(move |cx| webhooks::update(cx.conn, &ep, cx.now))
+            .await
+    }
+
+    async fn webhook_set_enabled(
+        &self,
+        id: &str,
+        enabled: bool,
+        reason: Option<String>,
+    ) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.writer
+            .write(move |cx| {
+                webhooks::set_enabled(cx.conn, &id, enabled, reason.as_deref(), cx.now)
+            })
+            .await
+    }
+
+    async fn webhook_rotate(
+        &self,
+        id: &str,
+        secret: Secret,
+        old_until_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.writer
+            .write(move |cx| webhooks::rotate(cx.conn, &id, &secret, old_until_ms, cx.now))
+            .await
+    }
+
+    async fn webhook_delete(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.writer
+            .write(move |cx| webhooks::delete(cx.conn, &id))
+            .await
+    }
+
+    async fn webhook_sync_config(&self, eps: Vec<Endpoint>) -> Result<(), StoreError> {
+        self.writer
+            .write(move |cx| webhooks::sync_config(cx.conn, &eps, cx.now))
+            .await
+    }
+
+    async fn webhook_get(&self, id: &str) -> Result<Option<Endpoint>, StoreError> {
+        self.read_webhook(id).await
+    }
+
+    async fn webhook_list(&self) -> Result<Vec<Endpoint>, StoreError> {
+        self.read_webhooks().await
+    }
+
+    async fn webhook_backlog(&self) -> Result<HashMap<String, Backlog>, StoreError> {
+        self.read_webhook_backlog().await
+    }
+
+    async fn webhook_any_due(&self, now_ms: i64) -> Result<bool, StoreError> {
+        self.read_webhook_due(now_ms).await
+    }
+
+    async fn webhook_claim(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        wants: Vec<(String, u32)>,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        self.writer
+            .write(move |cx| webhooks::claim(cx.conn, now_ms, lease_until_ms, &wants))
+            .await
+    }
+
+    async fn webhook_complete(
+        &self,
+        attempts: Vec<Attempt>,
+        disable_before_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        self.writer
+            .write(move |cx| webhooks::complete(cx.conn, &attempts, disable_before_ms, cx.now))
+            .await
+    }
+
+    async fn webhook_attempts(
+        &self,
+        endpoint_id: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<AttemptRecord>, StoreError> {
+        self.read_webhook_attempts(endpoint_id, before, limit).await
+    }
+
+    async fn webhook_redeliver(
+        &self,
+        endpoint_id: &str,
+        what: Redeliver,
+    ) -> Result<u64, StoreError> {
+        let id = endpoint_id.to_owned();
+        self.writer
+            .write(move |cx| webhooks::redeliver(cx.conn, &id, what, cx.now))
+            .await
+    }
+
+    async fn webhook_prune(&self, cutoff_ms: i64, limit: u32) -> Result<u64, StoreError> {
+        self.writer
+            .write(move |cx| webhooks::prune(cx.conn, cutoff_ms, limit))
             .await
     }
 
