@@ -66,6 +66,9 @@ pub struct Settings {
     pub api_key_rate_limit: Option<String>,
     /// Extra management API keys with scopes and their own send limits (`[[api_keys]]`).
     pub api_keys: Vec<ApiKeySettings>,
+    /// Webhook endpoints defined in the file (`[[webhooks]]`, docs/webhooks.md); more are
+    /// added at runtime through `/api/v1/webhooks`.
+    pub webhooks: Vec<WebhookEndpointSettings>,
 }
 
 /// The `[channels.<name>]` tables, as given. They hold credentials, so `Debug` shows only
@@ -281,6 +284,84 @@ pub struct DispatchSettings {
     pub poll_interval: Duration,
     /// Most deliveries one worker claims per query.
     pub claim_batch: usize,
+    /// How webhook events are sent (`[dispatch.webhooks]`).
+    pub webhooks: WebhookSettings,
+}
+
+/// `[dispatch.webhooks]`: sending webhook events (docs/webhooks.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSettings {
+    /// Longest one request may take (connect, send, response head and the capped body).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Requests in flight per endpoint on this node. An endpoint that is failing gets one
+    /// at a time until it answers again.
+    pub concurrency: u32,
+    /// First retry delay; doubles per attempt (±20 % jitter) up to `retry_max`. A
+    /// `Retry-After` answer is honoured up to `retry_max`.
+    #[serde(with = "humantime_serde")]
+    pub retry_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// Attempts per event before it is given up (`failed`; it can be redelivered).
+    pub max_attempts: u32,
+    /// An endpoint whose every attempt has failed for this long is disabled, with the
+    /// reason, until it is enabled again (its events wait).
+    #[serde(with = "humantime_serde")]
+    pub disable_after: Duration,
+    /// Delivered and failed events (and their attempts) are removed after this.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// Longest the worker waits before looking for due events it was not told about
+    /// (events of other nodes, retries coming due).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Hosts endpoints may point at (`example.com`, or `*.example.com` for its
+    /// subdomains). Empty: any host.
+    pub allow_hosts: Vec<String>,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        WebhookSettings {
+            timeout: Duration::from_secs(10),
+            concurrency: 8,
+            retry_base: Duration::from_secs(5),
+            retry_max: Duration::from_secs(3600),
+            max_attempts: 30,
+            disable_after: Duration::from_secs(24 * 3600),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            poll_interval: Duration::from_secs(1),
+            allow_hosts: Vec::new(),
+        }
+    }
+}
+
+/// One `[[webhooks]]` endpoint. It is stored at start (replacing an earlier version of
+/// itself) and removed when it leaves the file; the API can only enable or disable it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookEndpointSettings {
+    /// 1–64 characters of `a-z 0-9 _ -`; the endpoint's id in the API.
+    pub id: String,
+    /// `http://` or `https://`.
+    pub url: String,
+    /// Event types (`delivery.failed` …) or `["*"]`.
+    pub events: Vec<String>,
+    /// `whsec_` followed by base64 of 24–64 random bytes (e.g. `whsec_$(openssl rand -base64 32)`).
+    pub secret: Secret,
+    #[serde(default)]
+    pub description: String,
+    /// Only events of these channel instances (delivery and route events).
+    #[serde(default)]
+    pub channels: Option<Vec<String>>,
+    /// Only events of messages of these types.
+    #[serde(default)]
+    pub types: Option<Vec<i64>>,
+    /// Only events of messages from these senders.
+    #[serde(default)]
+    pub senders: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -351,6 +432,7 @@ impl Default for Settings {
             cluster: Default::default(),
             api_key_rate_limit: None,
             api_keys: Vec::new(),
+            webhooks: Vec::new(),
         }
     }
 }
@@ -415,6 +497,7 @@ impl Default for DispatchSettings {
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_secs(5),
             claim_batch: 64,
+            webhooks: WebhookSettings::default(),
         }
     }
 }

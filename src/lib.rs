@@ -360,6 +360,17 @@ async fn start_checked(settings: Settings, options: StartOptions) -> Result<Runn
             }
         }
     }
+    // `[[webhooks]]`: checked, then made exactly the stored config endpoints.
+    let config_hooks =
+        dispatch::webhooks::from_config(&settings.webhooks, &settings.dispatch.webhooks.allow_hosts)
+            .map_err(|m| StartError::Config(config::ConfigError::Invalid(m)))?;
+    store
+        .webhook_sync_config(config_hooks)
+        .await
+        .map_err(|source| StartError::Store {
+            url: redact_url(&settings.database_url),
+            error: source,
+        })?;
     let preferences = store
         .any_preferences()
         .await
@@ -439,6 +450,21 @@ async fn start_checked(settings: Settings, options: StartOptions) -> Result<Runn
         app.settings.inbox.clone(),
         outbox_stop.clone(),
     ));
+    // Webhook events: the sender and their retention stop with the outbox workers too.
+    let webhook_worker = tokio::spawn(
+        dispatch::webhooks::Worker {
+            store: store.clone(),
+            settings: app.settings.dispatch.webhooks.clone(),
+            metrics: app.metrics.clone(),
+            wake: dispatcher.webhooks_notify(),
+        }
+        .run(outbox_stop.clone()),
+    );
+    let webhook_prune = tokio::spawn(dispatch::webhooks::prune(
+        store.clone(),
+        app.settings.dispatch.webhooks.clone(),
+        outbox_stop.clone(),
+    ));
     let wake_handle = dispatcher.clone();
     let heartbeat = tokio::spawn(ws::heartbeat(app.clone()));
     let token = shutdown.clone();
@@ -476,6 +502,8 @@ async fn start_checked(settings: Settings, options: StartOptions) -> Result<Runn
         }
         let _ = scheduler.await;
         let _ = retention.await;
+        let _ = webhook_worker.await;
+        let _ = webhook_prune.await;
         // In-flight provider hand-overs and queued status changes.
         if tokio::time::timeout(shutdown_timeout, dispatcher.flush())
             .await

@@ -199,7 +199,16 @@ pub struct Metrics {
     pub channels: BTreeMap<String, ChannelCounters>,
     /// Client connections: the cap, evictions, timeouts, accept errors (`crate::server`).
     pub conns: ConnCounters,
+    /// Webhook attempts by outcome, indexed like [`WEBHOOK_OUTCOMES`].
+    pub webhook_attempts: [AtomicU64; WEBHOOK_OUTCOMES.len()],
+    /// How long webhook requests took (any outcome).
+    pub webhook_latency: Histogram,
+    /// Endpoints disabled for failing too long.
+    pub webhooks_disabled: AtomicU64,
 }
+
+/// Outcomes of a webhook attempt (`herald_webhook_attempts_total{outcome}`).
+pub const WEBHOOK_OUTCOMES: [&str; 3] = ["delivered", "retry", "failed"];
 
 /// Why a connection was closed for taking too long (`herald_http_timeouts_total{phase}`).
 pub const TIMEOUT_PHASES: [&str; 3] = ["header", "keep_alive", "body"];
@@ -316,6 +325,18 @@ impl Metrics {
         if let Some(i) = REFUSALS.iter().position(|r| *r == reason) {
             self.sends_refused[i].fetch_add(1, Relaxed);
         }
+    }
+
+    pub fn webhook_attempt(&self, a: &crate::model::webhook::Attempt) {
+        use crate::model::webhook::Outcome;
+        let i = match a.outcome {
+            Outcome::Delivered => 0,
+            Outcome::Retry { .. } => 1,
+            Outcome::Failed => 2,
+        };
+        self.webhook_attempts[i].fetch_add(1, Relaxed);
+        self.webhook_latency
+            .observe(Duration::from_millis(a.latency_ms.max(0) as u64));
     }
 
     pub fn count_route_event(&self, event: &str) {
@@ -457,6 +478,28 @@ impl Metrics {
                 v.load(Relaxed)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP herald_webhook_attempts_total Webhook requests by outcome (retry: will be tried again; failed: given up).\n# TYPE herald_webhook_attempts_total counter"
+        );
+        for (i, outcome) in WEBHOOK_OUTCOMES.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "herald_webhook_attempts_total{{outcome=\"{outcome}\"}} {}",
+                self.webhook_attempts[i].load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP herald_webhook_endpoints_disabled_total Webhook endpoints disabled for failing longer than dispatch.webhooks.disable_after.\n# TYPE herald_webhook_endpoints_disabled_total counter\nherald_webhook_endpoints_disabled_total {}",
+            self.webhooks_disabled.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP herald_webhook_request_seconds How long webhook requests took.\n# TYPE herald_webhook_request_seconds histogram"
+        );
+        self.webhook_latency
+            .render(&mut out, "herald_webhook_request_seconds", "");
         let _ = writeln!(
             out,
             "# HELP herald_sends_refused_total Sends refused with 503 before anything was stored, by reason (admission control).\n# TYPE herald_sends_refused_total counter"

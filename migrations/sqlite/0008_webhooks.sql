@@ -66,12 +66,12 @@ BEGIN
            'delivery.' || CASE NEW.status WHEN 1 THEN 'sent' WHEN 2 THEN 'delivered'
                                           WHEN 3 THEN 'read' ELSE 'failed' END,
            m.id,
-           json_object('message_id', m.id, 'delivery_id', NEW.delivery_id,
+           json_object('messageId', m.id, 'deliveryId', NEW.delivery_id,
                        'recipient', NEW.receiver, 'channel', NEW.channel,
                        'status', CASE NEW.status WHEN 1 THEN 'sent' WHEN 2 THEN 'delivered'
                                                  WHEN 3 THEN 'read' ELSE 'failed' END,
                        'reason', CASE WHEN NEW.status = 4 THEN NEW.reason END,
-                       'attempts', NEW.attempts, 'message_type', m.msg_type,
+                       'attempts', NEW.attempts, 'messageType', m.msg_type,
                        'sender', m.sender, 'template', m.template),
            NEW.at, 0, NEW.at
       FROM webhooks w JOIN messages m ON m.seq = NEW.message_seq
@@ -111,9 +111,10 @@ WHEN EXISTS (SELECT 1 FROM webhooks WHERE enabled = 1 AND (events & 1) <> 0)
 BEGIN
     INSERT INTO webhook_events (endpoint_id, type, okey, data, created_at, due_at, updated_at)
     SELECT w.id, 'message.accepted', NEW.id,
-           json_object('message_id', NEW.id, 'message_type', NEW.msg_type,
+           json_object('messageId', NEW.id, 'messageType', NEW.msg_type,
                        'sender', NEW.sender, 'template', NEW.template,
-                       'send_at', NEW.send_at, 'expires_at', NEW.expires_at),
+                       'sendAt', strftime('%Y-%m-%dT%H:%M:%fZ', NEW.send_at / 1000.0, 'unixepoch'),
+                       'expiresAt', strftime('%Y-%m-%dT%H:%M:%fZ', NEW.expires_at / 1000.0, 'unixepoch')),
            NEW.created_at, 0, NEW.created_at
       FROM webhooks w
      WHERE w.enabled = 1 AND (w.events & 1) <> 0
@@ -132,9 +133,9 @@ BEGIN
     SELECT w.id,
            CASE NEW.state WHEN 1 THEN 'route.succeeded' ELSE 'route.exhausted' END,
            m.id,
-           json_object('message_id', m.id, 'recipient', NEW.receiver,
+           json_object('messageId', m.id, 'recipient', NEW.receiver,
                        'state', CASE NEW.state WHEN 1 THEN 'succeeded' ELSE 'exhausted' END,
-                       'log', json(NEW.log), 'message_type', m.msg_type,
+                       'log', json(NEW.log), 'messageType', m.msg_type,
                        'sender', m.sender, 'template', m.template),
            CAST(unixepoch('subsec') * 1000 AS INTEGER), 0,
            CAST(unixepoch('subsec') * 1000 AS INTEGER)
@@ -152,7 +153,7 @@ WHEN OLD.active = 1 AND NEW.active = 0
 BEGIN
     INSERT INTO webhook_events (endpoint_id, type, okey, data, created_at, due_at, updated_at)
     SELECT w.id, 'device.deactivated', NULL,
-           json_object('device_id', NEW.id, 'recipient', NEW.user_id,
+           json_object('deviceId', NEW.id, 'recipient', NEW.user_id,
                        'platform', NEW.platform, 'reason', NEW.deactivated_reason),
            NEW.updated_at, 0, NEW.updated_at
       FROM webhooks w

@@ -24,6 +24,7 @@ pub mod pending;
 pub mod plan;
 mod receipts;
 pub mod retention;
+pub mod webhooks;
 pub mod schedule;
 use outbox::{Limits, Worker, WorkerHandle};
 use pending::PendingIndex;
@@ -88,6 +89,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     /// Wakes the scheduler (new timers, status changes that may move a failover chain).
     scheduler: Arc<tokio::sync::Notify>,
+    /// Wakes the webhook worker (commits that may have written events).
+    webhooks: Arc<tokio::sync::Notify>,
     /// Cluster mode: provider rate limits shared by every node.
     shared_rate: std::sync::OnceLock<Arc<dyn outbox::SharedRate>>,
 }
@@ -105,12 +108,13 @@ impl Dispatcher {
     ) -> (Dispatcher, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(queue);
         let scheduler = Arc::new(tokio::sync::Notify::new());
+        let webhooks = Arc::new(tokio::sync::Notify::new());
         let task = tokio::spawn(status_writer(
             store.clone(),
             rx,
             batch,
             metrics.clone(),
-            scheduler.clone(),
+            [scheduler.clone(), webhooks.clone()],
         ));
         let names = instances
             .keys()
@@ -134,6 +138,7 @@ impl Dispatcher {
                 workers,
                 clock,
                 scheduler,
+                webhooks,
                 shared_rate: std::sync::OnceLock::new(),
             }),
         };
@@ -206,6 +211,16 @@ impl Dispatcher {
 
     pub(crate) fn scheduler_notify(&self) -> &tokio::sync::Notify {
         &self.inner.scheduler
+    }
+
+    /// Tell the webhook worker that events may be waiting.
+    pub fn wake_webhooks(&self) {
+        self.inner.webhooks.notify_one();
+    }
+
+    /// What wakes the webhook worker (given to it at start).
+    pub fn webhooks_notify(&self) -> Arc<tokio::sync::Notify> {
+        self.inner.webhooks.clone()
     }
 
     /// The names of the presence (WebSocket-like) instances.
@@ -546,7 +561,7 @@ async fn status_writer(
     mut rx: mpsc::Receiver<StatusItem>,
     batch: usize,
     metrics: Arc<Metrics>,
-    scheduler: Arc<tokio::sync::Notify>,
+    [scheduler, webhooks]: [Arc<tokio::sync::Notify>; 2],
 ) {
     let mut items = Vec::with_capacity(batch);
     while rx.recv_many(&mut items, batch).await > 0 {
@@ -574,6 +589,8 @@ async fn status_writer(
                         // A moved status may end or advance a failover chain (the store
                         // made its route due in the same transaction).
                         scheduler.notify_one();
+                        // …and may have written webhook events.
+                        webhooks.notify_one();
                     }
                     // Count only real transitions.
                     for ((channel, change), moved) in channels.iter().zip(&changes).zip(applied) {

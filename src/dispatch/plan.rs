@@ -287,7 +287,11 @@ impl Planner {
             }
         };
         let (seq, delivery_ids) = match inserted {
-            Inserted::New { seq, delivery_ids } => (seq, delivery_ids),
+            Inserted::New { seq, delivery_ids } => {
+                // The commit may have written webhook events (message.accepted …).
+                p.dispatcher.wake_webhooks();
+                (seq, delivery_ids)
+            }
             Inserted::Existing { id, deliveries } => return Ok(Accepted { id, deliveries }),
             Inserted::KeyConflict => {
                 return Err(SendError::invalid(

@@ -220,6 +220,80 @@ pub enum Redeliver {
     Range { since_ms: i64, until_ms: i64 },
 }
 
+/// Check an endpoint id: 1–64 characters of `a-z 0-9 _ -`.
+pub fn check_id(id: &str) -> Result<(), String> {
+    let ok = (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err("must be 1–64 characters of a-z, 0-9, `_` and `-`".into())
+    }
+}
+
+/// Check an endpoint URL: `http(s)://host…`, no credentials, and a host the allow-list
+/// (`example.com` exactly, `*.example.com` for subdomains; empty: any) admits.
+pub fn check_url(url: &str, allow_hosts: &[String]) -> Result<(), String> {
+    let u = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+    if !matches!(u.scheme(), "http" | "https") {
+        return Err(format!(
+            "scheme `{}` is not allowed: use http:// or https://",
+            u.scheme()
+        ));
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err("must not hold credentials (the signature authenticates requests)".into());
+    }
+    let Some(host) = u.host_str() else {
+        return Err("has no host".into());
+    };
+    let host = host.to_ascii_lowercase();
+    let allowed = allow_hosts.is_empty()
+        || allow_hosts.iter().any(|a| {
+            let a = a.to_ascii_lowercase();
+            match a.strip_prefix("*.") {
+                Some(parent) => host.ends_with(&format!(".{parent}")),
+                None => host == a,
+            }
+        });
+    if !allowed {
+        return Err(format!(
+            "host `{host}` is not in dispatch.webhooks.allow_hosts"
+        ));
+    }
+    Ok(())
+}
+
+/// The HMAC key of a `whsec_…` secret (Standard Webhooks: base64 after the prefix).
+pub fn secret_key(secret: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    let b64 = secret
+        .strip_prefix("whsec_")
+        .ok_or("must start with `whsec_`")?;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|_| "must be `whsec_` followed by base64")?;
+    if !(24..=64).contains(&key.len()) {
+        return Err(format!(
+            "must hold 24–64 bytes after `whsec_` (it holds {})",
+            key.len()
+        ));
+    }
+    Ok(key)
+}
+
+/// A new random secret: `whsec_` and base64 of 32 bytes.
+pub fn new_secret() -> Secret {
+    use base64::Engine as _;
+    let bytes: [u8; 32] = rand::random();
+    Secret::new(format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    ))
+}
+
 /// The event state codes in `webhook_events.state`.
 pub const PENDING: i64 = 0;
 pub const DELIVERED: i64 = 1;
@@ -258,6 +332,28 @@ mod tests {
                 .unwrap();
             assert_eq!(t.bit(), 1 << s.code());
         }
+    }
+
+    #[test]
+    fn urls_ids_and_secrets_are_checked() {
+        assert!(check_url("https://hooks.example.com/x?y=1", &[]).is_ok());
+        assert!(check_url("ftp://example.com/", &[]).unwrap_err().contains("ftp"));
+        assert!(check_url("http://user:pw@example.com/", &[]).is_err());
+        assert!(check_url("not a url", &[]).is_err());
+        let allow = vec!["example.com".to_string(), "*.internal".to_string()];
+        assert!(check_url("http://example.com/", &allow).is_ok());
+        assert!(check_url("http://a.b.internal:8080/", &allow).is_ok());
+        assert!(check_url("http://evil.com/", &allow)
+            .unwrap_err()
+            .contains("evil.com"));
+        assert!(check_url("http://internal/", &allow).is_err());
+        assert!(check_id("billing-1").is_ok());
+        assert!(check_id("Billing").is_err());
+        assert!(check_id("").is_err());
+        let s = new_secret();
+        assert_eq!(secret_key(s.expose()).unwrap().len(), 32);
+        assert!(secret_key("whsec_short").is_err());
+        assert!(secret_key("nope").unwrap_err().contains("whsec_"));
     }
 
     #[test]

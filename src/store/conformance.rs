@@ -1677,7 +1677,7 @@ pub async fn webhook_events_outbox(s: &Arc<dyn Store>) {
     assert_eq!(c.len(), 1, "{c:?}");
     assert_eq!(c[0].kind, "message.accepted");
     let data: serde_json::Value = serde_json::from_str(&c[0].data).unwrap();
-    assert_eq!(data["message_id"], id.as_str());
+    assert_eq!(data["messageId"], id.as_str());
     assert_eq!(data["sender"], "lab");
     assert!(
         claim_all(s, "all", now).await.is_empty(),
@@ -1693,7 +1693,7 @@ pub async fn webhook_events_outbox(s: &Arc<dyn Store>) {
     assert_eq!(data["recipient"], "u2");
     assert_eq!(data["channel"], "sms");
     assert_eq!(data["reason"], "no_address");
-    assert_eq!(data["delivery_id"], dids[1]);
+    assert_eq!(data["deliveryId"], dids[1]);
     // A retry waits for its time, and holds the message's later events back.
     s.webhook_complete(
         vec![hook_outcome(
@@ -1759,7 +1759,7 @@ pub async fn webhook_events_outbox(s: &Arc<dyn Store>) {
     assert_eq!(c[0].kind, "delivery.read");
     let data: serde_json::Value = serde_json::from_str(&c[0].data).unwrap();
     assert_eq!(data["recipient"], "b2");
-    assert!(data["delivery_id"].as_i64().unwrap() < 0, "{data}");
+    assert!(data["deliveryId"].as_i64().unwrap() < 0, "{data}");
     s.webhook_complete(
         vec![hook_outcome(&c[0], Outcome::Delivered, now + 7_000)],
         0,
