@@ -45,6 +45,8 @@ pub struct WatchedCache {
     lock_refused: tokio::sync::Notify,
     /// `false`: `set` waits (see [`WatchedCache::hold_sets`]).
     sets: tokio::sync::watch::Sender<bool>,
+    /// Values stored so far.
+    stored: AtomicUsize,
 }
 
 impl WatchedCache {
@@ -55,6 +57,7 @@ impl WatchedCache {
             refused_at_hold: AtomicUsize::new(0),
             lock_refused: tokio::sync::Notify::new(),
             sets: tokio::sync::watch::channel(true).0,
+            stored: AtomicUsize::new(0),
         })
     }
 
@@ -90,6 +93,13 @@ impl WatchedCache {
     pub fn release_sets(&self) {
         self.sets.send_replace(true);
     }
+
+    /// How many values have been stored so far: each one a token a caller just made (two
+    /// tokens made in the same second can be identical, e.g. deterministic ES256 signatures,
+    /// so counting distinct tokens does not count makers).
+    pub fn stored(&self) -> usize {
+        self.stored.load(Ordering::SeqCst)
+    }
 }
 
 #[async_trait]
@@ -101,7 +111,9 @@ impl SharedCache for WatchedCache {
     async fn set(&self, key: &str, value: &str, ttl: Duration) -> Result<(), SharedError> {
         let mut open = self.sets.subscribe();
         let _ = open.wait_for(|open| *open).await;
-        self.inner.set(key, value, ttl).await
+        self.inner.set(key, value, ttl).await?;
+        self.stored.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
 
     async fn delete_if(&self, key: &str, value: &str) -> Result<(), SharedError> {
