@@ -361,9 +361,11 @@ async fn start_checked(settings: Settings, options: StartOptions) -> Result<Runn
         }
     }
     // `[[webhooks]]`: checked, then made exactly the stored config endpoints.
-    let config_hooks =
-        dispatch::webhooks::from_config(&settings.webhooks, &settings.dispatch.webhooks.allow_hosts)
-            .map_err(|m| StartError::Config(config::ConfigError::Invalid(m)))?;
+    let config_hooks = dispatch::webhooks::from_config(
+        &settings.webhooks,
+        &settings.dispatch.webhooks.allow_hosts,
+    )
+    .map_err(|m| StartError::Config(config::ConfigError::Invalid(m)))?;
     store
         .webhook_sync_config(config_hooks)
         .await

@@ -24,6 +24,7 @@ pub mod messages;
 pub mod recipients;
 pub mod seed;
 pub mod stats;
+pub mod webhooks;
 
 use error::ApiError;
 
@@ -83,6 +84,19 @@ pub fn router(app: AppState) -> Router {
             axum::routing::delete(devices::admin_delete),
         )
         .route("/api/v1/inbox/collect", post(inbox::collect))
+        .route(
+            "/api/v1/webhooks",
+            get(webhooks::list).post(webhooks::create),
+        )
+        .route(
+            "/api/v1/webhooks/{id}",
+            get(webhooks::get)
+                .patch(webhooks::update)
+                .delete(webhooks::delete),
+        )
+        .route("/api/v1/webhooks/{id}/rotate", post(webhooks::rotate))
+        .route("/api/v1/webhooks/{id}/attempts", get(webhooks::attempts))
+        .route("/api/v1/webhooks/{id}/redeliver", post(webhooks::redeliver))
         .route("/message/sendMessage", post(seed::send_message))
         .route("/message/getMessagePage", get(seed::get_message_page))
         .route(
@@ -223,6 +237,14 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
         inbox::admin_change,
         inbox::admin_delete,
         inbox::collect,
+        webhooks::list,
+        webhooks::create,
+        webhooks::get,
+        webhooks::update,
+        webhooks::delete,
+        webhooks::rotate,
+        webhooks::attempts,
+        webhooks::redeliver,
         seed::send_message,
         seed::get_message_page,
         seed::delete_message_by_id,
@@ -237,6 +259,7 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
     tags(
         (name = "messages", description = "Send and track messages (API key)"),
         (name = "inbox", description = "The notification center: a user's inbox, counts and state (user token; per user under /api/v1/recipients with an admin key)"),
+        (name = "webhooks", description = "Delivery events out: signed webhook endpoints, their attempts and redelivery (admin API key; docs/webhooks.md)"),
         (name = "websocket", description = "Live push; frames: welcome, message, ack, read, ping/pong, error"),
         (name = "events", description = "Live push over Server-Sent Events (`GET /events`), for networks that block WebSocket: the same frames as `data:` events; acknowledge over REST"),
         (name = "operations", description = "Health, readiness, metrics"),

@@ -24,8 +24,8 @@ pub mod pending;
 pub mod plan;
 mod receipts;
 pub mod retention;
-pub mod webhooks;
 pub mod schedule;
+pub mod webhooks;
 use outbox::{Limits, Worker, WorkerHandle};
 use pending::PendingIndex;
 

@@ -38,6 +38,9 @@ pub const MAX_IN_FLIGHT: usize = 1024;
 pub const RESPONSE_READ: usize = 4096;
 /// Characters of a response body kept with the attempt.
 pub const RESPONSE_KEPT: usize = 256;
+/// How old the worker's copy of the endpoints may get when it wakes (an endpoint created
+/// through the API is served within this).
+const RELOAD_AFTER: Duration = Duration::from_millis(250);
 /// Most outcomes written per transaction.
 const COMPLETE_BATCH: usize = 512;
 
@@ -134,7 +137,8 @@ impl Worker {
                 }
             } else {
                 // Refresh the endpoints now and then (other nodes and the API change them).
-                if loaded_at.is_none_or(|t| t.elapsed() >= self.settings.poll_interval) {
+                let stale = RELOAD_AFTER.min(self.settings.poll_interval);
+                if loaded_at.is_none_or(|t| t.elapsed() >= stale) {
                     match self.store.webhook_list().await {
                         Ok(list) => {
                             failing.retain(|id| list.iter().any(|e| &e.id == id));
@@ -426,8 +430,7 @@ pub async fn prune(store: Arc<dyn Store>, settings: WebhookSettings, stop: Cance
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        let cutoff =
-            now_ms() - i64::try_from(settings.retention.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = now_ms() - i64::try_from(settings.retention.as_millis()).unwrap_or(i64::MAX);
         loop {
             match store.webhook_prune(cutoff, BATCH).await {
                 Ok(n) if n == u64::from(BATCH) && !stop.is_cancelled() => {

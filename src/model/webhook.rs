@@ -337,7 +337,9 @@ mod tests {
     #[test]
     fn urls_ids_and_secrets_are_checked() {
         assert!(check_url("https://hooks.example.com/x?y=1", &[]).is_ok());
-        assert!(check_url("ftp://example.com/", &[]).unwrap_err().contains("ftp"));
+        assert!(check_url("ftp://example.com/", &[])
+            .unwrap_err()
+            .contains("ftp"));
         assert!(check_url("http://user:pw@example.com/", &[]).is_err());
         assert!(check_url("not a url", &[]).is_err());
         let allow = vec!["example.com".to_string(), "*.internal".to_string()];
