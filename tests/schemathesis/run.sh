@@ -52,6 +52,10 @@ auth_token = "schemathesis-auth-token"
 from = "+15005550006"
 status_callback_url = "http://127.0.0.1:9/api/v1/callbacks/twilio/sms"
 endpoint = "http://127.0.0.1:9"
+
+# Webhook endpoints the generated requests create may only point at loopback.
+[dispatch.webhooks]
+allow_hosts = ["127.0.0.1", "localhost"]
 TOML
 (cd "$work" && exec "$bin" serve --bind "127.0.0.1:$port" >"$work/herald.log" 2>&1) &
 pid=$!
