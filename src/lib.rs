@@ -458,7 +458,7 @@ async fn start_checked(settings: Settings, options: StartOptions) -> Result<Runn
             store: store.clone(),
             settings: app.settings.dispatch.webhooks.clone(),
             metrics: app.metrics.clone(),
-            wake: dispatcher.webhooks_notify(),
+            signals: dispatcher.webhooks_signals(),
         }
         .run(outbox_stop.clone()),
     );

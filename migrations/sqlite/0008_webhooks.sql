@@ -26,16 +26,23 @@ CREATE TABLE webhook_events (
     id          INTEGER PRIMARY KEY AUTOINCREMENT, -- webhook-id is evt_<id>
     endpoint_id TEXT    NOT NULL REFERENCES webhooks (id) ON DELETE CASCADE,
     type        TEXT    NOT NULL,                  -- e.g. delivery.failed
-    okey        TEXT,                              -- ordering key: the message id; NULL: none
+    okey        TEXT,                              -- ordering key (below); NULL: none
+    mkey        TEXT,                              -- the message's own key: wait for it too
     data        TEXT    NOT NULL,                  -- JSON object
     created_at  INTEGER NOT NULL,                  -- ms: when the change happened
     state       INTEGER NOT NULL DEFAULT 0,        -- 0 pending, 1 delivered, 2 failed
     attempts    INTEGER NOT NULL DEFAULT 0,
     due_at      INTEGER NOT NULL,                  -- ms; 0: now
     lease_until INTEGER,                           -- ms: a worker holds it until then
+    unreached   INTEGER NOT NULL DEFAULT 0,        -- 1: the last attempt got no answer at all
     updated_at  INTEGER NOT NULL
 );
 CREATE INDEX webhook_events_due ON webhook_events (endpoint_id, due_at) WHERE state = 0;
+-- Order where it matters: an event is not sent while an earlier pending event of the
+-- endpoint has its `okey` or its `mkey`. okey is `<message id>` for message.accepted,
+-- `<message id>/<delivery id>` for a delivery's events, `<message id>/route/<receiver>` for a
+-- chain's; mkey is the message id. So each delivery's events arrive in order, all after
+-- the message's message.accepted, and different deliveries go concurrently.
 CREATE INDEX webhook_events_order ON webhook_events (endpoint_id, okey, id) WHERE state = 0;
 CREATE INDEX webhook_events_endpoint ON webhook_events (endpoint_id, created_at);
 CREATE INDEX webhook_events_done ON webhook_events (updated_at) WHERE state <> 0;
@@ -61,11 +68,12 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL WHERE 0;
 
 CREATE TRIGGER webhook_delivery_fanout INSTEAD OF INSERT ON webhook_delivery_changes
 BEGIN
-    INSERT INTO webhook_events (endpoint_id, type, okey, data, created_at, due_at, updated_at)
+    INSERT INTO webhook_events (endpoint_id, type, okey, mkey, data, created_at, due_at,
+                                updated_at)
     SELECT w.id,
            'delivery.' || CASE NEW.status WHEN 1 THEN 'sent' WHEN 2 THEN 'delivered'
                                           WHEN 3 THEN 'read' ELSE 'failed' END,
-           m.id,
+           m.id || '/' || NEW.delivery_id, m.id,
            json_object('messageId', m.id, 'deliveryId', NEW.delivery_id,
                        'recipient', NEW.receiver, 'channel', NEW.channel,
                        'status', CASE NEW.status WHEN 1 THEN 'sent' WHEN 2 THEN 'delivered'
@@ -109,8 +117,9 @@ END;
 CREATE TRIGGER webhook_message_accepted AFTER INSERT ON messages
 WHEN EXISTS (SELECT 1 FROM webhooks WHERE enabled = 1 AND (events & 1) <> 0)
 BEGIN
-    INSERT INTO webhook_events (endpoint_id, type, okey, data, created_at, due_at, updated_at)
-    SELECT w.id, 'message.accepted', NEW.id,
+    INSERT INTO webhook_events (endpoint_id, type, okey, mkey, data, created_at, due_at,
+                                updated_at)
+    SELECT w.id, 'message.accepted', NEW.id, NULL,
            json_object('messageId', NEW.id, 'messageType', NEW.msg_type,
                        'sender', NEW.sender, 'template', NEW.template,
                        'sendAt', strftime('%Y-%m-%dT%H:%M:%fZ', NEW.send_at / 1000.0, 'unixepoch'),
@@ -129,10 +138,11 @@ CREATE TRIGGER webhook_route_ended AFTER UPDATE OF state ON schedule
 WHEN NEW.kind = 2 AND OLD.state = 0 AND NEW.state IN (1, 2)
      AND EXISTS (SELECT 1 FROM webhooks WHERE enabled = 1 AND (events & (16 << NEW.state)) <> 0)
 BEGIN
-    INSERT INTO webhook_events (endpoint_id, type, okey, data, created_at, due_at, updated_at)
+    INSERT INTO webhook_events (endpoint_id, type, okey, mkey, data, created_at, due_at,
+                                updated_at)
     SELECT w.id,
            CASE NEW.state WHEN 1 THEN 'route.succeeded' ELSE 'route.exhausted' END,
-           m.id,
+           m.id || '/route/' || NEW.receiver, m.id,
            json_object('messageId', m.id, 'recipient', NEW.receiver,
                        'state', CASE NEW.state WHEN 1 THEN 'succeeded' ELSE 'exhausted' END,
                        'log', json(NEW.log), 'messageType', m.msg_type,
@@ -151,8 +161,9 @@ CREATE TRIGGER webhook_device_deactivated AFTER UPDATE OF active ON devices
 WHEN OLD.active = 1 AND NEW.active = 0
      AND EXISTS (SELECT 1 FROM webhooks WHERE enabled = 1 AND (events & 128) <> 0)
 BEGIN
-    INSERT INTO webhook_events (endpoint_id, type, okey, data, created_at, due_at, updated_at)
-    SELECT w.id, 'device.deactivated', NULL,
+    INSERT INTO webhook_events (endpoint_id, type, okey, mkey, data, created_at, due_at,
+                                updated_at)
+    SELECT w.id, 'device.deactivated', NULL, NULL,
            json_object('deviceId', NEW.id, 'recipient', NEW.user_id,
                        'platform', NEW.platform, 'reason', NEW.deactivated_reason),
            NEW.updated_at, 0, NEW.updated_at

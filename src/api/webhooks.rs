@@ -359,7 +359,7 @@ pub async fn create(
             .webhook_set_enabled(&id, false, Some("created disabled".into()))
             .await?;
     }
-    app.dispatcher.wake_webhooks();
+    app.dispatcher.webhooks_changed();
     tracing::info!(endpoint = %id, "webhook endpoint created");
     Ok((
         StatusCode::CREATED,
@@ -461,7 +461,7 @@ pub async fn update(
             .await?;
         tracing::info!(endpoint = %id, enabled, "webhook endpoint {}", if enabled { "enabled" } else { "disabled" });
     }
-    app.dispatcher.wake_webhooks();
+    app.dispatcher.webhooks_changed();
     Ok(Json(shown(&app, &id).await?))
 }
 
@@ -488,6 +488,7 @@ pub async fn delete(
     if !app.store.webhook_delete(&id).await? {
         return Err(ApiError::not_found(format!("no webhook endpoint `{id}`")));
     }
+    app.dispatcher.webhooks_changed();
     tracing::info!(endpoint = %id, "webhook endpoint deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -542,6 +543,7 @@ pub async fn rotate(
     if !app.store.webhook_rotate(&id, secret.clone(), until).await? {
         return Err(ApiError::not_found(format!("no webhook endpoint `{id}`")));
     }
+    app.dispatcher.webhooks_changed();
     tracing::info!(endpoint = %id, "webhook secret rotated");
     Ok(Json(RotatedSecret {
         secret: secret.expose().to_owned(),

@@ -91,6 +91,8 @@ struct Inner {
     scheduler: Arc<tokio::sync::Notify>,
     /// Wakes the webhook worker (commits that may have written events).
     webhooks: Arc<tokio::sync::Notify>,
+    /// Set when endpoints changed through the API: the worker reloads them at once.
+    webhooks_reload: Arc<std::sync::atomic::AtomicBool>,
     /// Cluster mode: provider rate limits shared by every node.
     shared_rate: std::sync::OnceLock<Arc<dyn outbox::SharedRate>>,
 }
@@ -139,6 +141,7 @@ impl Dispatcher {
                 clock,
                 scheduler,
                 webhooks,
+                webhooks_reload: Arc::default(),
                 shared_rate: std::sync::OnceLock::new(),
             }),
         };
@@ -218,9 +221,23 @@ impl Dispatcher {
         self.inner.webhooks.notify_one();
     }
 
-    /// What wakes the webhook worker (given to it at start).
-    pub fn webhooks_notify(&self) -> Arc<tokio::sync::Notify> {
-        self.inner.webhooks.clone()
+    /// Tell the webhook worker that endpoints changed (it reloads them at once).
+    pub fn webhooks_changed(&self) {
+        self.inner
+            .webhooks_reload
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.inner.webhooks.notify_one();
+    }
+
+    /// What wakes the webhook worker, and the flag that makes it reload the endpoints
+    /// (given to it at start).
+    pub fn webhooks_signals(
+        &self,
+    ) -> (Arc<tokio::sync::Notify>, Arc<std::sync::atomic::AtomicBool>) {
+        (
+            self.inner.webhooks.clone(),
+            self.inner.webhooks_reload.clone(),
+        )
     }
 
     /// The names of the presence (WebSocket-like) instances.

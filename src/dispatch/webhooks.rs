@@ -2,13 +2,16 @@
 //! a lease, POSTs them signed the Standard Webhooks way, and records each attempt.
 //!
 //! * Events are rows the database wrote with the change that caused them; this task only
-//!   reads them. A claim leases them (`lease = timeout × 2 + 5 s`): a node that dies
-//!   mid-send leaves them to be claimed again when the lease ends (at-least-once, same
-//!   `webhook-id`).
-//! * Per endpoint at most `concurrency` requests are in flight on this node, one while the
-//!   endpoint is failing (so a dead receiver gets probes, not a flood). The store never
-//!   hands out an event while an earlier one of the same message is pending at that
-//!   endpoint, so each message's events arrive in order.
+//!   reads them. A claim leases up to `concurrency × QUEUE_FACTOR` events of an endpoint
+//!   (`lease = timeout × (QUEUE_FACTOR + 1) + 5 s`, enough to send them all
+//!   `concurrency` at a time): a node that dies mid-send leaves them to be claimed again
+//!   when the lease ends (at-least-once, same `webhook-id`). Claiming ahead keeps the
+//!   database's commits (one per claim, one per batch of outcomes) off the per-request path.
+//! * Per endpoint at most `concurrency` requests are in flight on this node (a semaphore),
+//!   and while the endpoint is failing only one event is claimed at a time (so a dead
+//!   receiver gets probes, not a flood). The store never hands out an event while an
+//!   earlier one of the same delivery (or its message's acceptance) is pending at that
+//!   endpoint, so what must arrive in order does.
 //! * Outcomes go back to the store in batches (one transaction per batch); the send tasks
 //!   report through a bounded channel whose bound (`MAX_IN_FLIGHT`) is also the most
 //!   requests in flight on the node.
@@ -41,6 +44,8 @@ pub const RESPONSE_KEPT: usize = 256;
 /// How old the worker's copy of the endpoints may get when it wakes (an endpoint created
 /// through the API is served within this).
 const RELOAD_AFTER: Duration = Duration::from_millis(250);
+/// Events claimed per endpoint: `concurrency` × this, sent `concurrency` at a time.
+const QUEUE_FACTOR: u32 = 8;
 /// Most outcomes written per transaction.
 const COMPLETE_BATCH: usize = 512;
 
@@ -49,8 +54,9 @@ pub struct Worker {
     pub store: Arc<dyn Store>,
     pub settings: WebhookSettings,
     pub metrics: Arc<Metrics>,
-    /// Poked after commits that may have written events, and after endpoint changes.
-    pub wake: Arc<Notify>,
+    /// Poked after commits that may have written events, and after endpoint changes; the
+    /// flag is set when endpoints changed (reload them now).
+    pub signals: (Arc<Notify>, Arc<std::sync::atomic::AtomicBool>),
 }
 
 /// The HTTP client for endpoints: no redirects (a 3xx is a failure naming the target, so
@@ -101,7 +107,8 @@ impl Worker {
     /// Runs until `stop`; then waits for the requests in flight and records them.
     pub async fn run(self, stop: CancellationToken) {
         let client = client(&self.settings);
-        let lease = self.settings.timeout * 2 + Duration::from_secs(5);
+        let lease = self.settings.timeout * (QUEUE_FACTOR + 1) + Duration::from_secs(5);
+        let mut gates: HashMap<String, Arc<tokio::sync::Semaphore>> = HashMap::new();
         let (done_tx, mut done_rx) = mpsc::channel::<Attempt>(MAX_IN_FLIGHT);
         let sends = TaskTracker::new();
         let mut endpoints: HashMap<String, Arc<Endpoint>> = HashMap::new();
@@ -138,7 +145,11 @@ impl Worker {
             } else {
                 // Refresh the endpoints now and then (other nodes and the API change them).
                 let stale = RELOAD_AFTER.min(self.settings.poll_interval);
-                if loaded_at.is_none_or(|t| t.elapsed() >= stale) {
+                let changed = self
+                    .signals
+                    .1
+                    .swap(false, std::sync::atomic::Ordering::AcqRel);
+                if changed || loaded_at.is_none_or(|t| t.elapsed() >= stale) {
                     match self.store.webhook_list().await {
                         Ok(list) => {
                             failing.retain(|id| list.iter().any(|e| &e.id == id));
@@ -152,6 +163,7 @@ impl Worker {
                                 .filter(|e| e.enabled)
                                 .map(|e| (e.id.clone(), Arc::new(e)))
                                 .collect();
+                            gates.retain(|id, _| endpoints.contains_key(id));
                             loaded_at = Some(Instant::now());
                         }
                         Err(e) => tracing::warn!(error = %e, "webhook endpoints not loaded"),
@@ -166,9 +178,18 @@ impl Worker {
                     };
                     *in_flight.entry(ev.endpoint_id.clone()).or_default() += 1;
                     total_in_flight += 1;
+                    let gate = gates
+                        .entry(ev.endpoint_id.clone())
+                        .or_insert_with(|| {
+                            Arc::new(tokio::sync::Semaphore::new(
+                                self.settings.concurrency.max(1) as usize,
+                            ))
+                        })
+                        .clone();
                     let (client, tx, settings) =
                         (client.clone(), done_tx.clone(), self.settings.clone());
                     sends.spawn(async move {
+                        let _permit = gate.acquire_owned().await;
                         let a = send(&client, &ep, ev, &settings).await;
                         let _ = tx.send(a).await;
                     });
@@ -176,7 +197,7 @@ impl Worker {
             }
             tokio::select! {
                 Some(a) = done_rx.recv() => outcomes.push(a),
-                _ = self.wake.notified(), if !stop.is_cancelled() => {}
+                _ = self.signals.0.notified(), if !stop.is_cancelled() => {}
                 _ = tokio::time::sleep(self.settings.poll_interval), if !stop.is_cancelled() => {}
                 _ = stop.cancelled(), if !stop.is_cancelled() => {}
             }
@@ -201,7 +222,7 @@ impl Worker {
                 let cap = if failing.contains(id) {
                     1
                 } else {
-                    self.settings.concurrency.max(1)
+                    self.settings.concurrency.max(1) * QUEUE_FACTOR
                 };
                 let busy = in_flight.get(id).copied().unwrap_or(0);
                 (id.clone(), cap.saturating_sub(busy).min(room))

@@ -1672,7 +1672,8 @@ pub async fn webhook_events_outbox(s: &Arc<dyn Store>) {
     assert_eq!(b["all"].pending, 3, "accepted, failed, sent: {b:?}");
     assert_eq!(b["sms"].pending, 1);
 
-    // Order per message: one event of the message at a time, oldest first.
+    // Order where it matters: a message's acceptance first, then each delivery's events in
+    // order; different deliveries go side by side.
     let c = claim_all(s, "all", now).await;
     assert_eq!(c.len(), 1, "{c:?}");
     assert_eq!(c[0].kind, "message.accepted");
@@ -1687,29 +1688,32 @@ pub async fn webhook_events_outbox(s: &Arc<dyn Store>) {
         .await
         .unwrap();
     let c = claim_all(s, "all", now).await;
-    assert_eq!(c.len(), 1);
-    assert_eq!(c[0].kind, "delivery.failed");
+    let kinds: Vec<&str> = c.iter().map(|c| c.kind.as_str()).collect();
+    assert_eq!(kinds, ["delivery.failed", "delivery.sent"]);
     let data: serde_json::Value = serde_json::from_str(&c[0].data).unwrap();
     assert_eq!(data["recipient"], "u2");
     assert_eq!(data["channel"], "sms");
     assert_eq!(data["reason"], "no_address");
     assert_eq!(data["deliveryId"], dids[1]);
-    // A retry waits for its time, and holds the message's later events back.
+    // The sent event is retried later: its delivery's next event waits for it.
     s.webhook_complete(
-        vec![hook_outcome(
-            &c[0],
-            Outcome::Retry { at_ms: now + 5_000 },
-            now,
-        )],
+        vec![
+            hook_outcome(&c[1], Outcome::Retry { at_ms: now + 5_000 }, now),
+            hook_outcome(&c[0], Outcome::Delivered, now),
+        ],
         now - 60_000,
     )
     .await
     .unwrap();
-    assert!(claim_all(s, "all", now + 1_000).await.is_empty());
+    s.apply_status(vec![ack(&id, "u1", Status::Delivered)])
+        .await
+        .unwrap();
+    let early = claim_all(s, "all", now + 1_000).await;
+    assert!(early.is_empty(), "{early:?}");
     assert!(s.webhook_any_due(now + 6_000).await.unwrap());
     let c = claim_all(s, "all", now + 6_000).await;
-    assert_eq!(c.len(), 1);
-    assert_eq!((c[0].kind.as_str(), c[0].attempts), ("delivery.failed", 2));
+    assert_eq!(c.len(), 1, "{c:?}");
+    assert_eq!((c[0].kind.as_str(), c[0].attempts), ("delivery.sent", 2));
     // A stale lease's outcome changes nothing.
     let mut stale = hook_outcome(&c[0], Outcome::Delivered, now + 6_000);
     stale.lease_until_ms -= 1;
@@ -1722,7 +1726,7 @@ pub async fn webhook_events_outbox(s: &Arc<dyn Store>) {
     .unwrap();
     let c = claim_all(s, "all", now + 6_000).await;
     assert_eq!(c.len(), 1);
-    assert_eq!(c[0].kind, "delivery.sent");
+    assert_eq!(c[0].kind, "delivery.delivered");
     s.webhook_complete(
         vec![hook_outcome(&c[0], Outcome::Delivered, now + 6_000)],
         0,
@@ -1730,15 +1734,18 @@ pub async fn webhook_events_outbox(s: &Arc<dyn Store>) {
     .await
     .unwrap();
     let attempts = s.webhook_attempts("all", None, 10).await.unwrap();
-    assert_eq!(attempts.len(), 4, "the stale outcome is not an attempt");
-    assert_eq!(attempts[0].kind, "delivery.sent");
+    assert_eq!(attempts.len(), 5, "the stale outcome is not an attempt");
+    assert_eq!(attempts[0].kind, "delivery.delivered");
     assert_eq!(attempts[0].event_state, webhook::DELIVERED);
-    assert_eq!(attempts[2].code, Some(503));
+    assert_eq!(
+        (attempts[3].kind.as_str(), attempts[3].code),
+        ("delivery.sent", Some(503))
+    );
     let older = s
         .webhook_attempts("all", Some(attempts[1].id), 10)
         .await
         .unwrap();
-    assert_eq!(older.len(), 2);
+    assert_eq!(older.len(), 3);
 
     // Broadcast members' moves are events too (rows' ids are positive, members' negative).
     online(s, &["b1", "b2"], now - 1_000).await;
@@ -1748,6 +1755,45 @@ pub async fn webhook_events_outbox(s: &Arc<dyn Store>) {
         .unwrap();
     let c = claim_all(s, "all", now + 7_000).await;
     assert_eq!(c.len(), 1, "accepted first: {c:?}");
+    // No answer at all: retried in an hour, unless the endpoint answers again before.
+    let mut unreached = hook_outcome(
+        &c[0],
+        Outcome::Retry {
+            at_ms: now + 3_600_000,
+        },
+        now,
+    );
+    unreached.code = None;
+    s.webhook_complete(vec![unreached], 0).await.unwrap();
+
+    // Device deactivation (no message: not held back by anything).
+    let dev = s
+        .register_device(NewDevice {
+            user_id: "u1".into(),
+            platform: "fcm".into(),
+            token: "tok-1".into(),
+            name: None,
+        })
+        .await
+        .unwrap()
+        .device
+        .id;
+    s.deactivate_devices(vec![(dev, "unregistered".into())])
+        .await
+        .unwrap();
+    let c = claim_all(s, "all", now + 7_000).await;
+    assert_eq!(c.len(), 1, "{c:?}");
+    assert_eq!(c[0].kind, "device.deactivated");
+    // It answers: what waited because it could not be reached is due at once.
+    s.webhook_complete(
+        vec![hook_outcome(&c[0], Outcome::Delivered, now + 7_000)],
+        0,
+    )
+    .await
+    .unwrap();
+    let c = claim_all(s, "all", now + 7_000).await;
+    assert_eq!(c.len(), 1, "{c:?}");
+    assert_eq!(c[0].kind, "message.accepted");
     s.webhook_complete(
         vec![hook_outcome(&c[0], Outcome::Delivered, now + 7_000)],
         0,
@@ -1766,25 +1812,6 @@ pub async fn webhook_events_outbox(s: &Arc<dyn Store>) {
     )
     .await
     .unwrap();
-
-    // Device deactivation.
-    let dev = s
-        .register_device(NewDevice {
-            user_id: "u1".into(),
-            platform: "fcm".into(),
-            token: "tok-1".into(),
-            name: None,
-        })
-        .await
-        .unwrap()
-        .device
-        .id;
-    s.deactivate_devices(vec![(dev, "unregistered".into())])
-        .await
-        .unwrap();
-    let c = claim_all(s, "all", now + 7_000).await;
-    assert_eq!(c.len(), 1);
-    assert_eq!(c[0].kind, "device.deactivated");
 
     // The sms endpoint fails for longer than the limit: disabled, and then gets nothing.
     let c = claim_all(s, "sms", now).await;

@@ -377,8 +377,9 @@ pub trait Store: Send + Sync + 'static {
     async fn webhook_any_due(&self, now_ms: i64) -> Result<bool, StoreError>;
 
     /// Lease up to `n` due events of each endpoint in `wants`, oldest first, never one
-    /// whose message has an earlier event of the endpoint still pending (order per
-    /// message). Counts the attempt.
+    /// while an earlier event of the endpoint with its ordering key (its delivery, chain or
+    /// message) or its message's own key is pending (docs/webhooks.md §1). Counts the
+    /// attempt.
     async fn webhook_claim(
         &self,
         now_ms: i64,

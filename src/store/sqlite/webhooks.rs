@@ -184,6 +184,9 @@ pub(super) fn claim(
                          AND (e.okey IS NULL OR NOT EXISTS (SELECT 1 FROM webhook_events p \
                                WHERE p.endpoint_id = e.endpoint_id AND p.okey = e.okey \
                                  AND p.state = 0 AND p.id < e.id)) \
+                         AND (e.mkey IS NULL OR NOT EXISTS (SELECT 1 FROM webhook_events p \
+                               WHERE p.endpoint_id = e.endpoint_id AND p.okey = e.mkey \
+                                 AND p.state = 0 AND p.id < e.id)) \
                        ORDER BY e.id LIMIT ?4) \
          RETURNING {}",
         rows::CLAIMED_COLUMNS
@@ -212,12 +215,14 @@ pub(super) fn complete(
             Outcome::Retry { at_ms } => (PENDING, at_ms),
             Outcome::Failed => (FAILED, 0),
         };
+        let unreached = matches!(a.outcome, Outcome::Retry { .. }) && a.code.is_none();
         let n = conn
             .prepare_cached(
                 "UPDATE webhook_events SET state = ?4, due_at = ?5, lease_until = NULL, \
-                   updated_at = ?1 WHERE id = ?2 AND state = 0 AND lease_until = ?3",
+                   unreached = ?6, updated_at = ?1 \
+                 WHERE id = ?2 AND state = 0 AND lease_until = ?3",
             )?
-            .execute(params![now, a.row, a.lease_until_ms, state, due])?;
+            .execute(params![now, a.row, a.lease_until_ms, state, due, unreached])?;
         if n == 0 {
             continue; // the lease was lost (another attempt owns it) or the event is gone
         }
@@ -243,10 +248,11 @@ pub(super) fn complete(
                 .execute([&a.endpoint_id])?
                 > 0;
             if recovered {
-                // It answers again: what waits for a retry goes now, in order.
+                // It answers again: what waits only because it could not be reached goes
+                // now, in order (an event the endpoint refused keeps its backoff).
                 conn.prepare_cached(
                     "UPDATE webhook_events SET due_at = 0 \
-                     WHERE endpoint_id = ? AND state = 0 AND due_at > 0",
+                     WHERE endpoint_id = ? AND state = 0 AND due_at > 0 AND unreached = 1",
                 )?
                 .execute([&a.endpoint_id])?;
             }
