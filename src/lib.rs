@@ -459,6 +459,7 @@ async fn start_checked(settings: Settings, options: StartOptions) -> Result<Runn
             settings: app.settings.dispatch.webhooks.clone(),
             metrics: app.metrics.clone(),
             signals: dispatcher.webhooks_signals(),
+            quiet: Default::default(),
         }
         .run(outbox_stop.clone()),
     );

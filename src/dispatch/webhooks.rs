@@ -49,6 +49,21 @@ const QUEUE_FACTOR: u32 = 8;
 /// Most outcomes written per transaction.
 const COMPLETE_BATCH: usize = 512;
 
+/// A store error the loop meets every `poll_interval` while the database cannot be read
+/// or written: logged once a minute, not once a second (the store logs why it fails).
+#[derive(Default)]
+pub struct Quiet(std::sync::Mutex<Option<Instant>>);
+
+impl Quiet {
+    fn warn(&self, e: &crate::store::StoreError, what: &str) {
+        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            *last = Some(Instant::now());
+            tracing::warn!(error = %e, "{what}; retried every poll_interval (logged once a minute)");
+        }
+    }
+}
+
 /// What a worker needs.
 pub struct Worker {
     pub store: Arc<dyn Store>,
@@ -57,6 +72,7 @@ pub struct Worker {
     /// Poked after commits that may have written events, and after endpoint changes; the
     /// flag is set when endpoints changed (reload them now).
     pub signals: (Arc<Notify>, Arc<std::sync::atomic::AtomicBool>),
+    pub quiet: Quiet,
 }
 
 /// The HTTP client for endpoints: no redirects (a 3xx is a failure naming the target, so
@@ -166,7 +182,7 @@ impl Worker {
                             gates.retain(|id, _| endpoints.contains_key(id));
                             loaded_at = Some(Instant::now());
                         }
-                        Err(e) => tracing::warn!(error = %e, "webhook endpoints not loaded"),
+                        Err(e) => self.quiet.warn(&e, "webhook endpoints not loaded"),
                     }
                 }
                 let claimed = self
@@ -237,7 +253,7 @@ impl Worker {
             Ok(true) => {}
             Ok(false) => return vec![],
             Err(e) => {
-                tracing::warn!(error = %e, "webhook events not read");
+                self.quiet.warn(&e, "webhook events not read");
                 return vec![];
             }
         }
@@ -245,7 +261,7 @@ impl Worker {
         match self.store.webhook_claim(now, until, wants).await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(error = %e, "webhook events not claimed");
+                self.quiet.warn(&e, "webhook events not claimed");
                 vec![]
             }
         }
