@@ -35,7 +35,8 @@ pub(super) struct Locked {
     pub st: AudienceState,
     dirty: bool,
     /// Members whose status moved in this transaction, for webhook events at the
-    /// [`write_back`] (spilled members' rows get theirs from the row triggers).
+    /// [`write_back`] (spilled members' rows get theirs from the row triggers). Kept only
+    /// when `hooks`.
     pub moves: Vec<(usize, Status)>,
     /// Whether an enabled endpoint wanted `delivery.*` events when this was locked.
     pub hooks: bool,
@@ -64,7 +65,7 @@ impl Locked {
             .st
             .apply(i, status, count_attempt, now - self.created_at);
         self.dirty |= moved || count_attempt;
-        if moved {
+        if moved && self.hooks {
             self.moves.push((i, status));
         }
         Ok(moved)
@@ -87,7 +88,9 @@ impl Locked {
         for &i in &todo {
             self.st
                 .apply(i, Status::Failed, false, now - self.created_at);
-            self.moves.push((i, Status::Failed));
+        }
+        if self.hooks {
+            self.moves.extend(todo.iter().map(|&i| (i, Status::Failed)));
         }
         self.dirty |= !todo.is_empty();
         todo.len() as u64

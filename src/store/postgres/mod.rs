@@ -79,9 +79,9 @@
 //! Concerns live in their own files, as on SQLite: `messages.rs` (inserts, status,
 //! collect, listings, replay), `audiences.rs` (compact broadcast records), `inbox.rs` (the
 //! notification center: listings, counts, marks, retention), `outbox.rs`,
-//! `devices.rs` (recipients, devices, presence records), `timers.rs`, `webhooks.rs`,
-//! `availability.rs` and `admission.rs`. Row mappers, column lists and the listing filter are shared with
-//! SQLite (`store/rows.rs`).
+//! `devices.rs` (recipients, devices, presence records), `timers.rs`, `webhooks.rs`
+//! (endpoints, event claims and outcomes), `availability.rs` and `admission.rs`. Row
+//! mappers, column lists and the listing filter are shared with SQLite (`store/rows.rs`).
 
 use std::collections::HashMap;
 use std::future::Future;

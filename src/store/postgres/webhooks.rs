@@ -40,9 +40,9 @@ const _: () = assert!(
         == 30
 );
 
-/// The events of broadcast members' moves in `audiences` (those locked when an endpoint
-/// wanted `delivery.*` events): one call of the fan-out function for all of them, in
-/// `message_seq` order and each audience's order of moves.
+/// The events of broadcast members' moves in `audiences` (recorded only when an endpoint
+/// wanted `delivery.*` events as they were locked): one call of the fan-out function for
+/// all of them, in `message_seq` order and each audience's order of moves.
 pub(super) async fn member_events(
     conn: &mut PgConnection,
     audiences: &[&Locked],
@@ -51,7 +51,7 @@ pub(super) async fn member_events(
     let mut moved: Vec<&Locked> = audiences
         .iter()
         .copied()
-        .filter(|a| a.hooks && !a.moves.is_empty())
+        .filter(|a| !a.moves.is_empty())
         .collect();
     if moved.is_empty() {
         return Ok(());
