@@ -34,6 +34,12 @@ pub(super) struct Locked {
     pub members: Arc<Members>,
     pub st: AudienceState,
     dirty: bool,
+    /// Members whose status moved in this transaction, for webhook events at the
+    /// [`write_back`] (spilled members' rows get theirs from the row triggers). Kept only
+    /// when `hooks`.
+    pub moves: Vec<(usize, Status)>,
+    /// Whether an enabled endpoint wanted `delivery.*` events when this was locked.
+    pub hooks: bool,
 }
 
 impl Locked {
@@ -59,6 +65,9 @@ impl Locked {
             .st
             .apply(i, status, count_attempt, now - self.created_at);
         self.dirty |= moved || count_attempt;
+        if moved && self.hooks {
+            self.moves.push((i, status));
+        }
         Ok(moved)
     }
 
@@ -79,6 +88,9 @@ impl Locked {
         for &i in &todo {
             self.st
                 .apply(i, Status::Failed, false, now - self.created_at);
+        }
+        if self.hooks {
+            self.moves.extend(todo.iter().map(|&i| (i, Status::Failed)));
         }
         self.dirty |= !todo.is_empty();
         todo.len() as u64
@@ -117,12 +129,13 @@ pub(super) async fn lock(
         .copied()
         .filter(|s| cache.get(*s).is_none())
         .collect();
-    let rows = sqlx::query(
+    let rows = sqlx::query(&format!(
         "SELECT a.message_seq, a.channel, m.created_at, a.state, a.times, \
-           CASE WHEN a.message_seq = ANY($2) THEN a.members END \
+           CASE WHEN a.message_seq = ANY($2) THEN a.members END, {} \
          FROM audiences a JOIN messages m ON m.seq = a.message_seq \
          WHERE a.message_seq = ANY($1) ORDER BY a.message_seq FOR UPDATE OF a",
-    )
+        super::webhooks::WANT_DELIVERY_EVENTS
+    ))
     .bind(&seqs)
     .bind(&uncached)
     .fetch_all(&mut *conn)
@@ -155,6 +168,8 @@ pub(super) async fn lock(
                 members,
                 st,
                 dirty: false,
+                moves: Vec::new(),
+                hooks: r.flag(6)?,
             },
         );
     }
@@ -171,7 +186,8 @@ fn parse_and_cache(
     Ok(m)
 }
 
-/// Write every changed audience back, in one statement.
+/// Write every changed audience back, in one statement, and the webhook events of its
+/// members' moves in another (the rows' come from triggers).
 pub(super) async fn write_back(
     conn: &mut PgConnection,
     locked: &mut HashMap<i64, Locked>,
@@ -181,6 +197,7 @@ pub(super) async fn write_back(
     if dirty.is_empty() {
         return Ok(());
     }
+    super::webhooks::member_events(conn, &dirty, now).await?;
     let seqs: Vec<i64> = dirty.iter().map(|a| a.seq).collect();
     let states: Vec<&[u8]> = dirty.iter().map(|a| a.st.state.as_slice()).collect();
     let times: Vec<&[u8]> = dirty.iter().map(|a| a.st.times.as_slice()).collect();
@@ -207,6 +224,7 @@ pub(super) async fn write_back(
     .await?;
     for a in locked.values_mut() {
         a.dirty = false;
+        a.moves.clear();
     }
     Ok(())
 }

@@ -27,6 +27,12 @@
 //!   changed through their rows.
 //! * The trigger `deliveries_route_event` (plpgsql) makes a receiver's running chain due
 //!   when one of its deliveries changes status, as on SQLite.
+//! * **Webhook events** (`webhooks.rs`, migration 0004): triggers on messages,
+//!   deliveries, routes and devices write them in the transaction of the change, through
+//!   one fan-out function that the audience writer also calls for members' moves. Claims
+//!   skip locked events; outcomes and redelivery lock their endpoints' rows (in id order)
+//!   before any event. An event's insert takes a key-share lock on its endpoint (the
+//!   foreign key), which only an endpoint's delete waits for.
 //! * **Inbox counters** (`inbox.rs`): triggers keep `inbox_counts` in the transaction that
 //!   changes a websocket row, so a counter row stays locked until that commits. Writers
 //!   that change existing rows lock the counters first (`inbox::lock_counts`); of two
@@ -73,9 +79,9 @@
 //! Concerns live in their own files, as on SQLite: `messages.rs` (inserts, status,
 //! collect, listings, replay), `audiences.rs` (compact broadcast records), `inbox.rs` (the
 //! notification center: listings, counts, marks, retention), `outbox.rs`,
-//! `devices.rs` (recipients, devices, presence records), `timers.rs`, `availability.rs`
-//! and `admission.rs`. Row mappers, column lists and the listing filter are shared with
-//! SQLite (`store/rows.rs`).
+//! `devices.rs` (recipients, devices, presence records), `timers.rs`, `webhooks.rs`
+//! (endpoints, event claims and outcomes), `availability.rs` and `admission.rs`. Row
+//! mappers, column lists and the listing filter are shared with SQLite (`store/rows.rs`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -89,7 +95,7 @@ use sqlx::{Connection, PgConnection, PgPool, Row};
 
 use super::audience::{MembersCache, PRESENCE_SLACK_MS};
 use super::{OutboxCounts, Store, StoreError};
-use crate::config::DatabaseSettings;
+use crate::config::{DatabaseSettings, Secret};
 use crate::model::webhook::{Attempt, AttemptRecord, Backlog, Claimed, Endpoint, Redeliver};
 use crate::model::{
     inbox as inbox_model, now_ms, ClaimResult, Delivery, DeviceRecord, InboxItem, Inserted,
@@ -108,6 +114,7 @@ mod inbox;
 mod messages;
 mod outbox;
 mod timers;
+mod webhooks;
 
 #[cfg(all(test, feature = "service-tests"))]
 mod tests;
@@ -630,82 +637,147 @@ impl Store for PgStore {
         .await
     }
 
-    // Webhooks: not yet on PostgreSQL (being ported).
-    async fn webhook_create(&self, _ep: Endpoint) -> Result<bool, StoreError> {
-        Err(unported())
+    async fn webhook_create(&self, ep: Endpoint) -> Result<bool, StoreError> {
+        self.write(async {
+            let mut conn = self.pool.acquire().await?;
+            webhooks::create(&mut conn, &ep, now_ms()).await
+        })
+        .await
     }
-    async fn webhook_update(&self, _ep: Endpoint) -> Result<bool, StoreError> {
-        Err(unported())
+
+    async fn webhook_update(&self, ep: Endpoint) -> Result<bool, StoreError> {
+        self.write(async {
+            let mut conn = self.pool.acquire().await?;
+            webhooks::update(&mut conn, &ep, now_ms()).await
+        })
+        .await
     }
+
     async fn webhook_set_enabled(
         &self,
-        _id: &str,
-        _enabled: bool,
-        _reason: Option<String>,
+        id: &str,
+        enabled: bool,
+        reason: Option<String>,
     ) -> Result<bool, StoreError> {
-        Err(unported())
+        self.write(async {
+            let mut conn = self.pool.acquire().await?;
+            webhooks::set_enabled(&mut conn, id, enabled, reason.as_deref(), now_ms()).await
+        })
+        .await
     }
+
     async fn webhook_rotate(
         &self,
-        _id: &str,
-        _secret: crate::config::Secret,
-        _old_until_ms: i64,
+        id: &str,
+        secret: Secret,
+        old_until_ms: i64,
     ) -> Result<bool, StoreError> {
-        Err(unported())
+        self.write(async {
+            let mut conn = self.pool.acquire().await?;
+            webhooks::rotate(&mut conn, id, &secret, old_until_ms, now_ms()).await
+        })
+        .await
     }
-    async fn webhook_delete(&self, _id: &str) -> Result<bool, StoreError> {
-        Err(unported())
+
+    async fn webhook_delete(&self, id: &str) -> Result<bool, StoreError> {
+        self.write(async {
+            let mut conn = self.pool.acquire().await?;
+            webhooks::delete(&mut conn, id).await
+        })
+        .await
     }
+
     async fn webhook_sync_config(&self, eps: Vec<Endpoint>) -> Result<(), StoreError> {
-        if eps.is_empty() {
-            return Ok(());
-        }
-        Err(unported())
+        self.write(async {
+            let mut tx = self.pool.begin().await?;
+            webhooks::sync_config(&mut tx, &eps, now_ms()).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
-    async fn webhook_get(&self, _id: &str) -> Result<Option<Endpoint>, StoreError> {
-        Err(unported())
+
+    async fn webhook_get(&self, id: &str) -> Result<Option<Endpoint>, StoreError> {
+        read(self.read_webhook(id)).await
     }
+
     async fn webhook_list(&self) -> Result<Vec<Endpoint>, StoreError> {
-        Ok(vec![])
+        read(self.read_webhooks()).await
     }
+
     async fn webhook_backlog(&self) -> Result<HashMap<String, Backlog>, StoreError> {
-        Ok(HashMap::new())
+        read(self.read_webhook_backlog()).await
     }
-    async fn webhook_any_due(&self, _now_ms: i64) -> Result<bool, StoreError> {
-        Ok(false)
+
+    async fn webhook_any_due(&self, now_ms: i64) -> Result<bool, StoreError> {
+        read(self.read_webhook_due(now_ms)).await
     }
+
     async fn webhook_claim(
         &self,
-        _now_ms: i64,
-        _lease_until_ms: i64,
-        _wants: Vec<(String, u32)>,
+        now_ms: i64,
+        lease_until_ms: i64,
+        wants: Vec<(String, u32)>,
     ) -> Result<Vec<Claimed>, StoreError> {
-        Err(unported())
+        if wants.iter().all(|(_, n)| *n == 0) {
+            return Ok(Vec::new());
+        }
+        self.write(async {
+            let mut tx = self.pool.begin().await?;
+            let claimed = webhooks::claim(&mut tx, now_ms, lease_until_ms, &wants).await?;
+            tx.commit().await?;
+            Ok(claimed)
+        })
+        .await
     }
+
     async fn webhook_complete(
         &self,
-        _attempts: Vec<Attempt>,
-        _disable_before_ms: i64,
+        attempts: Vec<Attempt>,
+        disable_before_ms: i64,
     ) -> Result<Vec<String>, StoreError> {
-        Err(unported())
+        if attempts.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(async {
+            let mut tx = self.pool.begin().await?;
+            let disabled =
+                webhooks::complete(&mut tx, &attempts, disable_before_ms, now_ms()).await?;
+            tx.commit().await?;
+            Ok(disabled)
+        })
+        .await
     }
+
     async fn webhook_attempts(
         &self,
-        _endpoint_id: &str,
-        _before: Option<i64>,
-        _limit: u32,
+        endpoint_id: &str,
+        before: Option<i64>,
+        limit: u32,
     ) -> Result<Vec<AttemptRecord>, StoreError> {
-        Err(unported())
+        read(self.read_webhook_attempts(endpoint_id, before, limit)).await
     }
+
     async fn webhook_redeliver(
         &self,
-        _endpoint_id: &str,
-        _what: Redeliver,
+        endpoint_id: &str,
+        what: Redeliver,
     ) -> Result<u64, StoreError> {
-        Err(unported())
+        self.write(async {
+            let mut tx = self.pool.begin().await?;
+            let n = webhooks::redeliver(&mut tx, endpoint_id, what, now_ms()).await?;
+            tx.commit().await?;
+            Ok(n)
+        })
+        .await
     }
-    async fn webhook_prune(&self, _cutoff_ms: i64, _limit: u32) -> Result<u64, StoreError> {
-        Ok(0)
+
+    async fn webhook_prune(&self, cutoff_ms: i64, limit: u32) -> Result<u64, StoreError> {
+        self.write(async {
+            let mut conn = self.pool.acquire().await?;
+            webhooks::prune(&mut conn, cutoff_ms, limit).await
+        })
+        .await
     }
 
     async fn ready(&self) -> Result<(), StoreError> {
@@ -748,8 +820,4 @@ impl Store for PgStore {
 /// record them).
 async fn read<T>(op: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
     op.await.map_err(|e| availability::classify(e).0)
-}
-
-fn unported() -> StoreError {
-    StoreError::Unavailable("webhooks are not ported to PostgreSQL yet".into())
 }
