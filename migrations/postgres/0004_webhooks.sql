@@ -38,13 +38,15 @@ CREATE TABLE webhook_events (
     id          BIGSERIAL PRIMARY KEY,             -- webhook-id is evt_<id>
     endpoint_id TEXT   NOT NULL REFERENCES webhooks (id) ON DELETE CASCADE,
     type        TEXT   NOT NULL,                   -- e.g. delivery.failed
-    okey        TEXT,                              -- ordering key: the message id; NULL: none
+    okey        TEXT,                              -- ordering key (SQLite's 0008); NULL: none
+    mkey        TEXT,                              -- the message's own key: wait for it too
     data        TEXT   NOT NULL,                   -- JSON object
     created_at  BIGINT NOT NULL,                   -- ms: when the change happened
     state       BIGINT NOT NULL DEFAULT 0,         -- 0 pending, 1 delivered, 2 failed
     attempts    BIGINT NOT NULL DEFAULT 0,
     due_at      BIGINT NOT NULL,                   -- ms; 0: now
     lease_until BIGINT,                            -- ms: a worker holds it until then
+    unreached   BOOLEAN NOT NULL DEFAULT FALSE,    -- the last attempt got no answer at all
     updated_at  BIGINT NOT NULL
 );
 CREATE INDEX webhook_events_due ON webhook_events (endpoint_id, due_at) WHERE state = 0;
@@ -75,13 +77,14 @@ CREATE FUNCTION webhook_delivery_events(p_seqs BIGINT[], p_delivery_ids BIGINT[]
                                         p_attempts BIGINT[], p_at BIGINT)
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO webhook_events (endpoint_id, type, okey, data, created_at, due_at, updated_at)
-    SELECT w.id, 'delivery.' || c.name, m.id,
-           json_build_object('message_id', m.id, 'delivery_id', c.delivery_id,
+    INSERT INTO webhook_events (endpoint_id, type, okey, mkey, data, created_at, due_at,
+                                updated_at)
+    SELECT w.id, 'delivery.' || c.name, m.id || '/' || c.delivery_id, m.id,
+           json_build_object('messageId', m.id, 'deliveryId', c.delivery_id,
                              'recipient', c.receiver, 'channel', c.channel,
                              'status', c.name,
                              'reason', CASE WHEN c.status = 4 THEN c.reason END,
-                             'attempts', c.attempts, 'message_type', m.msg_type,
+                             'attempts', c.attempts, 'messageType', m.msg_type,
                              'sender', m.sender, 'template', m.template)::text,
            p_at, 0, p_at
       FROM (SELECT t.*, CASE t.status WHEN 1 THEN 'sent' WHEN 2 THEN 'delivered'
@@ -129,11 +132,15 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM webhooks WHERE enabled AND (events & 1) <> 0) THEN
         RETURN NULL;
     END IF;
-    INSERT INTO webhook_events (endpoint_id, type, okey, data, created_at, due_at, updated_at)
-    SELECT w.id, 'message.accepted', NEW.id,
-           json_build_object('message_id', NEW.id, 'message_type', NEW.msg_type,
+    INSERT INTO webhook_events (endpoint_id, type, okey, mkey, data, created_at, due_at,
+                                updated_at)
+    SELECT w.id, 'message.accepted', NEW.id, NULL,
+           json_build_object('messageId', NEW.id, 'messageType', NEW.msg_type,
                              'sender', NEW.sender, 'template', NEW.template,
-                             'send_at', NEW.send_at, 'expires_at', NEW.expires_at)::text,
+                             'sendAt', to_char(to_timestamp(NEW.send_at / 1000.0) AT TIME ZONE 'UTC',
+                                               'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+                             'expiresAt', to_char(to_timestamp(NEW.expires_at / 1000.0) AT TIME ZONE 'UTC',
+                                                  'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))::text,
            NEW.created_at, 0, NEW.created_at
       FROM webhooks w
      WHERE w.enabled AND (w.events & 1) <> 0
@@ -157,14 +164,15 @@ BEGIN
         RETURN NULL;
     END IF;
     now_ms := (extract(epoch FROM clock_timestamp()) * 1000)::bigint;
-    INSERT INTO webhook_events (endpoint_id, type, okey, data, created_at, due_at, updated_at)
+    INSERT INTO webhook_events (endpoint_id, type, okey, mkey, data, created_at, due_at,
+                                updated_at)
     SELECT w.id,
            CASE NEW.state WHEN 1 THEN 'route.succeeded' ELSE 'route.exhausted' END,
-           m.id,
-           json_build_object('message_id', m.id, 'recipient', NEW.receiver,
+           m.id || '/route/' || NEW.receiver, m.id,
+           json_build_object('messageId', m.id, 'recipient', NEW.receiver,
                              'state', CASE NEW.state WHEN 1 THEN 'succeeded'
                                                      ELSE 'exhausted' END,
-                             'log', NEW.log, 'message_type', m.msg_type,
+                             'log', NEW.log, 'messageType', m.msg_type,
                              'sender', m.sender, 'template', m.template)::text,
            now_ms, 0, now_ms
       FROM webhooks w JOIN messages m ON m.seq = NEW.message_seq
@@ -185,9 +193,10 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM webhooks WHERE enabled AND (events & 128) <> 0) THEN
         RETURN NULL;
     END IF;
-    INSERT INTO webhook_events (endpoint_id, type, okey, data, created_at, due_at, updated_at)
-    SELECT w.id, 'device.deactivated', NULL,
-           json_build_object('device_id', NEW.id, 'recipient', NEW.user_id,
+    INSERT INTO webhook_events (endpoint_id, type, okey, mkey, data, created_at, due_at,
+                                updated_at)
+    SELECT w.id, 'device.deactivated', NULL, NULL,
+           json_build_object('deviceId', NEW.id, 'recipient', NEW.user_id,
                              'platform', NEW.platform, 'reason', NEW.deactivated_reason)::text,
            NEW.updated_at, 0, NEW.updated_at
       FROM webhooks w

@@ -1229,7 +1229,7 @@ async fn drain_events(
         let mut done = Vec::new();
         for c in &claimed {
             let data: serde_json::Value = serde_json::from_str(&c.data).unwrap();
-            let message = data["message_id"].as_str().unwrap_or_default().to_owned();
+            let message = data["messageId"].as_str().unwrap_or_default().to_owned();
             out.entry((c.endpoint_id.clone(), message))
                 .or_insert_with(Vec::new)
                 .push((c.kind.clone(), data));
@@ -1475,14 +1475,16 @@ async fn webhook_events_match_sqlite() {
             "delivery.read"
         ]
     );
+    // Claimed in rounds: each delivery's next event once its previous one is out, so two
+    // members' events interleave (each member's stay in order).
     assert_eq!(
         kinds("all", "wh-m3"),
         [
             "message.accepted",
             "delivery.sent",
-            "delivery.delivered",
             "delivery.read",
             "delivery.sent",
+            "delivery.delivered",
             "delivery.failed"
         ]
     );
@@ -1509,15 +1511,16 @@ async fn webhook_events_match_sqlite() {
     assert_eq!(failed["recipient"], "b3");
     assert_eq!(failed["reason"], "expired");
     assert_eq!(failed["attempts"], 1);
-    assert_eq!(failed["delivery_id"], member_delivery_id(seq3, 2));
+    assert_eq!(failed["deliveryId"], member_delivery_id(seq3, 2));
     pg.close().await;
     lite.close().await;
 }
 
 /// Four workers on two nodes claim and complete one endpoint's events at once, a third of
 /// first attempts asking for a retry (so outcomes, failure streaks and recoveries race on
-/// the endpoint): every event is delivered exactly once, a message never has two events
-/// out at once, and its events are delivered in the order they were written.
+/// the endpoint): every event is delivered exactly once, a delivery never has two events
+/// out at once nor one before its message's acceptance went out, and each delivery's
+/// events are delivered in the order they were written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_events_go_out_once_and_in_order_across_nodes() {
     use crate::model::webhook::Outcome;
@@ -1565,9 +1568,9 @@ async fn webhook_events_go_out_once_and_in_order_across_nodes() {
 
     #[derive(Default)]
     struct Log {
-        /// The event of each message out now.
+        /// The event out now per ordering key (a message's acceptance, a delivery).
         out: HashMap<String, i64>,
-        /// Each message's delivered events, in delivery order.
+        /// Each ordering key's delivered events, in delivery order.
         delivered: HashMap<String, Vec<i64>>,
         retried: HashSet<i64>,
     }
@@ -1597,8 +1600,19 @@ async fn webhook_events_go_out_once_and_in_order_across_nodes() {
                     let mut msgs = Vec::new();
                     for c in &claimed {
                         let data: serde_json::Value = serde_json::from_str(&c.data).unwrap();
-                        let msg = data["message_id"].as_str().unwrap().to_owned();
+                        let message = data["messageId"].as_str().unwrap().to_owned();
+                        // The ordering key: the message for its acceptance, else the delivery.
+                        let msg = match data["deliveryId"].as_i64() {
+                            None => message.clone(),
+                            Some(d) => format!("{message}/{d}"),
+                        };
                         let mut log = log.lock().unwrap();
+                        if msg != message {
+                            assert!(
+                                log.delivered.contains_key(&message),
+                                "{msg}: claimed before its message's acceptance went out"
+                            );
+                        }
                         if let Some(other) = log.out.insert(msg.clone(), c.row) {
                             panic!("{msg}: {} claimed while {other} is out", c.row);
                         }
@@ -1631,9 +1645,11 @@ async fn webhook_events_go_out_once_and_in_order_across_nodes() {
     }
     let log = std::mem::take(&mut *log.lock().unwrap());
     let mut all = BTreeSet::new();
-    for (msg, rows) in &log.delivered {
-        assert!(rows.windows(2).all(|w| w[0] < w[1]), "{msg}: {rows:?}");
-        assert_eq!(rows.len(), 1 + 2 * receivers.len(), "{msg}: {rows:?}");
+    assert_eq!(log.delivered.len(), ids.len() * (1 + receivers.len()));
+    for (key, rows) in &log.delivered {
+        assert!(rows.windows(2).all(|w| w[0] < w[1]), "{key}: {rows:?}");
+        let want = if key.contains('/') { 2 } else { 1 };
+        assert_eq!(rows.len(), want, "{key}: {rows:?}");
         all.extend(rows.iter().copied());
     }
     assert_eq!(all.len(), total, "each delivered once");

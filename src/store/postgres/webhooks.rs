@@ -243,7 +243,8 @@ pub(super) async fn sync_config(
 }
 
 /// Lease up to `n` due events of each endpoint of `wants` (one statement each, in one
-/// transaction), oldest first, never one with an earlier pending event of its message.
+/// transaction), oldest first, never one while an earlier event with its ordering key or
+/// its message's key is pending (as on SQLite).
 pub(super) async fn claim(
     conn: &mut PgConnection,
     now: i64,
@@ -257,6 +258,9 @@ pub(super) async fn claim(
               AND (e.lease_until IS NULL OR e.lease_until <= $1) \
               AND (e.okey IS NULL OR NOT EXISTS (SELECT 1 FROM webhook_events p \
                     WHERE p.endpoint_id = e.endpoint_id AND p.okey = e.okey \
+                      AND p.state = 0 AND p.id < e.id)) \
+              AND (e.mkey IS NULL OR NOT EXISTS (SELECT 1 FROM webhook_events p \
+                    WHERE p.endpoint_id = e.endpoint_id AND p.okey = e.mkey \
                       AND p.state = 0 AND p.id < e.id)) \
             ORDER BY e.id LIMIT $4 \
             FOR UPDATE SKIP LOCKED) \
@@ -309,7 +313,8 @@ pub(super) async fn complete(
         let recorded = sqlx::query(
             "WITH done AS ( \
                UPDATE webhook_events SET state = $4, due_at = $5, lease_until = NULL, \
-                 updated_at = $1 WHERE id = $2 AND state = 0 AND lease_until = $3 \
+                 unreached = $12, updated_at = $1 \
+                 WHERE id = $2 AND state = 0 AND lease_until = $3 \
                RETURNING id) \
              INSERT INTO webhook_attempts (event_id, endpoint_id, at, latency_ms, code, \
                response, error) \
@@ -326,6 +331,7 @@ pub(super) async fn complete(
         .bind(a.code.map(i64::from))
         .bind(&a.response)
         .bind(&a.error)
+        .bind(matches!(a.outcome, Outcome::Retry { .. }) && a.code.is_none())
         .execute(&mut *conn)
         .await?
         .rows_affected()
@@ -334,13 +340,15 @@ pub(super) async fn complete(
             continue; // the lease was lost (another attempt owns it) or the event is gone
         }
         if a.outcome == Outcome::Delivered {
-            // It answers again: what waits for a retry goes now, in order.
+            // It answers again: what waits only because it could not be reached goes now,
+            // in order (an event the endpoint refused keeps its backoff).
             sqlx::query(
                 "WITH recovered AS ( \
                    UPDATE webhooks SET failing_since = NULL \
                    WHERE id = $1 AND failing_since IS NOT NULL RETURNING id) \
                  UPDATE webhook_events SET due_at = 0 \
-                 WHERE endpoint_id = (SELECT id FROM recovered) AND state = 0 AND due_at > 0",
+                 WHERE endpoint_id = (SELECT id FROM recovered) AND state = 0 AND due_at > 0 \
+                   AND unreached",
             )
             .bind(&a.endpoint_id)
             .execute(&mut *conn)
