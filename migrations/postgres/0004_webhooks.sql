@@ -49,7 +49,9 @@ CREATE TABLE webhook_events (
     unreached   BOOLEAN NOT NULL DEFAULT FALSE,    -- the last attempt got no answer at all
     updated_at  BIGINT NOT NULL
 );
-CREATE INDEX webhook_events_due ON webhook_events (endpoint_id, due_at) WHERE state = 0;
+-- Claims walk an endpoint's pending events oldest first and stop after a batch: by id, so
+-- a backlog of any size costs only the leased and held-back rows at its front.
+CREATE INDEX webhook_events_pending ON webhook_events (endpoint_id, id) WHERE state = 0;
 CREATE INDEX webhook_events_order ON webhook_events (endpoint_id, okey, id) WHERE state = 0;
 CREATE INDEX webhook_events_endpoint ON webhook_events (endpoint_id, created_at);
 CREATE INDEX webhook_events_done ON webhook_events (updated_at) WHERE state <> 0;

@@ -37,7 +37,9 @@ CREATE TABLE webhook_events (
     unreached   INTEGER NOT NULL DEFAULT 0,        -- 1: the last attempt got no answer at all
     updated_at  INTEGER NOT NULL
 );
-CREATE INDEX webhook_events_due ON webhook_events (endpoint_id, due_at) WHERE state = 0;
+-- Claims walk an endpoint's pending events oldest first and stop after a batch: by id, so
+-- a backlog of any size costs only the leased and held-back rows at its front.
+CREATE INDEX webhook_events_pending ON webhook_events (endpoint_id, id) WHERE state = 0;
 -- Order where it matters: an event is not sent while an earlier pending event of the
 -- endpoint has its `okey` or its `mkey`. okey is `<message id>` for message.accepted,
 -- `<message id>/<delivery id>` for a delivery's events, `<message id>/route/<receiver>` for a
