@@ -9,7 +9,8 @@
 #
 # The tests start their herald servers themselves (free 127.0.0.1 ports, data dirs under a
 # temporary directory) and record their pids there; this script kills any that are left on
-# exit. Writes docs/screenshots/*.png (demo, admin, admin-phone, landing, docs, inbox-phone).
+# exit. Writes docs/screenshots/*.png (demo, admin, admin-phone, admin-webhooks, landing, docs,
+# inbox-phone).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
