@@ -411,12 +411,18 @@ pub async fn send(
         }
         Err(e) => {
             let e = e.without_url(); // the URL may hold a token in its query
+            // reqwest's own message is generic ("error sending request"): the innermost
+            // cause says what happened (connection refused, DNS, TLS …).
+            let mut cause: &dyn std::error::Error = &e;
+            while let Some(inner) = cause.source() {
+                cause = inner;
+            }
             let why = if e.is_timeout() {
                 format!("no answer within {:?}", settings.timeout)
             } else if e.is_connect() {
-                format!("connection failed: {e}")
+                format!("connection failed: {cause}")
             } else {
-                format!("request failed: {e}")
+                format!("request failed: {cause}")
             };
             (None, None, Some(why), None)
         }
