@@ -358,7 +358,9 @@ test("admin: adding an endpoint through the form (chosen events) shows its secre
   await row("broken").getByRole("button", { name: "Hide attempts of broken" }).click();
   await row("broken").getByRole("button", { name: "Show attempts of broken" }).click();
   await attemptRows("broken").first().waitFor({ timeout: 5000 });
-  // The whole page's picture cut to the panel (an element shot would have the sticky header on it).
+  // The whole page's picture cut to the panel (an element shot would have the sticky header on
+  // it; so would a full-page shot taken scrolled down, so scroll to the top first).
+  await admin.evaluate(() => window.scrollTo(0, 0));
   const clip = await admin.locator("#webhooks").evaluate((el) => {
     const r = el.getBoundingClientRect();
     return { x: r.left + window.scrollX - 8, y: r.top + window.scrollY - 8, width: r.width + 16, height: r.height + 16 };
