@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Webhook event throughput for BENCHMARKS.md (issue 19), against the release binary.
 
-    cargo build --release --bin herald && python3 benches/webhooks.py [MESSAGES] [RECEIVERS] [--postgres]
+    cargo build --release --bin herald && python3 benches/webhooks.py [MESSAGES] [RECEIVERS] [--postgres] [--events=a,b]
 
 Starts `target/release/herald` on a free loopback port with a fresh database and an e-mail
 instance `mail` whose receivers have no address, so every delivery is a status change
@@ -9,8 +9,9 @@ instance `mail` whose receivers have no address, so every delivery is a status c
 lifetime each:
 
 * `baseline`: no webhook endpoint — what the send path costs without webhooks;
-* `webhooks`: one endpoint for every event type, on a local receiver (asyncio, keep-alive,
-  answers 204 and checks the signature of one request in 100 with the stdlib).
+* `webhooks`: one endpoint for every event type (or those of `--events=`), on a local
+  receiver (asyncio, keep-alive, answers 204 and checks the signature of one request in
+  100 with the stdlib).
 
 Each run sends MESSAGES (default 2,000) messages of RECEIVERS (default 10) receivers from 8
 threads, then waits until the receiver has every event (one `message.accepted` and
@@ -117,7 +118,7 @@ def percentile(xs, p):
     return xs[min(len(xs) - 1, int(len(xs) * p))] if xs else None
 
 
-def run(scenario, messages, receivers, postgres):
+def run(scenario, messages, receivers, postgres, events):
     binary = ROOT / "target/release/herald"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -154,7 +155,7 @@ def run(scenario, messages, receivers, postgres):
                     time.sleep(0.05)
             if rx:
                 _, created = call(base, "POST", "/api/v1/webhooks",
-                                  {"url": f"http://127.0.0.1:{rx.port}/hook", "events": ["*"]})
+                                  {"url": f"http://127.0.0.1:{rx.port}/hook", "events": events})
                 rx.secret = created["secret"]
             body = {"title": "Report ready", "content": "c", "channels": ["mail"],
                     "receivers": [f"u{i}" for i in range(receivers)]}
@@ -173,7 +174,11 @@ def run(scenario, messages, receivers, postgres):
                 "status_changes_per_s": round(messages * receivers / send_s),
             }
             if rx:
-                want = messages * (receivers + 1)
+                line["subscribed"] = events
+            if rx:
+                per_message = (("*" in events or "message.accepted" in events)
+                               + receivers * ("*" in events or "delivery.failed" in events))
+                want = messages * per_message
                 deadline = time.time() + 600
                 while len(rx.events) < want:
                     if time.time() > deadline:
@@ -208,8 +213,12 @@ def main():
         sys.exit("build it first: cargo build --release --bin herald")
     out = ROOT / "benches/results" / f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H%M}-webhooks.jsonl"
     out.parent.mkdir(exist_ok=True)
+    events = ["*"]
+    for a in sys.argv[1:]:
+        if a.startswith("--events="):
+            events = a.split("=", 1)[1].split(",")
     for scenario in ["baseline", "webhooks"]:
-        line = run(scenario, messages, receivers, postgres)
+        line = run(scenario, messages, receivers, postgres, events)
         print(json.dumps(line), flush=True)
         with out.open("a") as f:
             f.write(json.dumps(line) + "\n")

@@ -105,7 +105,8 @@ BEGIN
 END;
 $$;
 
--- A delivery row born failed (insert), or whose status moved (update).
+-- A delivery row whose status moved. Per row: a trigger on `UPDATE OF status` can not have
+-- a transition table, and one without the column list would capture every update.
 CREATE FUNCTION webhook_delivery_row() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM webhooks
@@ -120,10 +121,28 @@ BEGIN
 END;
 $$;
 
+-- A statement's delivery rows born failed (`no_address`, `opted_out` …): one call per
+-- statement over its transition table, which PostgreSQL shares with the inbox counters'
+-- insert trigger (0003), so capturing it costs nothing more.
+CREATE FUNCTION webhook_deliveries_born_failed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM webhooks WHERE enabled AND (events & 16) <> 0) THEN
+        RETURN NULL;
+    END IF;
+    PERFORM webhook_delivery_events(array_agg(message_seq ORDER BY id), array_agg(id ORDER BY id),
+                                    array_agg(receiver ORDER BY id), array_agg(channel ORDER BY id),
+                                    array_agg(status ORDER BY id), array_agg(last_error ORDER BY id),
+                                    array_agg(attempts ORDER BY id), max(updated_at))
+       FROM born WHERE status = 4
+     HAVING count(*) > 0;
+    RETURN NULL;
+END;
+$$;
+
 -- Named to sort after the other triggers of deliveries (those on one event fire by name).
 CREATE TRIGGER deliveries_webhook_born_failed AFTER INSERT ON deliveries
-    FOR EACH ROW WHEN (NEW.status = 4)
-    EXECUTE FUNCTION webhook_delivery_row();
+    REFERENCING NEW TABLE AS born
+    FOR EACH STATEMENT EXECUTE FUNCTION webhook_deliveries_born_failed();
 
 CREATE TRIGGER deliveries_webhook_moved AFTER UPDATE OF status ON deliveries
     FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)

@@ -46,6 +46,8 @@ pub const RESPONSE_KEPT: usize = 256;
 const RELOAD_AFTER: Duration = Duration::from_millis(250);
 /// Events claimed per endpoint: `concurrency` × this, sent `concurrency` at a time.
 const QUEUE_FACTOR: u32 = 8;
+/// Batches of outcomes waiting to be written (see `record`).
+const RECORD_QUEUE: usize = 16;
 /// Most outcomes written per transaction.
 const COMPLETE_BATCH: usize = 512;
 
@@ -133,6 +135,17 @@ impl Worker {
         let mut failing: HashSet<String> = HashSet::new();
         let mut outcomes: Vec<Attempt> = Vec::new();
         let mut total_in_flight = 0usize;
+        // Outcomes are written by a task of their own, so a commit never stalls the claims
+        // (the finished events stay leased until it is written; nothing is sent twice).
+        // Bound: RECORD_QUEUE batches; when it is full, this loop waits.
+        let (record_tx, record_rx) = mpsc::channel::<Vec<Attempt>>(RECORD_QUEUE);
+        let recorder = tokio::spawn(record(
+            self.store.clone(),
+            self.metrics.clone(),
+            self.settings.disable_after,
+            self.signals.clone(),
+            record_rx,
+        ));
         loop {
             // Record what finished.
             while let Ok(a) = done_rx.try_recv() {
@@ -151,8 +164,7 @@ impl Worker {
                     }
                     self.metrics.webhook_attempt(a);
                 }
-                self.record(std::mem::take(&mut outcomes), &mut loaded_at)
-                    .await;
+                let _ = record_tx.send(std::mem::take(&mut outcomes)).await;
             }
             if stop.is_cancelled() {
                 if total_in_flight == 0 {
@@ -220,6 +232,8 @@ impl Worker {
         }
         sends.close();
         sends.wait().await;
+        drop(record_tx);
+        let _ = recorder.await;
     }
 
     /// Claim what the endpoints have room for; nothing when nothing is due (a read).
@@ -266,27 +280,41 @@ impl Worker {
             }
         }
     }
+}
 
-    /// Store outcomes in batches; log endpoints disabled by them.
-    async fn record(&self, outcomes: Vec<Attempt>, loaded_at: &mut Option<Instant>) {
+/// Writes outcomes as they come, in batches of up to `COMPLETE_BATCH` (one transaction
+/// each); wakes the worker after each (a delivery's next event may be claimable now) and
+/// makes it reload the endpoints when one was disabled.
+async fn record(
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    disable_after: Duration,
+    (wake, reload): (Arc<Notify>, Arc<std::sync::atomic::AtomicBool>),
+    mut rx: mpsc::Receiver<Vec<Attempt>>,
+) {
+    let mut batch: Vec<Attempt> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.extend(first);
+        while batch.len() < COMPLETE_BATCH {
+            match rx.try_recv() {
+                Ok(more) => batch.extend(more),
+                Err(_) => break,
+            }
+        }
         let disable_before =
-            now_ms() - i64::try_from(self.settings.disable_after.as_millis()).unwrap_or(i64::MAX);
-        for chunk in outcomes.chunks(COMPLETE_BATCH) {
+            now_ms() - i64::try_from(disable_after.as_millis()).unwrap_or(i64::MAX);
+        for chunk in batch.chunks(COMPLETE_BATCH) {
             let mut tries = 0;
             loop {
-                match self
-                    .store
-                    .webhook_complete(chunk.to_vec(), disable_before)
-                    .await
-                {
+                match store.webhook_complete(chunk.to_vec(), disable_before).await {
                     Ok(disabled) => {
                         for id in disabled {
-                            self.metrics
+                            metrics
                                 .webhooks_disabled
                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             tracing::warn!(endpoint = %id,
                                 "webhook endpoint disabled: every attempt failed for longer than dispatch.webhooks.disable_after");
-                            *loaded_at = None;
+                            reload.store(true, std::sync::atomic::Ordering::Release);
                         }
                         break;
                     }
@@ -304,6 +332,8 @@ impl Worker {
                 }
             }
         }
+        batch.clear();
+        wake.notify_one();
     }
 }
 
@@ -411,8 +441,8 @@ pub async fn send(
         }
         Err(e) => {
             let e = e.without_url(); // the URL may hold a token in its query
-            // reqwest's own message is generic ("error sending request"): the innermost
-            // cause says what happened (connection refused, DNS, TLS …).
+                                     // reqwest's own message is generic ("error sending request"): the innermost
+                                     // cause says what happened (connection refused, DNS, TLS …).
             let mut cause: &dyn std::error::Error = &e;
             while let Some(inner) = cause.source() {
                 cause = inner;

@@ -245,6 +245,11 @@ pub(super) async fn sync_config(
 /// Lease up to `n` due events of each endpoint of `wants` (one statement each, in one
 /// transaction), oldest first, never one while an earlier event with its ordering key or
 /// its message's key is pending (as on SQLite).
+///
+/// The held-back checks are scalar subqueries on purpose: as `NOT EXISTS` the planner may
+/// make them an anti-join that hashes every pending event of the endpoint on each claim;
+/// as sub-plans they are index probes for only the rows the claim walks (oldest first,
+/// stopping at `n`).
 pub(super) async fn claim(
     conn: &mut PgConnection,
     now: i64,
@@ -256,12 +261,12 @@ pub(super) async fn claim(
            SELECT e.id FROM webhook_events e \
             WHERE e.endpoint_id = $3 AND e.state = 0 AND e.due_at <= $1 \
               AND (e.lease_until IS NULL OR e.lease_until <= $1) \
-              AND (e.okey IS NULL OR NOT EXISTS (SELECT 1 FROM webhook_events p \
+              AND (e.okey IS NULL OR (SELECT 1 FROM webhook_events p \
                     WHERE p.endpoint_id = e.endpoint_id AND p.okey = e.okey \
-                      AND p.state = 0 AND p.id < e.id)) \
-              AND (e.mkey IS NULL OR NOT EXISTS (SELECT 1 FROM webhook_events p \
+                      AND p.state = 0 AND p.id < e.id LIMIT 1) IS NULL) \
+              AND (e.mkey IS NULL OR (SELECT 1 FROM webhook_events p \
                     WHERE p.endpoint_id = e.endpoint_id AND p.okey = e.mkey \
-                      AND p.state = 0 AND p.id < e.id)) \
+                      AND p.state = 0 AND p.id < e.id LIMIT 1) IS NULL) \
             ORDER BY e.id LIMIT $4 \
             FOR UPDATE SKIP LOCKED) \
          UPDATE webhook_events SET lease_until = $2, attempts = attempts + 1, updated_at = $1 \
@@ -287,7 +292,9 @@ pub(super) async fn claim(
 }
 
 /// Inside a transaction: record the attempts whose lease still holds, and their
-/// endpoints' failure streaks. Returns the endpoints disabled now.
+/// endpoints' failure streaks. Returns the endpoints disabled now. Set-based: one
+/// statement records every outcome and its attempt, then one or two per endpoint settle
+/// its streak — a batch of outcomes is a handful of round trips, not three per attempt.
 pub(super) async fn complete(
     conn: &mut PgConnection,
     attempts: &[Attempt],
@@ -302,75 +309,109 @@ pub(super) async fn complete(
         .bind(&endpoints)
         .execute(&mut *conn)
         .await?;
+    let col = |f: &dyn Fn(&Attempt) -> i64| attempts.iter().map(f).collect::<Vec<i64>>();
+    let states = col(&|a| match a.outcome {
+        Outcome::Delivered => DELIVERED,
+        Outcome::Retry { .. } => PENDING,
+        Outcome::Failed => FAILED,
+    });
+    let dues = col(&|a| match a.outcome {
+        Outcome::Retry { at_ms } => at_ms,
+        _ => 0,
+    });
+    let unreached: Vec<bool> = attempts
+        .iter()
+        .map(|a| matches!(a.outcome, Outcome::Retry { .. }) && a.code.is_none())
+        .collect();
+    let codes: Vec<Option<i64>> = attempts.iter().map(|a| a.code.map(i64::from)).collect();
+    let responses: Vec<Option<&str>> = attempts.iter().map(|a| a.response.as_deref()).collect();
+    let errors: Vec<Option<&str>> = attempts.iter().map(|a| a.error.as_deref()).collect();
+    let endpoint_ids: Vec<&str> = attempts.iter().map(|a| a.endpoint_id.as_str()).collect();
+    // The outcomes whose lease holds, and an attempt row for each, in the batch's order.
+    let recorded: Vec<i64> = sqlx::query_scalar(
+        "WITH t AS ( \
+           SELECT * FROM UNNEST($2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::bool[], \
+                                $7::text[], $8::int8[], $9::int8[], $10::int8[], $11::text[], \
+                                $12::text[]) WITH ORDINALITY \
+             AS t (row_id, lease, state, due, unreached, endpoint_id, at, latency, code, \
+                   response, error, n)), \
+         done AS ( \
+           UPDATE webhook_events e SET state = t.state, due_at = t.due, lease_until = NULL, \
+             unreached = t.unreached, updated_at = $1 \
+           FROM t WHERE e.id = t.row_id AND e.state = 0 AND e.lease_until = t.lease \
+           RETURNING e.id), \
+         ins AS ( \
+           INSERT INTO webhook_attempts (event_id, endpoint_id, at, latency_ms, code, \
+             response, error) \
+           SELECT t.row_id, t.endpoint_id, t.at, t.latency, t.code, t.response, t.error \
+             FROM t JOIN done ON done.id = t.row_id ORDER BY t.n \
+           RETURNING event_id) \
+         SELECT event_id FROM ins",
+    )
+    .bind(now)
+    .bind(col(&|a| a.row))
+    .bind(col(&|a| a.lease_until_ms))
+    .bind(&states)
+    .bind(&dues)
+    .bind(&unreached)
+    .bind(&endpoint_ids)
+    .bind(col(&|a| a.at_ms))
+    .bind(col(&|a| a.latency_ms))
+    .bind(&codes)
+    .bind(&responses)
+    .bind(&errors)
+    .fetch_all(&mut *conn)
+    .await?;
+    let recorded: std::collections::HashSet<i64> = recorded.into_iter().collect();
+    // Each endpoint's streak after this batch: the last recorded success ends it; failures
+    // after it start one (at the first of them) unless one runs already.
     let mut disabled = Vec::new();
-    for a in attempts {
-        let (state, due) = match a.outcome {
-            Outcome::Delivered => (DELIVERED, 0),
-            Outcome::Retry { at_ms } => (PENDING, at_ms),
-            Outcome::Failed => (FAILED, 0),
-        };
-        // The outcome, if the lease holds, and the attempt with it.
-        let recorded = sqlx::query(
-            "WITH done AS ( \
-               UPDATE webhook_events SET state = $4, due_at = $5, lease_until = NULL, \
-                 unreached = $12, updated_at = $1 \
-                 WHERE id = $2 AND state = 0 AND lease_until = $3 \
-               RETURNING id) \
-             INSERT INTO webhook_attempts (event_id, endpoint_id, at, latency_ms, code, \
-               response, error) \
-             SELECT id, $6, $7, $8, $9, $10, $11 FROM done",
-        )
-        .bind(now)
-        .bind(a.row)
-        .bind(a.lease_until_ms)
-        .bind(state)
-        .bind(due)
-        .bind(&a.endpoint_id)
-        .bind(a.at_ms)
-        .bind(a.latency_ms)
-        .bind(a.code.map(i64::from))
-        .bind(&a.response)
-        .bind(&a.error)
-        .bind(matches!(a.outcome, Outcome::Retry { .. }) && a.code.is_none())
-        .execute(&mut *conn)
-        .await?
-        .rows_affected()
-            > 0;
-        if !recorded {
-            continue; // the lease was lost (another attempt owns it) or the event is gone
-        }
-        if a.outcome == Outcome::Delivered {
-            // It answers again: what waits only because it could not be reached goes now,
-            // in order (an event the endpoint refused keeps its backoff).
+    for ep in endpoints {
+        let mine: Vec<&Attempt> = attempts
+            .iter()
+            .filter(|a| a.endpoint_id == ep && recorded.contains(&a.row))
+            .collect();
+        let last_ok = mine.iter().rposition(|a| a.outcome == Outcome::Delivered);
+        let failures_after = &mine[last_ok.map_or(0, |i| i + 1)..];
+        if let Some(i) = last_ok {
+            // It answers again (after failing before, or earlier in this batch): what waits
+            // only because it could not be reached goes now, in order (an event the
+            // endpoint refused keeps its backoff).
+            let failed_in_batch = mine[..i].iter().any(|a| a.outcome != Outcome::Delivered);
             sqlx::query(
                 "WITH recovered AS ( \
                    UPDATE webhooks SET failing_since = NULL \
-                   WHERE id = $1 AND failing_since IS NOT NULL RETURNING id) \
+                   WHERE id = $1 AND (failing_since IS NOT NULL OR $2) RETURNING id) \
                  UPDATE webhook_events SET due_at = 0 \
                  WHERE endpoint_id = (SELECT id FROM recovered) AND state = 0 AND due_at > 0 \
                    AND unreached",
             )
-            .bind(&a.endpoint_id)
+            .bind(ep)
+            .bind(failed_in_batch)
             .execute(&mut *conn)
             .await?;
-            continue;
         }
+        let Some(first) = failures_after.first() else {
+            continue;
+        };
+        let last = failures_after.last().expect("not empty");
+        let reason = format!(
+            "every attempt failed for longer than the limit; the last: {}",
+            last.error.as_deref().unwrap_or("no response")
+        );
+        // Two statements: one statement must not update the same row twice.
         sqlx::query(
             "UPDATE webhooks SET failing_since = COALESCE(failing_since, $2) WHERE id = $1",
         )
-        .bind(&a.endpoint_id)
-        .bind(a.at_ms)
+        .bind(ep)
+        .bind(first.at_ms)
         .execute(&mut *conn)
         .await?;
-        let reason = format!(
-            "every attempt failed for longer than the limit; the last: {}",
-            a.error.as_deref().unwrap_or("no response")
-        );
         let off: Option<String> = sqlx::query_scalar(
             "UPDATE webhooks SET enabled = FALSE, disabled_reason = $3, updated_at = $4 \
              WHERE id = $1 AND enabled AND failing_since < $2 RETURNING id",
         )
-        .bind(&a.endpoint_id)
+        .bind(ep)
         .bind(disable_before)
         .bind(reason)
         .bind(now)
