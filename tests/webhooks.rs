@@ -42,8 +42,13 @@ struct ReceiverState {
     secrets: Vec<String>,
     /// Per webhook-id: how many attempts so far.
     attempts: HashMap<String, u32>,
-    /// Answer 503 to the first N attempts of every event.
+    /// Answer `fail_status` (503 unless set) to the first N attempts of every event…
     fail_first: u32,
+    fail_status: Option<u16>,
+    /// …with this `Retry-After` (seconds).
+    retry_after: Option<u32>,
+    /// Answer this to every request.
+    always: Option<u16>,
 }
 
 #[derive(Clone)]
@@ -72,7 +77,12 @@ fn verify(secret: &str, id: &str, ts: &str, body: &[u8], header: &str) -> bool {
     fresh && header.split(' ').any(|s| s == expected)
 }
 
-async fn hook(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn hook(
+    State(r): State<Receiver>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
     let h = |n: &str| {
         headers
             .get(n)
@@ -98,13 +108,17 @@ async fn hook(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> Sta
         *n += 1;
         *n
     };
+    let failing = n <= st.fail_first;
     let status = if verified_by.is_empty() {
         401
-    } else if n <= st.fail_first {
-        503
+    } else if let Some(s) = st.always {
+        s
+    } else if failing {
+        st.fail_status.unwrap_or(503)
     } else {
         204
     };
+    let retry_after = st.retry_after.filter(|_| failing);
     st.hits.push(Hit {
         id,
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
@@ -112,7 +126,12 @@ async fn hook(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> Sta
         signatures: sig.split(' ').filter(|s| !s.is_empty()).count(),
         status,
     });
-    StatusCode::from_u16(status).unwrap()
+    let mut resp = StatusCode::from_u16(status).unwrap().into_response();
+    if let Some(secs) = retry_after {
+        resp.headers_mut()
+            .insert("retry-after", secs.to_string().parse().unwrap());
+    }
+    resp
 }
 
 impl Receiver {
@@ -719,4 +738,89 @@ secret = "{secret}"
         "one webhook-id per event"
     );
     drop(server);
+}
+
+/// `429` with `Retry-After: 1` is retried after that second, not after the (50 ms)
+/// backoff; a `400` is not retried: the event is `failed` at once and can be redelivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured_and_other_4xx_are_not_retried() {
+    let slow = Receiver::start(0).await;
+    {
+        let mut st = slow.state.lock().unwrap();
+        st.fail_first = 1;
+        st.fail_status = Some(429);
+        st.retry_after = Some(1);
+    }
+    let refusing = Receiver::start(0).await;
+    refusing.state.lock().unwrap().always = Some(400);
+    let app = spawn_app_with(|s| {
+        fast(s);
+        s.dispatch.webhooks.retry_max = Duration::from_secs(5);
+    })
+    .await;
+    for (id, rx) in [("slow", &slow), ("refusing", &refusing)] {
+        let created = create(
+            &app,
+            json!({"id": id, "url": rx.url(), "events": ["message.accepted"]}),
+        )
+        .await;
+        rx.trust(created["secret"].as_str().unwrap());
+    }
+    let m = send_ok(&app, msg("m", &["u"])).await;
+    slow.wait("the event after its Retry-After", |h| !h.is_empty())
+        .await;
+    wait_until(DEADLINE, "both attempts recorded", || async {
+        let (_, page) = app.api_get("/api/v1/webhooks/slow/attempts").await;
+        page["items"].as_array().is_some_and(|a| a.len() == 2)
+    })
+    .await;
+    let (_, page) = app.api_get("/api/v1/webhooks/slow/attempts").await;
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(
+        (items[1]["code"].as_u64(), items[0]["code"].as_u64()),
+        (Some(429), Some(204))
+    );
+    let gap =
+        rfc3339(&items[0]["at"], "second attempt") - rfc3339(&items[1]["at"], "first attempt");
+    assert!(
+        gap >= time::Duration::milliseconds(950),
+        "retried {gap} after a Retry-After of 1 s"
+    );
+
+    wait_until(DEADLINE, "the refused event to be given up", || async {
+        let (_, ep) = app.api_get("/api/v1/webhooks/refusing").await;
+        ep["failed"] == 1
+    })
+    .await;
+    let (_, page) = app.api_get("/api/v1/webhooks/refusing/attempts").await;
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "not retried: {page}");
+    assert_eq!(
+        (items[0]["code"].as_u64(), items[0]["eventState"].as_str()),
+        (Some(400), Some("failed"))
+    );
+    assert_eq!(refusing.hits().len(), 1);
+    assert_eq!(refusing.hits()[0].body["data"]["messageId"], m.as_str());
+    // Redelivered on request, with the same webhook-id.
+    let event = items[0]["event"].as_str().unwrap().to_owned();
+    let (status, v) = app
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/webhooks/refusing/redeliver",
+            Some(&json!({"event": event})),
+        )
+        .await;
+    assert_eq!(
+        (status, v["redelivered"].as_u64()),
+        (StatusCode::ACCEPTED, Some(1))
+    );
+    let me = refusing.clone();
+    wait_until(DEADLINE, "the redelivery", || {
+        let me = me.clone();
+        async move { me.hits().len() == 2 }
+    })
+    .await;
+    let hits = refusing.hits();
+    assert_eq!(hits[1].id, hits[0].id);
+    assert_eq!(hits[1].id, event);
 }
