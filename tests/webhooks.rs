@@ -824,3 +824,66 @@ async fn retry_after_is_honoured_and_other_4xx_are_not_retried() {
     assert_eq!(hits[1].id, hits[0].id);
     assert_eq!(hits[1].id, event);
 }
+
+/// `device.deactivated`: a Web Push subscription the (local) push service calls gone is
+/// deactivated, and the endpoint hears of it once, naming the device and the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_the_provider_calls_gone_fires_device_deactivated() {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use herald_channel_push::testing::webpush::{random_secret, PushService, Reply};
+    const SUBJECT: &str = "mailto:ops@herald.example";
+    let push = PushService::start(SUBJECT).await;
+    let rx = Receiver::start(0).await;
+    let key = URL_SAFE_NO_PAD.encode(random_secret().to_bytes());
+    let app = spawn_app_with(move |s| {
+        fast(s);
+        let mut t = toml::Table::new();
+        for (k, v) in [
+            ("kind", "push.webpush"),
+            ("vapid_private_key", key.as_str()),
+            ("subject", SUBJECT),
+            ("timeout", "5s"),
+        ] {
+            t.insert(k.into(), toml::Value::String(v.into()));
+        }
+        t.insert(
+            "allowed_endpoint_hosts".into(),
+            toml::Value::Array(vec![toml::Value::String("127.0.0.1".into())]),
+        );
+        s.channels.insert("web".into(), t);
+    })
+    .await;
+    let created = create(
+        &app,
+        json!({"url": rx.url(), "events": ["device.deactivated"]}),
+    )
+    .await;
+    rx.trust(created["secret"].as_str().unwrap());
+    let body = json!({"platform": "webpush", "name": "Firefox",
+                      "subscription": serde_json::from_str::<Value>(&push.subscribe("old")).unwrap()});
+    let (status, device) = app
+        .request(
+            reqwest::Method::POST,
+            "/api/v1/me/devices",
+            Some(&app.token("7")),
+            Some(&body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{device}");
+    push.script("old", [Reply::status(410)]);
+    send_ok(
+        &app,
+        json!({"title": "t", "content": "c", "receivers": ["7"], "channels": ["web"]}),
+    )
+    .await;
+    let hits = rx.wait("device.deactivated", |h| !h.is_empty()).await;
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    let data = &hits[0].body["data"];
+    assert_eq!(hits[0].body["type"], "device.deactivated");
+    assert_eq!(data["deviceId"], device["id"]);
+    assert_eq!(
+        (data["recipient"].as_str(), data["platform"].as_str()),
+        (Some("7"), Some("webpush"))
+    );
+    assert!(data["reason"].as_str().unwrap().contains("410"), "{data}");
+}
