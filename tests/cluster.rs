@@ -690,3 +690,115 @@ async fn an_sse_stream_on_one_node_gets_messages_and_inbox_changes_from_another(
     );
     c.wait_delivery("b", &id, "v", "websocket", "read").await;
 }
+
+/// Webhooks in a cluster: an endpoint created through one node gets the events of changes
+/// made on every node (they share it through the database), each event once (claims on
+/// PostgreSQL skip what another node holds), and a disable through another node stops it
+/// everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_shared_by_every_node_and_each_event_is_sent_once() {
+    use axum::routing::post;
+    let hits: Arc<std::sync::Mutex<Vec<(String, Value)>>> = Arc::default();
+    let h = hits.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(
+            move |headers: axum::http::HeaderMap, body: axum::Json<Value>| {
+                let h = h.clone();
+                async move {
+                    let id = headers
+                        .get("webhook-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    h.lock().unwrap().push((id, body.0));
+                    StatusCode::NO_CONTENT
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+
+    let mut c = Cluster::with_toml(
+        None,
+        "[dispatch.webhooks]\npoll_interval = \"200ms\"\nretry_base = \"100ms\"\n\n",
+    )
+    .await;
+    c.start("a").await;
+    c.start("b").await;
+    let a = c.node("a");
+    let resp = a
+        .client
+        .post(format!("{}/api/v1/webhooks", a.base))
+        .bearer_auth(PROC_API_KEY)
+        .json(&json!({"id": "shared", "url": url, "events": ["message.accepted"]}))
+        .send()
+        .await
+        .expect("create");
+    let (status, body) = read_response(resp).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // Node b lists it too: one endpoint for the cluster.
+    let listed = c.get("b", "/api/v1/webhooks").await;
+    assert_eq!(listed[0]["id"], "shared", "{listed}");
+
+    let mut ids = BTreeSet::new();
+    for i in 0..20 {
+        let node = if i % 2 == 0 { "a" } else { "b" };
+        ids.insert(
+            c.send(
+                node,
+                json!({"title": format!("m{i}"), "content": "c", "receivers": ["u"]}),
+            )
+            .await,
+        );
+    }
+    let got = || -> BTreeSet<String> {
+        hits.lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(_, b)| b["data"]["messageId"].as_str().map(str::to_owned))
+            .collect()
+    };
+    wait_until(
+        DEADLINE,
+        "an event for every message, from both nodes",
+        || {
+            let done = got() == ids;
+            async move { done }
+        },
+    )
+    .await;
+    let all = hits.lock().unwrap().clone();
+    let distinct: BTreeSet<&str> = all.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(
+        distinct.len(),
+        all.len(),
+        "an event delivered twice: {all:?}"
+    );
+
+    // Disabled through b: neither node writes events for it any more.
+    let b = c.node("b");
+    let resp = b
+        .client
+        .patch(format!("{}/api/v1/webhooks/shared", b.base))
+        .bearer_auth(PROC_API_KEY)
+        .json(&json!({"enabled": false, "disabledReason": "maintenance"}))
+        .send()
+        .await
+        .expect("patch");
+    let (status, body) = read_response(resp).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    c.send(
+        "a",
+        json!({"title": "after", "content": "c", "receivers": ["u"]}),
+    )
+    .await;
+    let ep = c.get("a", "/api/v1/webhooks/shared").await;
+    assert_eq!(
+        (ep["enabled"].as_bool(), ep["pending"].as_u64()),
+        (Some(false), Some(0)),
+        "{ep}"
+    );
+}
