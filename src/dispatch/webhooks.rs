@@ -223,11 +223,22 @@ impl Worker {
                     });
                 }
             }
+            // Stopping (the token may have been cancelled while this loop awaited the
+            // store above): only wait for the requests in flight; the top of the loop
+            // records them and leaves when none is left.
+            if stop.is_cancelled() {
+                if total_in_flight > 0 {
+                    if let Some(a) = done_rx.recv().await {
+                        outcomes.push(a);
+                    }
+                }
+                continue;
+            }
             tokio::select! {
                 Some(a) = done_rx.recv() => outcomes.push(a),
-                _ = self.signals.0.notified(), if !stop.is_cancelled() => {}
-                _ = tokio::time::sleep(self.settings.poll_interval), if !stop.is_cancelled() => {}
-                _ = stop.cancelled(), if !stop.is_cancelled() => {}
+                _ = self.signals.0.notified() => {}
+                _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                _ = stop.cancelled() => {}
             }
         }
         sends.close();
